@@ -1,0 +1,213 @@
+//! The [`LockBackend`] trait: the two Redis operations the lock algorithm needs, and the few things only a
+//! runtime can offer (sleeping, spawning a background release).
+
+use std::error::Error as StdError;
+use std::fmt::{self, Debug};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+
+use crate::script::Script;
+
+/// What a lock needs from Redis, implemented once per client.
+///
+/// The trait is object safe: `Arc<dyn LockBackend>` is itself a backend, so code written against locks does
+/// not change when the client does. Adapters are thin: they translate these calls into their client's
+/// commands, run scripts by `EVALSHA` with an `EVAL` fallback on `NOSCRIPT`, bound every call in time and
+/// map failures into [`BackendError`]. No lock logic lives in a backend.
+#[async_trait]
+pub trait LockBackend: Debug + Send + Sync + 'static {
+    /// `SET key value NX PX ttl`: `true` when the key was set by this call, or already holds exactly
+    /// `value`.
+    ///
+    /// The second case matters because a client that re-sends a command over a new connection (fred does
+    /// by default) can make our own earlier, successful write look like a refusal. Implementations read the
+    /// previous value back in the same round trip (`SET .. NX PX .. GET`) and compare it with `value`.
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError>;
+
+    /// Runs `script` with `keys` and `args`: `EVALSHA` first, `EVAL` when the server answers `NOSCRIPT`.
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError>;
+
+    /// A future that completes after `duration`, on this backend's runtime.
+    ///
+    /// The default is a runtime-neutral timer (futures-timer); adapters for a runtime pass its own, so
+    /// that tests can pause or drive time.
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(futures_timer::Delay::new(duration))
+    }
+
+    /// Runs `task` in the background, if this backend knows a runtime to run it on.
+    ///
+    /// Returns `false` (dropping the task) when it cannot, which is the default: a guard dropped without
+    /// `release` then relies on the lock's TTL. Implementations must never block.
+    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+        drop(task);
+        false
+    }
+}
+
+macro_rules! forward_lock_backend {
+    ($($wrapper:ident),*) => {$(
+        #[async_trait]
+        impl<T: LockBackend + ?Sized> LockBackend for $wrapper<T> {
+            async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+                (**self).set_nx(key, value, ttl).await
+            }
+
+            async fn eval_script(
+                &self,
+                script: &Script,
+                keys: &[&str],
+                args: &[&str],
+            ) -> Result<ScriptValue, BackendError> {
+                (**self).eval_script(script, keys, args).await
+            }
+
+            fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+                (**self).sleep(duration)
+            }
+
+            fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+                (**self).spawn_detached(task)
+            }
+        }
+    )*};
+}
+
+forward_lock_backend!(Arc, Box);
+
+/// A script's reply, in the shapes lock scripts use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScriptValue {
+    /// A nil reply (Lua `false` or `nil`).
+    Nil,
+    /// An integer reply.
+    Int(i64),
+    /// A bulk or status string reply.
+    Str(String),
+    /// An array reply.
+    Array(Vec<ScriptValue>),
+}
+
+impl ScriptValue {
+    /// The integer value, if this is an integer reply.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            ScriptValue::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// The string value, if this is a string reply.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            ScriptValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// A failure reported by a backend: which backend, whether trying again may help, and the cause.
+#[derive(Debug)]
+pub struct BackendError {
+    backend: &'static str,
+    transient: bool,
+    source: Box<dyn StdError + Send + Sync + 'static>,
+}
+
+impl BackendError {
+    /// A failure that may pass on its own: a dropped connection, a timeout, a server loading or failing
+    /// over.
+    pub fn transient(
+        backend: &'static str,
+        source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            backend,
+            transient: true,
+            source: source.into(),
+        }
+    }
+
+    /// A failure that trying again will not fix: a script error, a wrong type, a refused command.
+    pub fn permanent(
+        backend: &'static str,
+        source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            backend,
+            transient: false,
+            source: source.into(),
+        }
+    }
+
+    /// The call did not complete within the backend's per-call bound.
+    pub fn timed_out(backend: &'static str, bound: Duration) -> Self {
+        Self::transient(backend, CallTimedOut(bound))
+    }
+
+    /// The backend's name, such as `"fred"` or `"deadpool"`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.transient {
+            "transient"
+        } else {
+            "permanent"
+        };
+        write!(f, "{kind} failure in backend {}", self.backend)
+    }
+}
+
+impl StdError for BackendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// The cause of [`BackendError::timed_out`].
+#[derive(Debug, thiserror::Error)]
+#[error("no reply within {0:?}")]
+struct CallTimedOut(Duration);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_error_names_backend_and_chains_cause() {
+        let err = BackendError::timed_out("fred", Duration::from_millis(250));
+        assert_eq!(err.to_string(), "transient failure in backend fred");
+        assert_eq!(err.backend(), "fred");
+        assert!(err.is_transient());
+        assert_eq!(err.source().unwrap().to_string(), "no reply within 250ms");
+
+        let err = BackendError::permanent("deadpool", "ERR wrong type");
+        assert_eq!(err.to_string(), "permanent failure in backend deadpool");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn backend_is_object_safe_and_forwarded() {
+        fn assert_backend<B: LockBackend>() {}
+        assert_backend::<Arc<dyn LockBackend>>();
+        assert_backend::<Box<dyn LockBackend>>();
+    }
+}

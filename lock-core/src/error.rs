@@ -1,0 +1,136 @@
+//! [`LockError`], the one error type of every lock operation.
+
+use std::time::Duration;
+
+use crate::backend::BackendError;
+
+/// The result of a lock operation.
+pub type Result<T, E = LockError> = std::result::Result<T, E>;
+
+/// Why a lock operation failed.
+///
+/// A lock held by someone else is not an error: `try_acquire` answers `Ok(None)`, and the guard's methods
+/// answer `Ok(false)` when the lock is no longer ours. Errors are for bad input, transport or server
+/// failures, running out of time, and losing a lock while work depended on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The lock was not acquired before the wait deadline.
+    #[error("timed out after {waited:?} waiting to acquire lock {key}")]
+    Timeout {
+        /// The lock key, exactly as given.
+        key: String,
+        /// How long acquisition was attempted.
+        waited: Duration,
+    },
+
+    /// The backend failed: a connection, timeout or server error.
+    #[error("backend {backend} failed on lock {key} (transient: {transient})", backend = source.backend(), transient = source.is_transient())]
+    Backend {
+        /// The lock key the operation was for.
+        key: String,
+        /// The backend's error, which names the backend and says whether it is transient.
+        #[source]
+        source: BackendError,
+    },
+
+    /// An argument was rejected before anything was sent to Redis.
+    #[error("invalid argument {argument}: {reason}")]
+    InvalidArgument {
+        /// Which argument was wrong, such as `"timeout"` or `"key"`.
+        argument: &'static str,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// The lock was lost while work depended on it: it expired or was taken over, so exclusion was not
+    /// guaranteed.
+    #[error("lock {key} was lost: {reason}")]
+    Lost {
+        /// The lock key.
+        key: String,
+        /// How it was lost.
+        reason: String,
+    },
+}
+
+impl LockError {
+    /// Whether trying the operation again later may succeed: timeouts and transient backend failures.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LockError::Timeout { .. } => true,
+            LockError::Backend { source, .. } => source.is_transient(),
+            LockError::InvalidArgument { .. } | LockError::Lost { .. } => false,
+        }
+    }
+
+    /// The name of the backend that failed, for [`LockError::Backend`].
+    pub fn backend(&self) -> Option<&'static str> {
+        match self {
+            LockError::Backend { source, .. } => Some(source.backend()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn invalid(argument: &'static str, reason: impl Into<String>) -> Self {
+        LockError::InvalidArgument {
+            argument,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn backend_failed(key: &str, source: BackendError) -> Self {
+        LockError::Backend {
+            key: key.to_owned(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn messages_are_lowercase_and_name_the_key() {
+        let err = LockError::Timeout {
+            key: "jobs:{42}:nightly".into(),
+            waited: Duration::from_millis(1500),
+        };
+        assert_eq!(
+            err.to_string(),
+            "timed out after 1.5s waiting to acquire lock jobs:{42}:nightly"
+        );
+        assert!(err.is_transient());
+
+        let err = LockError::Lost {
+            key: "k".into(),
+            reason: "the key expired".into(),
+        };
+        assert_eq!(err.to_string(), "lock k was lost: the key expired");
+        assert!(!err.is_transient());
+
+        let err = LockError::invalid("timeout", "must be at least 1 ms");
+        assert_eq!(
+            err.to_string(),
+            "invalid argument timeout: must be at least 1 ms"
+        );
+    }
+
+    #[test]
+    fn backend_errors_chain_their_cause() {
+        let err =
+            LockError::backend_failed("k", BackendError::transient("fred", "connection reset"));
+        assert_eq!(
+            err.to_string(),
+            "backend fred failed on lock k (transient: true)"
+        );
+        assert_eq!(err.backend(), Some("fred"));
+        assert!(err.is_transient());
+        let cause = err.source().unwrap();
+        assert_eq!(cause.to_string(), "transient failure in backend fred");
+        assert_eq!(cause.source().unwrap().to_string(), "connection reset");
+    }
+}

@@ -1,0 +1,62 @@
+//! The redlease lock algorithm, independent of any runtime or Redis client.
+//!
+//! Most users depend on the `redlease` facade, which re-exports everything here and the adapter they pick.
+//! This crate defines:
+//!
+//! - [`LockBackend`], the small object-safe trait an adapter implements (`set_nx`, `eval_script`, and
+//!   optionally a runtime's `sleep` and `spawn_detached`);
+//! - [`RedisLock`] (configuration and acquisition) and [`LockGuard`] (one acquisition: `extend`, `renew`,
+//!   `is_owner`, `release`);
+//! - [`LockError`], the one error type;
+//! - [`memory::MemoryBackend`], an in-process backend for unit tests and single-process use;
+//! - with the `testing` feature, `testing`, the conformance suite every backend passes.
+//!
+//! ```
+//! use std::time::Duration;
+//! use lock_core::{RedisLock, memory::MemoryBackend};
+//!
+//! # futures::executor::block_on(async {
+//! let backend = MemoryBackend::new();
+//! let lock = RedisLock::new(backend, "reports:nightly")
+//!     .timeout(Duration::from_secs(30))
+//!     .wait_timeout(Some(Duration::from_secs(5)));
+//! let guard = lock.acquire().await?;
+//! assert!(guard.is_owner().await?);
+//! assert!(guard.release().await?);
+//! # Ok::<(), lock_core::LockError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # How a lock works
+//!
+//! `acquire` sends `SET key token NX PX ttl` with a fresh random token, retrying with jittered
+//! exponential backoff until the wait deadline. Every later operation is a Lua script that first checks
+//! the token, so a holder whose lock expired and was taken over can never touch the new holder's lock.
+//! A lock is a lease: if the holder pauses longer than the TTL, another holder may enter. Validity is
+//! tracked on the monotonic clock from before each request was sent, less a drift allowance, and a guard
+//! past its validity no longer claims ownership.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+mod backend;
+mod backoff;
+mod error;
+mod guard;
+mod lock;
+pub mod memory;
+pub mod script;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod time;
+
+pub use backend::{BackendError, LockBackend, ScriptValue};
+pub use backoff::Backoff;
+pub use error::{LockError, Result};
+pub use guard::LockGuard;
+pub use lock::RedisLock;
+pub use script::Script;
+
+/// Re-exported so backends can implement [`LockBackend`] with the same macro version.
+pub use async_trait::async_trait;

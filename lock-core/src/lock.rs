@@ -1,0 +1,198 @@
+//! [`RedisLock`]: a lock's configuration, and acquisition.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::LockBackend;
+use crate::backoff::Backoff;
+use crate::error::{LockError, Result};
+use crate::guard::{Lease, LockGuard};
+use crate::time::to_millis;
+
+/// A distributed lock on one Redis key: its configuration, shared freely between tasks.
+///
+/// `RedisLock` holds no ownership state: every acquisition makes its own random token and hands it out in
+/// a [`LockGuard`], so two tasks sharing one `RedisLock` never share ownership.
+///
+/// The Redis key is exactly `key` (no prefix is added) and, while held, its value is exactly the guard's
+/// [`token`](LockGuard::token).
+#[derive(Clone)]
+pub struct RedisLock {
+    backend: Arc<dyn LockBackend>,
+    key: Arc<str>,
+    timeout: Duration,
+    wait_timeout: Option<Duration>,
+    backoff: Backoff,
+}
+
+impl RedisLock {
+    /// The default lock TTL: 30 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default acquisition deadline: 30 s.
+    pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A lock on `key` through `backend`, with a 30 s TTL and a 30 s acquisition deadline.
+    ///
+    /// Nothing is checked or sent until the lock is used: an empty key is reported by `acquire` as
+    /// [`LockError::InvalidArgument`].
+    pub fn new(backend: impl LockBackend, key: impl Into<String>) -> Self {
+        Self {
+            backend: Arc::new(backend),
+            key: Arc::from(key.into()),
+            timeout: Self::DEFAULT_TIMEOUT,
+            wait_timeout: Some(Self::DEFAULT_WAIT_TIMEOUT),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// The lock's TTL: how long Redis keeps it if the holder neither renews nor releases it. Kept to the
+    /// millisecond, rounding up; zero is rejected when the lock is used.
+    pub fn timeout(mut self, ttl: Duration) -> Self {
+        self.timeout = ttl;
+        self
+    }
+
+    /// How long `acquire` keeps trying: `Some(d)` gives up with [`LockError::Timeout`] after `d`
+    /// (`Some(Duration::ZERO)` makes exactly one attempt); `None` waits until the lock is acquired.
+    pub fn wait_timeout(mut self, wait: Option<Duration>) -> Self {
+        self.wait_timeout = wait;
+        self
+    }
+
+    /// The retry policy between attempts (default: 2 ms doubling to 100 ms, full jitter).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The lock key, exactly as given.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The backend this lock talks to.
+    pub fn backend(&self) -> &Arc<dyn LockBackend> {
+        &self.backend
+    }
+
+    /// The configured TTL.
+    pub fn ttl(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Acquires the lock, retrying with backoff until the wait deadline.
+    ///
+    /// Returns [`LockError::Timeout`] when the deadline passes, and a backend failure as soon as it
+    /// happens (an outage is never hidden behind retries). Dropping the returned future while a request
+    /// is in flight releases whatever that request may have acquired, in the background where the backend
+    /// can spawn, otherwise when the TTL runs out.
+    pub async fn acquire(&self) -> Result<LockGuard> {
+        let ttl_ms = self.validate()?;
+        let started = Instant::now();
+        // A deadline too far away to represent is no deadline.
+        let deadline = self.wait_timeout.and_then(|wait| started.checked_add(wait));
+        let token = new_token();
+        let mut attempt: u32 = 0;
+        loop {
+            if let Some(guard) = self.attempt(&token, ttl_ms).await? {
+                return Ok(guard);
+            }
+            let mut delay = self.backoff.delay(attempt);
+            if let Some(deadline) = deadline {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(LockError::Timeout {
+                        key: self.key.to_string(),
+                        waited: now - started,
+                    });
+                }
+                delay = delay.min(deadline - now);
+            }
+            tracing::trace!(key = %self.key, attempt, ?delay, "lock busy, backing off");
+            self.backend.sleep(delay).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// One attempt: `Ok(None)` when the lock is held by someone else.
+    pub async fn try_acquire(&self) -> Result<Option<LockGuard>> {
+        let ttl_ms = self.validate()?;
+        self.attempt(&new_token(), ttl_ms).await
+    }
+
+    /// Acquires the lock, runs `body` while holding it, then releases it.
+    ///
+    /// - [`LockError::Timeout`] when the lock was not acquired in time: `body` never runs.
+    /// - `Ok(value)` when the release confirmed the lock was still ours.
+    /// - [`LockError::Lost`] when the release found it had expired or been taken over: exclusion was not
+    ///   guaranteed, so the value is not handed out.
+    /// - A transport error during the release still returns `Ok(value)` and logs a warning naming the key:
+    ///   the work is done and the TTL frees the key, so a release failure never hides a finished result.
+    ///   Callers who need the release outcome use [`acquire`](Self::acquire) and
+    ///   [`LockGuard::release`].
+    pub async fn run<F, T>(&self, body: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&LockGuard) -> T,
+    {
+        let guard = self.acquire().await?;
+        let value = body(&guard).await;
+        match guard.release().await {
+            Ok(true) => Ok(value),
+            Ok(false) => Err(LockError::Lost {
+                key: self.key.to_string(),
+                reason: "it expired or was taken over before the work finished".into(),
+            }),
+            Err(error) => {
+                tracing::warn!(
+                    key = %self.key,
+                    %error,
+                    "releasing the lock failed after the work finished; its TTL will free it"
+                );
+                Ok(value)
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<u64> {
+        if self.key.is_empty() {
+            return Err(LockError::invalid("key", "must not be empty"));
+        }
+        self.backoff.validate()?;
+        to_millis("timeout", self.timeout)
+    }
+
+    async fn attempt(&self, token: &Arc<str>, ttl_ms: u64) -> Result<Option<LockGuard>> {
+        let ttl = Duration::from_millis(ttl_ms);
+        // Armed before sending: if this future is dropped mid-request, the SET may still reach the
+        // server, so the lease's Drop releases the token in the background.
+        let pending = Lease::new(self.backend.clone(), self.key.clone(), token.clone());
+        let sent_at = Instant::now();
+        match self.backend.set_nx(&self.key, token, ttl).await {
+            Ok(true) => Ok(Some(LockGuard::new(pending, ttl, ttl_ms, sent_at))),
+            Ok(false) => {
+                pending.disarm();
+                Ok(None)
+            }
+            // The request may have been applied before it failed; `pending` releases it on drop.
+            Err(source) => Err(LockError::backend_failed(&self.key, source)),
+        }
+    }
+}
+
+impl fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("key", &self.key)
+            .field("timeout", &self.timeout)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("backoff", &self.backoff)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// A fresh acquisition token: a random (v4) UUID, 128 random bits.
+fn new_token() -> Arc<str> {
+    Arc::from(uuid::Uuid::new_v4().to_string())
+}

@@ -1,0 +1,811 @@
+//! The conformance suite every backend runs (feature `testing`).
+//!
+//! Each check is a plain `async fn` taking the backend under test, a [`Probe`] that reads and writes the
+//! store directly (behind the backend's back, as another client would), and a key unique to the run. They
+//! use only the backend's own `sleep`, so the suite runs on any executor. [`run_all`] runs every check.
+//!
+//! Checks panic with a message naming what broke, like assertions in a test.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::future::{BoxFuture, LocalBoxFuture, join_all};
+
+use crate::backend::{BackendError, LockBackend, ScriptValue};
+use crate::memory::MemoryBackend;
+use crate::script::Script;
+use crate::{LockError, RedisLock};
+
+/// Direct access to the store under test, used to set up and observe states.
+#[async_trait]
+pub trait Probe: Send + Sync {
+    /// `GET key`.
+    async fn get(&self, key: &str) -> Option<String>;
+    /// `PTTL key`: `None` when the key does not exist or has no expiry.
+    async fn pttl(&self, key: &str) -> Option<Duration>;
+    /// `SET key value PX ttl`, overwriting whatever is there (another client taking the lock).
+    async fn set(&self, key: &str, value: &str, ttl: Duration);
+    /// `DEL key` (the lock expiring).
+    async fn del(&self, key: &str);
+    /// `SCRIPT FLUSH` (a restart or failover forgetting loaded scripts). A no-op where scripts are native.
+    async fn flush_scripts(&self);
+}
+
+#[async_trait]
+impl Probe for MemoryBackend {
+    async fn get(&self, key: &str) -> Option<String> {
+        MemoryBackend::get(self, key)
+    }
+    async fn pttl(&self, key: &str) -> Option<Duration> {
+        self.ttl(key)
+    }
+    async fn set(&self, key: &str, value: &str, ttl: Duration) {
+        MemoryBackend::set(self, key, value, ttl)
+    }
+    async fn del(&self, key: &str) {
+        self.delete(key);
+    }
+    async fn flush_scripts(&self) {}
+}
+
+/// A backend wrapper that counts the calls reaching the backend, to prove what was (not) sent.
+#[derive(Debug)]
+pub struct CountingBackend<B> {
+    inner: B,
+    set_nx_calls: AtomicUsize,
+    script_calls: AtomicUsize,
+}
+
+impl<B: LockBackend> CountingBackend<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            set_nx_calls: AtomicUsize::new(0),
+            script_calls: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many `set_nx` calls were made.
+    pub fn set_nx_calls(&self) -> usize {
+        self.set_nx_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many `eval_script` calls were made.
+    pub fn script_calls(&self) -> usize {
+        self.script_calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl<B: LockBackend> LockBackend for CountingBackend<B> {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        self.set_nx_calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.set_nx(key, value, ttl).await
+    }
+
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError> {
+        self.script_calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.eval_script(script, keys, args).await
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+
+    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+        self.inner.spawn_detached(task)
+    }
+}
+
+type Check = for<'a> fn(Arc<dyn LockBackend>, &'a dyn Probe, String) -> LocalBoxFuture<'a, ()>;
+
+macro_rules! checks {
+    ($($name:ident),* $(,)?) => {
+        /// Every check, by name, in the order [`run_all`] runs them.
+        pub fn all_checks() -> Vec<(&'static str, Check)> {
+            vec![$((stringify!($name), |b, p, k| Box::pin($name(b, p, k)) as LocalBoxFuture<'_, ()>)),*]
+        }
+    };
+}
+
+checks!(
+    tokens_are_per_acquisition,
+    key_holds_exactly_the_token,
+    set_nx_recognises_own_write,
+    try_acquire_reports_busy_as_none,
+    zero_wait_makes_exactly_one_attempt,
+    acquire_times_out_naming_the_key,
+    acquire_waits_for_release,
+    acquire_takes_over_after_expiry,
+    durations_are_kept_to_the_millisecond,
+    invalid_arguments_send_nothing,
+    release_checks_the_token,
+    extend_adds_to_the_remaining_ttl,
+    renew_replaces_the_ttl,
+    expired_lock_is_never_recreated,
+    is_owner_follows_the_token,
+    scripts_survive_a_script_flush,
+    dropped_guard_is_released,
+    run_returns_value_and_releases,
+    run_reports_lost_lock,
+    run_times_out_without_running_the_body,
+    contention_never_admits_two_holders,
+    mutex_recipe,
+    leader_follower_recipe,
+);
+
+/// Runs every check against `backend`, with keys starting with `prefix` (unique per run).
+pub async fn run_all(backend: Arc<dyn LockBackend>, probe: &dyn Probe, prefix: &str) {
+    for (name, check) in all_checks() {
+        let started = Instant::now();
+        check(backend.clone(), probe, format!("{prefix}{name}")).await;
+        println!("conformance {name}: ok in {:?}", started.elapsed());
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+async fn sleep(backend: &Arc<dyn LockBackend>, duration: Duration) {
+    backend.sleep(duration).await;
+}
+
+/// Polls `condition` until it holds or `within` passes; returns whether it held.
+async fn eventually<F>(backend: &Arc<dyn LockBackend>, within: Duration, mut condition: F) -> bool
+where
+    F: AsyncFnMut() -> bool,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(backend, Duration::from_millis(10)).await;
+    }
+}
+
+/// Two acquisitions through one `RedisLock` hold different random (v4) tokens, and the guard is
+/// `Send + 'static`.
+pub async fn tokens_are_per_acquisition(backend: Arc<dyn LockBackend>, _: &dyn Probe, key: String) {
+    fn assert_send_static<T: Send + Sync + 'static>(_: &T) {}
+    let lock = RedisLock::new(backend, key);
+    let first = lock.acquire().await.expect("first acquire");
+    assert_send_static(&first);
+    let first_token = first.token().to_owned();
+    assert!(first.release().await.expect("release"));
+    let second = lock.acquire().await.expect("second acquire");
+    assert_ne!(
+        first_token,
+        second.token(),
+        "each acquisition needs its own token"
+    );
+    for token in [first_token.as_str(), second.token()] {
+        let uuid = uuid::Uuid::parse_str(token).expect("token is a UUID");
+        assert_eq!(uuid.get_version_num(), 4, "token is a random (v4) UUID");
+    }
+    second.release().await.expect("release");
+}
+
+/// The Redis key is exactly the given key, its value exactly the token, with the lock's TTL.
+pub async fn key_holds_exactly_the_token(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let guard = RedisLock::new(backend, key.clone())
+        .timeout(10 * SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    assert_eq!(guard.key(), key);
+    assert_eq!(probe.get(&key).await.as_deref(), Some(guard.token()));
+    let ttl = probe.pttl(&key).await.expect("the lock key has a TTL");
+    assert!(
+        ttl > 8 * SECOND && ttl <= 10 * SECOND,
+        "PTTL {ttl:?} for a 10 s lock"
+    );
+    assert!(guard.valid_for() > 8 * SECOND && guard.valid_for() < 10 * SECOND);
+    assert!(guard.release().await.expect("release"));
+    assert_eq!(probe.get(&key).await, None, "release deletes the key");
+}
+
+/// `set_nx` reports success when the key already holds exactly our value (a client re-sent our own
+/// write), and refusal when it holds another.
+pub async fn set_nx_recognises_own_write(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    assert!(
+        backend
+            .set_nx(&key, "ours", 10 * SECOND)
+            .await
+            .expect("first set")
+    );
+    assert!(
+        backend
+            .set_nx(&key, "ours", 10 * SECOND)
+            .await
+            .expect("re-sent set"),
+        "a re-sent SET NX of our own value must count as acquired"
+    );
+    assert!(
+        !backend
+            .set_nx(&key, "theirs", 10 * SECOND)
+            .await
+            .expect("other set")
+    );
+    assert_eq!(probe.get(&key).await.as_deref(), Some("ours"));
+    probe.del(&key).await;
+}
+
+/// `try_acquire` makes one attempt and answers `None` while someone else holds the lock.
+pub async fn try_acquire_reports_busy_as_none(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    probe.set(&key, "someone-else", 10 * SECOND).await;
+    let lock = RedisLock::new(backend, key.clone());
+    assert!(lock.try_acquire().await.expect("try_acquire").is_none());
+    assert_eq!(probe.get(&key).await.as_deref(), Some("someone-else"));
+    probe.del(&key).await;
+    let guard = lock
+        .try_acquire()
+        .await
+        .expect("try_acquire")
+        .expect("free lock is acquired");
+    assert!(guard.release().await.expect("release"));
+}
+
+/// `wait_timeout(Some(0))` sends exactly one attempt and returns at once.
+pub async fn zero_wait_makes_exactly_one_attempt(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    probe.set(&key, "someone-else", 10 * SECOND).await;
+    let counting = Arc::new(CountingBackend::new(backend));
+    let started = Instant::now();
+    let err = RedisLock::new(counting.clone(), key.clone())
+        .wait_timeout(Some(Duration::ZERO))
+        .acquire()
+        .await
+        .expect_err("held lock with zero wait");
+    assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
+    assert_eq!(counting.set_nx_calls(), 1, "exactly one attempt");
+    assert!(started.elapsed() < 2 * SECOND, "returns at once");
+    probe.del(&key).await;
+}
+
+/// A held lock makes `acquire` give up with `Timeout` after the wait deadline, having retried with
+/// backoff (not once, not in a tight loop), and the message names the key verbatim.
+pub async fn acquire_times_out_naming_the_key(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let key = format!("{key}:{{tag}} with spaces/and:colons");
+    probe.set(&key, "someone-else", 10 * SECOND).await;
+    let counting = Arc::new(CountingBackend::new(backend));
+    let wait = Duration::from_millis(400);
+    let started = Instant::now();
+    let err = RedisLock::new(counting.clone(), key.clone())
+        .wait_timeout(Some(wait))
+        .acquire()
+        .await
+        .expect_err("held lock");
+    let elapsed = started.elapsed();
+    match &err {
+        LockError::Timeout { key: k, waited } => {
+            assert_eq!(k, &key);
+            assert!(*waited >= wait);
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains(&key),
+        "message {err} names the key"
+    );
+    assert!(
+        elapsed >= wait,
+        "gave up after {elapsed:?}, before the deadline"
+    );
+    assert!(
+        elapsed < wait + 3 * SECOND,
+        "gave up only after {elapsed:?}"
+    );
+    let attempts = counting.set_nx_calls();
+    assert!(attempts >= 3, "retried only {attempts} times in {wait:?}");
+    assert!(
+        attempts < 400,
+        "{attempts} attempts in {wait:?}: no backoff"
+    );
+    assert_eq!(probe.get(&key).await.as_deref(), Some("someone-else"));
+    probe.del(&key).await;
+}
+
+/// A waiter gets the lock soon after the holder releases it.
+pub async fn acquire_waits_for_release(backend: Arc<dyn LockBackend>, _: &dyn Probe, key: String) {
+    let lock = RedisLock::new(backend.clone(), key).wait_timeout(Some(10 * SECOND));
+    let holder = lock.acquire().await.expect("holder");
+    let holder_token = holder.token().to_owned();
+    let release_later = async {
+        sleep(&backend, Duration::from_millis(200)).await;
+        assert!(holder.release().await.expect("release"));
+        Instant::now()
+    };
+    let (released_at, waiter) = futures::join!(release_later, lock.acquire());
+    let waiter = waiter.expect("waiter acquires after the release");
+    assert_ne!(waiter.token(), holder_token);
+    assert!(released_at.elapsed() < 2 * SECOND);
+    waiter.release().await.expect("release");
+}
+
+/// A holder that never releases is replaced once its TTL runs out.
+pub async fn acquire_takes_over_after_expiry(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    probe
+        .set(&key, "crashed-holder", Duration::from_millis(300))
+        .await;
+    let started = Instant::now();
+    let guard = RedisLock::new(backend, key.clone())
+        .wait_timeout(Some(10 * SECOND))
+        .acquire()
+        .await
+        .expect("acquired after expiry");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "acquired before the TTL ran out"
+    );
+    assert_eq!(probe.get(&key).await.as_deref(), Some(guard.token()));
+    guard.release().await.expect("release");
+}
+
+/// 1.5 s is 1500 ms, and a sub-millisecond remainder rounds up rather than down.
+pub async fn durations_are_kept_to_the_millisecond(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let guard = RedisLock::new(backend.clone(), key.clone())
+        .timeout(Duration::from_secs_f64(1.5))
+        .acquire()
+        .await
+        .expect("acquire");
+    let ttl = probe.pttl(&key).await.expect("ttl");
+    assert!(
+        ttl > SECOND && ttl <= Duration::from_millis(1500),
+        "PTTL {ttl:?} for 1.5 s"
+    );
+    guard.release().await.expect("release");
+
+    // 0.5 ms must become 1 ms, not 0 (which would delete the key while reporting success).
+    let guard = RedisLock::new(backend, key.clone())
+        .timeout(Duration::from_micros(500))
+        .try_acquire()
+        .await
+        .expect("sub-millisecond TTL is accepted")
+        .expect("acquired");
+    assert_eq!(guard.key(), key);
+    drop(guard);
+}
+
+/// Zero TTL, empty key, zero extend and a bad backoff are `InvalidArgument` naming the argument, and
+/// nothing reaches the backend.
+pub async fn invalid_arguments_send_nothing(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    fn argument(err: LockError) -> &'static str {
+        match err {
+            LockError::InvalidArgument { argument, .. } => argument,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+    let counting = Arc::new(CountingBackend::new(backend));
+    let lock = RedisLock::new(counting.clone(), key.clone());
+
+    let zero_ttl = lock.clone().timeout(Duration::ZERO);
+    assert_eq!(argument(zero_ttl.acquire().await.unwrap_err()), "timeout");
+    assert_eq!(
+        argument(zero_ttl.try_acquire().await.unwrap_err()),
+        "timeout"
+    );
+    let ran = AtomicBool::new(false);
+    let result = zero_ttl
+        .run(async |_| ran.store(true, Ordering::SeqCst))
+        .await;
+    assert_eq!(argument(result.unwrap_err()), "timeout");
+    assert!(!ran.load(Ordering::SeqCst));
+
+    let empty = RedisLock::new(counting.clone(), "");
+    assert_eq!(argument(empty.acquire().await.unwrap_err()), "key");
+
+    let bad_backoff = lock
+        .clone()
+        .backoff(crate::Backoff::new(Duration::ZERO, SECOND));
+    assert_eq!(
+        argument(bad_backoff.acquire().await.unwrap_err()),
+        "backoff"
+    );
+
+    assert_eq!(counting.set_nx_calls(), 0, "nothing is sent for bad input");
+    assert_eq!(probe.get(&key).await, None);
+
+    let guard = lock.acquire().await.expect("acquire");
+    let ttl_before = probe.pttl(&key).await.expect("ttl");
+    let scripts_before = counting.script_calls();
+    assert_eq!(
+        argument(guard.extend(Duration::ZERO).await.unwrap_err()),
+        "extend"
+    );
+    assert_eq!(
+        counting.script_calls(),
+        scripts_before,
+        "extend(0) sends nothing"
+    );
+    assert_eq!(
+        probe.get(&key).await.as_deref(),
+        Some(guard.token()),
+        "the lock is untouched"
+    );
+    assert!(probe.pttl(&key).await.expect("ttl") <= ttl_before);
+    assert!(guard.release().await.expect("release"));
+}
+
+/// Release deletes only our own lock: once someone else holds the key, release answers `false` and
+/// leaves their value alone.
+pub async fn release_checks_the_token(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let lock = RedisLock::new(backend, key.clone());
+    let guard = lock.acquire().await.expect("acquire");
+    probe.set(&key, "new-holder", 10 * SECOND).await;
+    assert!(
+        !guard.release().await.expect("release"),
+        "not ours any more"
+    );
+    assert_eq!(probe.get(&key).await.as_deref(), Some("new-holder"));
+    probe.del(&key).await;
+
+    let guard = lock.acquire().await.expect("acquire");
+    assert!(guard.release().await.expect("release"));
+    assert_eq!(probe.get(&key).await, None);
+}
+
+/// `extend(by)` adds `by` to the remaining TTL.
+pub async fn extend_adds_to_the_remaining_ttl(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let guard = RedisLock::new(backend, key.clone())
+        .timeout(10 * SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    assert!(guard.extend(20 * SECOND).await.expect("extend"));
+    let ttl = probe.pttl(&key).await.expect("ttl");
+    assert!(
+        ttl > 28 * SECOND && ttl <= 30 * SECOND,
+        "PTTL {ttl:?} after 10 s + 20 s"
+    );
+    assert!(guard.valid_for() > 28 * SECOND);
+    assert!(guard.extend(SECOND).await.expect("extend again"));
+    assert!(probe.pttl(&key).await.expect("ttl") > 29 * SECOND);
+
+    probe.set(&key, "new-holder", 5 * SECOND).await;
+    assert!(
+        !guard.extend(20 * SECOND).await.expect("extend"),
+        "not ours any more"
+    );
+    assert!(
+        probe.pttl(&key).await.expect("ttl") <= 5 * SECOND,
+        "their TTL is untouched"
+    );
+    probe.del(&key).await;
+}
+
+/// `renew()` resets the TTL to the lock's timeout, however much was added before.
+pub async fn renew_replaces_the_ttl(backend: Arc<dyn LockBackend>, probe: &dyn Probe, key: String) {
+    let guard = RedisLock::new(backend, key.clone())
+        .timeout(10 * SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    assert!(guard.extend(20 * SECOND).await.expect("extend"));
+    assert!(guard.renew().await.expect("renew"));
+    let ttl = probe.pttl(&key).await.expect("ttl");
+    assert!(
+        ttl > 8 * SECOND && ttl <= 10 * SECOND,
+        "PTTL {ttl:?} after renew"
+    );
+    for _ in 0..5 {
+        assert!(guard.renew().await.expect("renew"));
+    }
+    assert!(
+        probe.pttl(&key).await.expect("ttl") <= 10 * SECOND,
+        "renewing never accumulates"
+    );
+
+    probe.set(&key, "new-holder", 5 * SECOND).await;
+    assert!(!guard.renew().await.expect("renew"));
+    assert!(probe.pttl(&key).await.expect("ttl") <= 5 * SECOND);
+    probe.del(&key).await;
+}
+
+/// Neither `extend` nor `renew` re-creates a lock that expired.
+pub async fn expired_lock_is_never_recreated(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let guard = RedisLock::new(backend, key.clone())
+        .timeout(10 * SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    probe.del(&key).await;
+    assert!(!guard.extend(10 * SECOND).await.expect("extend"));
+    assert!(!guard.renew().await.expect("renew"));
+    assert!(!guard.is_owner().await.expect("is_owner"));
+    assert_eq!(probe.get(&key).await, None, "an expired lock stays expired");
+    assert!(!guard.release().await.expect("release"));
+}
+
+/// `is_owner` is true while our token is there, false once the key expired or changed hands.
+pub async fn is_owner_follows_the_token(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let lock = RedisLock::new(backend.clone(), key.clone());
+    let guard = lock.acquire().await.expect("acquire");
+    assert!(guard.is_owner().await.expect("is_owner"));
+    probe.set(&key, "new-holder", 10 * SECOND).await;
+    assert!(!guard.is_owner().await.expect("is_owner"));
+    probe.set(&key, guard.token(), 10 * SECOND).await;
+    assert!(guard.is_owner().await.expect("is_owner"));
+    assert!(guard.release().await.expect("release"));
+
+    // Past its local validity a guard answers false without asking.
+    let short = RedisLock::new(backend.clone(), key.clone())
+        .timeout(Duration::from_millis(100))
+        .acquire()
+        .await
+        .expect("acquire");
+    sleep(&backend, Duration::from_millis(150)).await;
+    assert_eq!(short.valid_for(), Duration::ZERO);
+    assert!(!short.is_owner().await.expect("is_owner"));
+}
+
+/// Scripts keep working after the server forgot them (restart, failover, `SCRIPT FLUSH`) in the middle of
+/// a hold: `EVALSHA` falls back to `EVAL`.
+pub async fn scripts_survive_a_script_flush(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let guard = RedisLock::new(backend, key.clone())
+        .timeout(10 * SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    assert!(guard.renew().await.expect("renew loads the script"));
+    probe.flush_scripts().await;
+    assert!(guard.renew().await.expect("renew after SCRIPT FLUSH"));
+    probe.flush_scripts().await;
+    assert!(
+        guard
+            .extend(SECOND)
+            .await
+            .expect("extend after SCRIPT FLUSH")
+    );
+    probe.flush_scripts().await;
+    assert!(guard.is_owner().await.expect("is_owner after SCRIPT FLUSH"));
+    probe.flush_scripts().await;
+    assert!(guard.release().await.expect("release after SCRIPT FLUSH"));
+    assert_eq!(probe.get(&key).await, None);
+}
+
+/// A guard dropped without `release` is released in the background, long before its TTL.
+pub async fn dropped_guard_is_released(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let guard = RedisLock::new(backend.clone(), key.clone())
+        .timeout(60 * SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    drop(guard);
+    let released = eventually(&backend, 5 * SECOND, async || {
+        probe.get(&key).await.is_none()
+    })
+    .await;
+    assert!(
+        released,
+        "a dropped guard must be released in the background"
+    );
+}
+
+/// `run` hands out the body's value when the lock was still ours at the end, and releases it. The body
+/// may borrow locals.
+pub async fn run_returns_value_and_releases(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let lock = RedisLock::new(backend, key.clone());
+    let mut borrowed = Vec::new();
+    let value = lock
+        .run(async |guard| {
+            borrowed.push(guard.token().to_owned());
+            assert_eq!(probe.get(guard.key()).await.as_deref(), Some(guard.token()));
+            42
+        })
+        .await
+        .expect("run");
+    assert_eq!(value, 42);
+    assert_eq!(borrowed.len(), 1);
+    assert_eq!(probe.get(&key).await, None, "run releases the lock");
+}
+
+/// `run` returns `Lost` naming the key when the lock expired or was taken over during the body.
+pub async fn run_reports_lost_lock(backend: Arc<dyn LockBackend>, probe: &dyn Probe, key: String) {
+    let lock = RedisLock::new(backend, key.clone());
+    let err = lock
+        .run(async |guard| {
+            probe.set(guard.key(), "new-holder", 10 * SECOND).await;
+            "work done without exclusion"
+        })
+        .await
+        .expect_err("the lock was taken over");
+    match &err {
+        LockError::Lost { key: k, .. } => assert_eq!(k, &key),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&key));
+    assert_eq!(
+        probe.get(&key).await.as_deref(),
+        Some("new-holder"),
+        "theirs is untouched"
+    );
+    probe.del(&key).await;
+}
+
+/// `run` returns `Timeout` when the lock is busy, and the body never runs.
+pub async fn run_times_out_without_running_the_body(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    probe.set(&key, "someone-else", 10 * SECOND).await;
+    let ran = AtomicBool::new(false);
+    let err = RedisLock::new(backend, key.clone())
+        .wait_timeout(Some(Duration::from_millis(100)))
+        .run(async |_| ran.store(true, Ordering::SeqCst))
+        .await
+        .expect_err("busy");
+    assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
+    assert!(!ran.load(Ordering::SeqCst), "the body must not run");
+    probe.del(&key).await;
+}
+
+/// 8 tasks × 20 acquisitions of one key: never two holders at once, and every release confirms.
+pub async fn contention_never_admits_two_holders(
+    backend: Arc<dyn LockBackend>,
+    _: &dyn Probe,
+    key: String,
+) {
+    const TASKS: usize = 8;
+    const ROUNDS: usize = 20;
+    let lock = RedisLock::new(backend.clone(), key)
+        .timeout(10 * SECOND)
+        .wait_timeout(Some(60 * SECOND));
+    let held = AtomicBool::new(false);
+    let acquisitions = AtomicUsize::new(0);
+    let worker = async |_task: usize| {
+        for _ in 0..ROUNDS {
+            let guard = lock.acquire().await.expect("acquire under contention");
+            assert!(!held.swap(true, Ordering::SeqCst), "two holders at once");
+            sleep(&backend, Duration::from_millis(1)).await;
+            held.store(false, Ordering::SeqCst);
+            assert!(
+                guard.release().await.expect("release"),
+                "release must confirm"
+            );
+            acquisitions.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    join_all((0..TASKS).map(worker)).await;
+    assert_eq!(acquisitions.load(Ordering::SeqCst), TASKS * ROUNDS);
+}
+
+/// The seed's mutex recipe: try to take the lock, do the work, extend if it needs longer, give up with
+/// a timeout error when another worker holds it.
+pub async fn mutex_recipe(backend: Arc<dyn LockBackend>, probe: &dyn Probe, key: String) {
+    let lock = RedisLock::new(backend, key.clone())
+        .timeout(30 * SECOND)
+        .wait_timeout(Some(30 * SECOND));
+    let done = lock
+        .run(async |guard| {
+            // We may want it longer...
+            assert!(guard.extend(30 * SECOND).await.expect("extend"));
+            "work done"
+        })
+        .await
+        .expect("mutex recipe");
+    assert_eq!(done, "work done");
+
+    probe.set(&key, "other-worker", 30 * SECOND).await;
+    let busy = RedisLock::new(lock.backend().clone(), key.clone())
+        .wait_timeout(Some(Duration::from_millis(50)))
+        .run(async |_| ())
+        .await;
+    assert!(matches!(busy, Err(LockError::Timeout { .. })), "{busy:?}");
+    probe.del(&key).await;
+}
+
+/// The seed's leader/follower recipe: followers wait forever (`wait_timeout(None)`), the leader keeps
+/// checking `is_owner` and calling `renew`, and a follower takes over when the leader stops renewing.
+pub async fn leader_follower_recipe(backend: Arc<dyn LockBackend>, _: &dyn Probe, key: String) {
+    let lock = RedisLock::new(backend.clone(), key)
+        .timeout(Duration::from_millis(400))
+        .wait_timeout(None);
+    let leader = lock.acquire().await.expect("leader");
+    let leader_rounds = async {
+        for _ in 0..6 {
+            assert!(leader.is_owner().await.expect("is_owner"));
+            sleep(&backend, Duration::from_millis(100)).await;
+            assert!(
+                leader.renew().await.expect("renew"),
+                "the leader keeps its lease"
+            );
+        }
+        Instant::now()
+    };
+    let follower = async {
+        let guard = lock
+            .acquire()
+            .await
+            .expect("follower waits forever, then leads");
+        (Instant::now(), guard)
+    };
+    // The leader renews for ~600 ms (longer than the TTL) and then "crashes": it stops renewing
+    // without releasing.
+    let (leader_stopped, (follower_started, follower)) = futures::join!(leader_rounds, follower);
+    assert!(
+        follower_started > leader_stopped,
+        "the follower led while the leader renewed"
+    );
+    assert!(
+        !leader.is_owner().await.expect("is_owner"),
+        "the old leader knows it lost"
+    );
+    assert!(
+        !leader.renew().await.expect("renew"),
+        "the old leader cannot renew"
+    );
+    std::mem::forget(leader);
+    assert!(follower.is_owner().await.expect("is_owner"));
+    assert!(follower.release().await.expect("release"));
+}

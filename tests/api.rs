@@ -1,0 +1,57 @@
+//! The public API compiles as documented, and its futures and types are `Send` where the contract says so.
+
+use std::time::Duration;
+
+use redlease::memory::MemoryBackend;
+use redlease::{LockError, LockGuard, RedisLock};
+
+fn assert_send<T: Send>(value: T) -> T {
+    value
+}
+
+#[test]
+fn types_are_send_sync_debug() {
+    fn check<T: Send + Sync + std::fmt::Debug + 'static>() {}
+    check::<RedisLock>();
+    check::<LockGuard>();
+    check::<LockError>();
+}
+
+#[tokio::test]
+async fn futures_are_send_and_run_inside_spawn() {
+    let lock = RedisLock::new(MemoryBackend::new(), "foobar")
+        .timeout(Duration::from_secs(30))
+        .wait_timeout(Some(Duration::from_secs(30)));
+
+    let spawned = {
+        let lock = lock.clone();
+        tokio::spawn(async move {
+            let guard = lock.acquire().await?;
+            let _: &str = guard.token();
+            let _: &str = guard.key();
+            assert!(guard.is_owner().await?);
+            assert!(guard.extend(Duration::from_secs(1)).await?);
+            assert!(guard.renew().await?);
+            assert!(guard.release().await?);
+            assert!(lock.try_acquire().await?.is_some());
+            Ok::<_, LockError>(())
+        })
+    };
+    spawned.await.unwrap().unwrap();
+
+    let local = String::from("borrowed");
+    let v = assert_send(lock.run(async |guard| {
+        assert_eq!(guard.key(), "foobar");
+        local.len()
+    }))
+    .await
+    .unwrap();
+    assert_eq!(v, 8);
+
+    let lock2 = lock.clone();
+    let v = tokio::spawn(async move { lock2.run(async |_guard| 42).await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, 42);
+}

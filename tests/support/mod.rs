@@ -1,0 +1,557 @@
+//! Shared support code for integration tests: real `redis-server` processes.
+//!
+//! Include it from an integration test with `mod support;`.
+//!
+//! Every [`RedisServer`] is a separate `redis-server` child process listening
+//! on a free loopback port, with persistence disabled and its working
+//! directory (and log file) in a fresh temporary directory, so nothing is ever
+//! written into the repository. Dropping the value kills the process and
+//! removes the directory, so keep servers in test-local variables rather than
+//! in statics (statics are never dropped).
+//!
+//! When `redis-server` is not installed, [`RedisServer::start`] panics with
+//! installation instructions: tests never skip silently.
+//!
+//! No Redis client crate is used here; [`resp_command`] speaks raw RESP over a
+//! `std::net::TcpStream`.
+
+#![allow(dead_code)]
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Name of the server binary looked up on `PATH` by [`RedisServer::start`].
+pub const REDIS_SERVER_BIN: &str = "redis-server";
+
+/// How often [`RedisServer::start`] picks a new port after a port clash.
+const START_ATTEMPTS: usize = 5;
+/// Upper bound for one server process to start answering `PING`.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Upper bound for [`RedisServer::restart`] to get the same port back.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(20);
+/// Connect/read/write timeout used by [`RedisServer::command`].
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of a single readiness probe while a server is starting.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Number of log lines quoted in panic messages.
+const LOG_TAIL_LINES: usize = 40;
+
+const INSTALL_HINT: &str = "install it with `apt-get install -y redis-server` (Debian/Ubuntu) \
+     or `brew install redis`, or run ./scripts/check which installs it";
+
+/// A `redis-server` child process on `127.0.0.1:<port>`, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    binary: String,
+    port: u16,
+    /// Temporary directory holding the log file and per-launch data dirs.
+    dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    launches: u32,
+}
+
+/// Why one launch of the server did not become ready.
+#[derive(Debug)]
+enum LaunchFailure {
+    /// The process exited during startup (typically: port already in use).
+    Exited(ExitStatus),
+    /// Something else, not our process, answered on the port.
+    Foreign(String),
+    /// The process is alive but did not answer in time.
+    Timeout,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` from `PATH` on a free loopback port and waits
+    /// until it answers `PING`.
+    ///
+    /// # Panics
+    ///
+    /// If `redis-server` is not on `PATH` (with installation instructions),
+    /// or if it cannot be started (with the tail of its log).
+    pub fn start() -> RedisServer {
+        Self::start_with_binary(REDIS_SERVER_BIN)
+    }
+
+    /// Like [`RedisServer::start`], with an explicit server binary (a name
+    /// looked up on `PATH`, or a path).
+    pub fn start_with_binary(binary: &str) -> RedisServer {
+        let dir =
+            std::env::temp_dir().join(format!("redlease-redis-{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", dir.display()));
+        let log = dir.join("redis-server.log");
+        let mut server = RedisServer {
+            binary: binary.to_owned(),
+            port: 0,
+            dir,
+            log,
+            child: None,
+            launches: 0,
+        };
+
+        let mut failures = Vec::new();
+        for attempt in 1..=START_ATTEMPTS {
+            server.port = free_port();
+            let mut child = server.launch();
+            let deadline = Instant::now() + READY_TIMEOUT;
+            match wait_ready(&mut child, server.addr(), deadline) {
+                Ok(()) => {
+                    server.child = Some(child);
+                    return server;
+                }
+                Err(LaunchFailure::Timeout) => {
+                    reap(&mut child);
+                    server.fail(&format!(
+                        "redis-server on port {} did not answer PING within {READY_TIMEOUT:?}",
+                        server.port
+                    ));
+                }
+                Err(failure) => {
+                    reap(&mut child);
+                    failures.push(format!(
+                        "attempt {attempt} (port {}): {failure:?}",
+                        server.port
+                    ));
+                }
+            }
+        }
+        server.fail(&format!(
+            "redis-server failed to start after {START_ATTEMPTS} attempts: {}",
+            failures.join("; ")
+        ));
+    }
+
+    /// `redis://127.0.0.1:<port>/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The TCP port the server listens on (stable across [`Self::restart`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>`
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Process id of the running server, `None` after [`Self::kill`].
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether a server process is currently running (possibly paused).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Path of the file capturing the server's stdout and stderr.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last lines of the server log (for diagnostics).
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log, LOG_TAIL_LINES)
+    }
+
+    /// Kills the server with SIGKILL and waits for it to exit. The port then
+    /// refuses connections. No-op if it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            reap(&mut child);
+        }
+    }
+
+    /// Kills the server (if running) and starts a new, empty one on the same
+    /// port. Retries for a while in case the port is not immediately free.
+    ///
+    /// # Panics
+    ///
+    /// If the server cannot be brought back on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + RESTART_TIMEOUT;
+        let mut failures = Vec::new();
+        loop {
+            let mut child = self.launch();
+            match wait_ready(&mut child, self.addr(), deadline) {
+                Ok(()) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(failure) => {
+                    reap(&mut child);
+                    failures.push(format!("{failure:?}"));
+                    if matches!(failure, LaunchFailure::Timeout) || Instant::now() >= deadline {
+                        self.fail(&format!(
+                            "redis-server could not be restarted on port {} within \
+                             {RESTART_TIMEOUT:?}: {}",
+                            self.port,
+                            failures.join("; ")
+                        ));
+                    }
+                    thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Freezes the server process (SIGSTOP): connections are still accepted
+    /// by the kernel, but no command is answered until [`Self::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a server frozen by [`Self::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Sends one command over a fresh connection and renders the reply, see
+    /// [`resp_command`]. `Err` holds an error reply, e.g. `"-ERR unknown ..."`.
+    ///
+    /// # Panics
+    ///
+    /// On I/O errors or a timeout (10 s); use [`Self::command_timeout`] to
+    /// handle those.
+    pub fn command(&self, args: &[&str]) -> Result<String, String> {
+        self.command_timeout(args, COMMAND_TIMEOUT)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "redis command {args:?} to {} failed: {e}\n--- redis-server log tail ---\n{}",
+                    self.addr(),
+                    self.log_tail()
+                )
+            })
+    }
+
+    /// Like [`Self::command`] but with an explicit connect/read/write timeout
+    /// and returning I/O errors instead of panicking.
+    pub fn command_timeout(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+    ) -> io::Result<Result<String, String>> {
+        resp_command(self.addr(), args, timeout)
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("cannot send SIG{signal}: redis-server is not running"));
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run `kill -{signal} {pid}`: {e}"));
+        assert!(status.success(), "`kill -{signal} {pid}` failed: {status}");
+    }
+
+    /// Spawns one server process on `self.port` with a fresh, empty data dir.
+    fn launch(&mut self) -> Child {
+        self.launches += 1;
+        let data_dir = self.dir.join(format!("data-{}", self.launches));
+        fs::create_dir_all(&data_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", data_dir.display()));
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
+        // Best effort: the separator only helps reading the log.
+        let _ = writeln!(
+            log,
+            "=== redlease test support: launch {} of {} on port {} ===",
+            self.launches, self.binary, self.port
+        );
+        let stderr = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone log file handle: {e}"));
+
+        let spawned = Command::new(&self.binary)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .args(["--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&data_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .spawn();
+        match spawned {
+            Ok(child) => child,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                panic!("{} not found on PATH: {INSTALL_HINT}", self.binary)
+            }
+            Err(e) => panic!("cannot spawn {}: {e}", self.binary),
+        }
+    }
+
+    fn fail(&self, message: &str) -> ! {
+        panic!(
+            "{message}\n--- redis-server log tail ({}) ---\n{}",
+            self.log.display(),
+            self.log_tail()
+        )
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Returns a Redis URL for tests that just need *a* server: `REDIS_URL` from
+/// the environment if set (and `None`), otherwise a freshly started server
+/// (keep it alive as long as the URL is used) and its URL.
+///
+/// Tests that kill, restart or pause a server must start their own instead.
+pub fn redis_url() -> (Option<RedisServer>, String) {
+    match std::env::var("REDIS_URL") {
+        Ok(url) if !url.trim().is_empty() => (None, url),
+        _ => {
+            let server = RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    }
+}
+
+/// A random per-test key prefix, e.g. `redlease-test:1a2b3c4d:`.
+pub fn key_prefix() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("redlease-test:{}:", &id[..8])
+}
+
+/// Sends one command as a RESP array over a fresh TCP connection to `addr`
+/// and renders the reply as a string:
+///
+/// - simple strings and bulk strings: their content (lossy UTF-8),
+/// - integers: their digits,
+/// - nil (bulk or array): `(nil)`,
+/// - arrays: the rendered elements joined by `\n` (empty array: `""`),
+/// - an error reply: `Err` with the `-` kept, e.g. `Err("-ERR unknown command ...")`
+///   (errors nested in arrays are rendered the same way, inline).
+///
+/// `timeout` bounds connecting and each read/write; exceeding it yields an
+/// `io::Error` of kind `TimedOut` or `WouldBlock`.
+pub fn resp_command(
+    addr: SocketAddr,
+    args: &[&str],
+    timeout: Duration,
+) -> io::Result<Result<String, String>> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    (&stream).write_all(&encode_command(args))?;
+    let mut reader = BufReader::new(&stream);
+    let reply = read_reply(&mut reader)?;
+    Ok(match reply {
+        Reply::Error(message) => Err(format!("-{message}")),
+        other => Ok(render(&other)),
+    })
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+pub fn encode_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A parsed RESP reply.
+#[derive(Debug, Clone, PartialEq)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+fn render(reply: &Reply) -> String {
+    match reply {
+        Reply::Simple(s) => s.clone(),
+        Reply::Error(e) => format!("-{e}"),
+        Reply::Integer(i) => i.to_string(),
+        Reply::Bulk(Some(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        Reply::Bulk(None) | Reply::Array(None) => "(nil)".to_owned(),
+        Reply::Array(Some(items)) => items.iter().map(render).collect::<Vec<_>>().join("\n"),
+    }
+}
+
+fn protocol_error(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+fn read_line<R: BufRead>(reader: &mut R) -> io::Result<String> {
+    let mut buf = Vec::new();
+    reader.read_until(b'\n', &mut buf)?;
+    if !buf.ends_with(b"\r\n") {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed in the middle of a RESP reply",
+        ));
+    }
+    buf.truncate(buf.len() - 2);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn parse_len(text: &str) -> io::Result<i64> {
+    text.parse()
+        .map_err(|_| protocol_error(format!("bad RESP length/integer {text:?}")))
+}
+
+fn read_blob<R: BufRead>(reader: &mut R, len: i64) -> io::Result<Option<Vec<u8>>> {
+    if len < 0 {
+        return Ok(None);
+    }
+    let len = usize::try_from(len).map_err(|_| protocol_error(format!("bad length {len}")))?;
+    let mut data = vec![0; len + 2];
+    reader.read_exact(&mut data)?;
+    if !data.ends_with(b"\r\n") {
+        return Err(protocol_error("bulk string not terminated by CRLF".into()));
+    }
+    data.truncate(len);
+    Ok(Some(data))
+}
+
+fn read_items<R: BufRead>(reader: &mut R, len: i64) -> io::Result<Option<Vec<Reply>>> {
+    if len < 0 {
+        return Ok(None);
+    }
+    (0..len)
+        .map(|_| read_reply(reader))
+        .collect::<io::Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Reads one reply. RESP2, plus the common RESP3 types mapped onto RESP2
+/// shapes (in case a test switches protocols with `HELLO 3`).
+fn read_reply<R: BufRead>(reader: &mut R) -> io::Result<Reply> {
+    let line = read_line(reader)?;
+    let mut chars = line.chars();
+    let kind = chars
+        .next()
+        .ok_or_else(|| protocol_error("empty RESP line".into()))?;
+    let rest = chars.as_str();
+    Ok(match kind {
+        '+' => Reply::Simple(rest.to_owned()),
+        '-' => Reply::Error(rest.to_owned()),
+        ':' => Reply::Integer(parse_len(rest)?),
+        '$' => Reply::Bulk(read_blob(reader, parse_len(rest)?)?),
+        '*' | '~' | '>' => Reply::Array(read_items(reader, parse_len(rest)?)?),
+        '%' | '|' => {
+            let pairs = parse_len(rest)?;
+            let items = read_items(reader, pairs.saturating_mul(2))?;
+            if kind == '|' {
+                // Attribute: metadata preceding the actual reply.
+                return read_reply(reader);
+            }
+            Reply::Array(items)
+        }
+        '_' => Reply::Bulk(None),
+        '#' => Reply::Integer(i64::from(rest == "t")),
+        ',' | '(' => Reply::Simple(rest.to_owned()),
+        '=' => {
+            // Verbatim string: "txt:" format prefix, then the content.
+            let data = read_blob(reader, parse_len(rest)?)?.unwrap_or_default();
+            Reply::Bulk(Some(data.get(4..).unwrap_or_default().to_vec()))
+        }
+        '!' => {
+            let data = read_blob(reader, parse_len(rest)?)?.unwrap_or_default();
+            Reply::Error(String::from_utf8_lossy(&data).into_owned())
+        }
+        other => return Err(protocol_error(format!("unknown RESP type byte {other:?}"))),
+    })
+}
+
+/// Picks a currently free loopback port (bind to port 0, then release it).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to find a free port: {e}"));
+    listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("cannot read local address: {e}"))
+        .port()
+}
+
+/// Waits until `child` answers `PING` on `addr` and is really the process
+/// listening there (checked through `INFO server`'s `process_id`).
+fn wait_ready(child: &mut Child, addr: SocketAddr, deadline: Instant) -> Result<(), LaunchFailure> {
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(LaunchFailure::Exited(status));
+        }
+        if Instant::now() >= deadline {
+            return Err(LaunchFailure::Timeout);
+        }
+        match probe(addr) {
+            Some(Ok(pid)) if pid == child.id() => return Ok(()),
+            Some(Ok(pid)) => {
+                return Err(LaunchFailure::Foreign(format!(
+                    "another redis-server (pid {pid}) answers on {addr}"
+                )));
+            }
+            // Not answering yet, or an error reply such as "-LOADING".
+            Some(Err(_)) | None => {}
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `None`: no usable answer yet. `Some(Ok(pid))`: a Redis answered PING and
+/// reported its pid. `Some(Err(_))`: a Redis answered with an error.
+fn probe(addr: SocketAddr) -> Option<Result<u32, String>> {
+    match resp_command(addr, &["PING"], PROBE_TIMEOUT).ok()? {
+        Ok(pong) if pong == "PONG" => {}
+        Ok(_) => return None,
+        Err(e) => return Some(Err(e)),
+    }
+    let info = match resp_command(addr, &["INFO", "server"], PROBE_TIMEOUT).ok()? {
+        Ok(info) => info,
+        Err(e) => return Some(Err(e)),
+    };
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+        .map(Ok)
+}
+
+/// SIGKILLs (which also works on a SIGSTOPped process) and waits.
+fn reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
