@@ -17,6 +17,8 @@
 
 #![allow(dead_code)]
 
+pub mod probe;
+
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};

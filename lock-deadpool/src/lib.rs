@@ -1,0 +1,451 @@
+//! The [deadpool-redis] and [redis-rs] adapter for redlease.
+//!
+//! [`DeadpoolBackend`] implements [`LockBackend`] over either a [`deadpool_redis::Pool`] (one pooled
+//! connection is checked out per call) or a single redis-rs [`MultiplexedConnection`] (cloned per call,
+//! which is cheap: clones share one socket). It is a thin translation layer with no lock logic:
+//!
+//! - `set_nx` sends `SET key value NX PX <ms> GET` in one round trip (this needs Redis 7.0 or newer);
+//! - scripts run by `EVALSHA`, falling back to `EVAL` when the server answers `NOSCRIPT`;
+//! - every call, including checking a connection out of the pool and the `EVAL` fallback, is bounded by
+//!   [`DeadpoolBackend::command_timeout`] (5 s by default);
+//! - sleeping and background tasks use the current Tokio runtime.
+//!
+//! The crates this adapter is built on are re-exported as [`deadpool_redis`] (and redis-rs as
+//! [`deadpool_redis::redis`]), so the versions always match.
+//!
+//! Prefer a pool: it replaces connections that broke. A lone [`MultiplexedConnection`] never
+//! reconnects, so once the server has dropped it (a restart, a failover, a network cut) every call
+//! fails, transiently but forever.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use lock_deadpool::{DeadpoolBackend, deadpool_redis};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! // A pool (recommended).
+//! let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379/")
+//!     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+//! let backend = DeadpoolBackend::from(pool).command_timeout(Duration::from_secs(2));
+//!
+//! // Or one multiplexed connection.
+//! let conn = deadpool_redis::redis::Client::open("redis://127.0.0.1:6379/")?
+//!     .get_multiplexed_async_connection()
+//!     .await?;
+//! let other = DeadpoolBackend::from(conn);
+//!
+//! // Hand a backend to the lock core, e.g. as an `Arc<dyn LockBackend>`.
+//! # drop((backend, other));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Timeouts
+//!
+//! Three bounds apply to a call, and the first one reached wins:
+//!
+//! - [`DeadpoolBackend::command_timeout`], the adapter's bound on the whole call. When it elapses the
+//!   call fails with [`BackendError::timed_out`].
+//! - redis-rs's own per-request *response timeout*, which in redis-rs 1.x defaults to **500 ms** for
+//!   every multiplexed connection made without an explicit
+//!   [`AsyncConnectionConfig`](deadpool_redis::redis::AsyncConnectionConfig) (both
+//!   `Client::get_multiplexed_async_connection` and the connections a `deadpool_redis::Config` pool
+//!   creates), along with a 1 s connection timeout. When it elapses redis-rs reports an I/O error of
+//!   kind `TimedOut`, which this adapter maps to a transient [`BackendError`]. The lock scripts are O(1)
+//!   so 500 ms is ample; raise it with `AsyncConnectionConfig::set_response_timeout` (and
+//!   `deadpool_redis::Manager::new_with_config` for a pool) if your server is slow.
+//! - deadpool's own pool timeouts (wait, create, recycle), which are unset by default.
+//!
+//! So against a frozen server, a call over a multiplexed connection fails after 500 ms, while a pool
+//! first spends 500 ms failing to recycle its idle connection and then 1 s failing to set up a new one;
+//! set the command timeout below that if a call must give up sooner.
+//!
+//! # Errors
+//!
+//! Every [`BackendError`] names the backend `"deadpool"` and carries the original redis-rs or deadpool
+//! error as its source. Failures that may pass on their own are *transient*: I/O errors, dropped
+//! connections, timeouts, the pool timing out or being closed, and the server answering `LOADING`,
+//! `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `READONLY` or `BUSY`. Everything else (script errors,
+//! `WRONGTYPE`, syntax errors, authentication failures, ...) is *permanent*.
+//!
+//! # Runtime
+//!
+//! This adapter requires a Tokio runtime with the time driver enabled (as redis-rs does):
+//! [`LockBackend::sleep`] is [`tokio::time::sleep`] and [`LockBackend::spawn_detached`] spawns onto the
+//! current runtime, answering `false` when called outside one.
+//!
+//! [deadpool-redis]: https://docs.rs/deadpool-redis
+//! [redis-rs]: https://docs.rs/redis
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use lock_core::{BackendError, LockBackend, Script, ScriptValue};
+
+pub use deadpool_redis;
+
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::{self, ErrorKind, RedisError, ServerErrorKind, Value};
+use deadpool_redis::{HookError, Pool, PoolError};
+
+/// The backend name reported in every [`BackendError`] of this adapter.
+const BACKEND: &str = "deadpool";
+
+/// The default for [`DeadpoolBackend::command_timeout`].
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`LockBackend`] over a [`deadpool_redis::Pool`] or a redis-rs
+/// [`MultiplexedConnection`].
+///
+/// Cloning is cheap and clones share the pool or connection. Build one with [`From`], then optionally
+/// set [`command_timeout`](Self::command_timeout).
+#[derive(Clone)]
+pub struct DeadpoolBackend {
+    conn: Conn,
+    command_timeout: Duration,
+}
+
+/// Where connections come from.
+#[derive(Clone)]
+enum Conn {
+    Pool(Pool),
+    Multiplexed(MultiplexedConnection),
+}
+
+impl DeadpoolBackend {
+    /// Bounds every call — checking a connection out of the pool, the command, and the `EVAL` fallback
+    /// after `NOSCRIPT` — to `timeout`; the default is 5 seconds.
+    ///
+    /// When the bound elapses the call fails with a transient [`BackendError::timed_out`]. Note that
+    /// redis-rs also applies its own response timeout (500 ms by default, see the
+    /// [crate documentation](crate#timeouts)), which may fire first.
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// The bound set by [`command_timeout`](Self::command_timeout).
+    pub fn timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    fn new(conn: Conn) -> Self {
+        Self {
+            conn,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+
+    /// A connection for one call: checked out of the pool (and returned to it when dropped), or a clone
+    /// of the multiplexed connection.
+    async fn connection(&self) -> Result<CheckedOut, BackendError> {
+        match &self.conn {
+            Conn::Pool(pool) => pool.get().await.map(CheckedOut::Pooled).map_err(pool_error),
+            Conn::Multiplexed(conn) => Ok(CheckedOut::Multiplexed(conn.clone())),
+        }
+    }
+}
+
+/// A connection in use by one call.
+enum CheckedOut {
+    Pooled(deadpool_redis::Connection),
+    Multiplexed(MultiplexedConnection),
+}
+
+impl CheckedOut {
+    /// Sends `cmd`, mapping a failure into a [`BackendError`].
+    async fn query(&mut self, cmd: &redis::Cmd) -> Result<Value, BackendError> {
+        self.query_raw(cmd).await.map_err(redis_error)
+    }
+
+    /// Sends `cmd`, keeping redis-rs's error.
+    async fn query_raw(&mut self, cmd: &redis::Cmd) -> Result<Value, RedisError> {
+        let conn: &mut MultiplexedConnection = match self {
+            CheckedOut::Pooled(conn) => conn,
+            CheckedOut::Multiplexed(conn) => conn,
+        };
+        cmd.query_async(conn).await
+    }
+}
+
+/// Bounds `call` to `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(BackendError::timed_out(BACKEND, timeout)),
+    }
+}
+
+impl From<Pool> for DeadpoolBackend {
+    /// A backend checking one connection out of `pool` for each call.
+    fn from(pool: Pool) -> Self {
+        Self::new(Conn::Pool(pool))
+    }
+}
+
+impl From<MultiplexedConnection> for DeadpoolBackend {
+    /// A backend sending every call over `conn` (and its clones, which share the socket).
+    fn from(conn: MultiplexedConnection) -> Self {
+        Self::new(Conn::Multiplexed(conn))
+    }
+}
+
+impl fmt::Debug for DeadpoolBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("DeadpoolBackend");
+        match &self.conn {
+            Conn::Pool(pool) => s.field("pool", &pool.status()),
+            Conn::Multiplexed(_) => s.field("connection", &format_args!("MultiplexedConnection")),
+        };
+        s.field("command_timeout", &self.command_timeout).finish()
+    }
+}
+
+#[async_trait]
+impl LockBackend for DeadpoolBackend {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis)
+            .arg("GET");
+        let previous = bounded(self.command_timeout, async {
+            self.connection().await?.query(&cmd).await
+        })
+        .await?;
+        match previous {
+            // The key did not exist: this call set it.
+            Value::Nil => Ok(true),
+            // The key already held our value: an earlier write of ours, e.g. re-sent after a reconnect.
+            Value::BulkString(bytes) => Ok(bytes == value.as_bytes()),
+            Value::SimpleString(s) => Ok(s == value),
+            Value::VerbatimString { text, .. } => Ok(text == value),
+            other => Err(BackendError::permanent(
+                BACKEND,
+                format!("unexpected reply to SET NX GET: {other:?}"),
+            )),
+        }
+    }
+
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError> {
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha
+            .arg(script.sha1())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
+        let reply = bounded(self.command_timeout, async {
+            let mut conn = self.connection().await?;
+            match conn.query_raw(&evalsha).await {
+                Err(err) if is_noscript(&err) => {
+                    // Not in the server's script cache (never loaded, flushed, or a restarted or
+                    // failed-over server): send the source, which also caches it again.
+                    let mut eval = redis::cmd("EVAL");
+                    eval.arg(script.source())
+                        .arg(keys.len())
+                        .arg(keys)
+                        .arg(args);
+                    conn.query(&eval).await
+                }
+                result => result.map_err(redis_error),
+            }
+        })
+        .await?;
+        script_value(reply)
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+
+    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                drop(handle.spawn(task));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Whether the server answered `NOSCRIPT`: redis-rs parses that code into
+/// `ErrorKind::Server(ServerErrorKind::NoScript)`; the code is checked too, for safety.
+fn is_noscript(err: &RedisError) -> bool {
+    matches!(err.kind(), ErrorKind::Server(ServerErrorKind::NoScript))
+        || err.code() == Some("NOSCRIPT")
+}
+
+/// Whether trying again later may help.
+fn is_transient(err: &RedisError) -> bool {
+    if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
+        return true;
+    }
+    if matches!(
+        err.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::ReadOnly
+        )
+    ) {
+        return true;
+    }
+    // `BUSY` (a script running too long) has no `ServerErrorKind`: it arrives as an extension error.
+    matches!(
+        err.code(),
+        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY" | "BUSY")
+    )
+}
+
+fn redis_error(err: RedisError) -> BackendError {
+    if is_transient(&err) {
+        BackendError::transient(BACKEND, err)
+    } else {
+        BackendError::permanent(BACKEND, err)
+    }
+}
+
+fn pool_error(err: PoolError) -> BackendError {
+    let transient = match &err {
+        PoolError::Timeout(_) | PoolError::Closed => true,
+        PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)) => is_transient(e),
+        PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(HookError::Message(_)) => false,
+    };
+    if transient {
+        BackendError::transient(BACKEND, err)
+    } else {
+        BackendError::permanent(BACKEND, err)
+    }
+}
+
+/// Maps a script reply to a [`ScriptValue`], following Redis's RESP2 conversions for the RESP3-only
+/// shapes (so a connection using RESP3 sees the same values).
+fn script_value(value: Value) -> Result<ScriptValue, BackendError> {
+    Ok(match value {
+        Value::Nil => ScriptValue::Nil,
+        Value::Int(n) => ScriptValue::Int(n),
+        Value::BulkString(bytes) => ScriptValue::Str(String::from_utf8(bytes).map_err(|e| {
+            BackendError::permanent(BACKEND, format!("script reply is not UTF-8: {e}"))
+        })?),
+        Value::SimpleString(s) => ScriptValue::Str(s),
+        Value::Okay => ScriptValue::Str("OK".to_owned()),
+        Value::VerbatimString { text, .. } => ScriptValue::Str(text),
+        // Under RESP3 a Lua boolean is a boolean reply; RESP2 turns `false` into nil and `true` into 1.
+        Value::Boolean(false) => ScriptValue::Nil,
+        Value::Boolean(true) => ScriptValue::Int(1),
+        Value::Double(d) => ScriptValue::Str(d.to_string()),
+        Value::Array(items) | Value::Set(items) => ScriptValue::Array(
+            items
+                .into_iter()
+                .map(script_value)
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Map(pairs) => ScriptValue::Array(
+            pairs
+                .into_iter()
+                .flat_map(|(k, v)| [k, v])
+                .map(script_value)
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Attribute { data, .. } => script_value(*data)?,
+        other => {
+            return Err(BackendError::permanent(
+                BACKEND,
+                format!("unexpected script reply: {other:?}"),
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_script_replies() {
+        let reply = Value::Array(vec![
+            Value::Int(1),
+            Value::BulkString(b"a".to_vec()),
+            Value::Nil,
+            Value::Okay,
+            Value::SimpleString("PONG".into()),
+            Value::Boolean(false),
+        ]);
+        assert_eq!(
+            script_value(reply).unwrap(),
+            ScriptValue::Array(vec![
+                ScriptValue::Int(1),
+                ScriptValue::Str("a".into()),
+                ScriptValue::Nil,
+                ScriptValue::Str("OK".into()),
+                ScriptValue::Str("PONG".into()),
+                ScriptValue::Nil,
+            ])
+        );
+        let err = script_value(Value::BulkString(vec![0xff])).unwrap_err();
+        assert!(!err.is_transient());
+        assert_eq!(err.backend(), "deadpool");
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(redis_error(io).is_transient());
+        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(redis_error(timeout).is_transient());
+        for (code, transient) in [
+            ("LOADING", true),
+            ("TRYAGAIN", true),
+            ("MASTERDOWN", true),
+            ("CLUSTERDOWN", true),
+            ("READONLY", true),
+            ("BUSY", true),
+            ("NOSCRIPT", false),
+            ("WRONGTYPE", false),
+            ("ERR", false),
+        ] {
+            let err = redis::make_extension_error(code.to_owned(), Some("detail".to_owned()));
+            assert_eq!(redis_error(err).is_transient(), transient, "{code}");
+        }
+        assert!(pool_error(PoolError::Closed).is_transient());
+        assert!(!pool_error(PoolError::NoRuntimeSpecified).is_transient());
+    }
+
+    #[test]
+    fn default_timeout_and_debug() {
+        let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:1/")
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .unwrap();
+        let backend = DeadpoolBackend::from(pool);
+        assert_eq!(backend.timeout(), Duration::from_secs(5));
+        let backend = backend.command_timeout(Duration::from_millis(300));
+        assert_eq!(backend.timeout(), Duration::from_millis(300));
+        let debug = format!("{backend:?}");
+        assert!(debug.starts_with("DeadpoolBackend { pool: "), "{debug}");
+        assert!(debug.contains("command_timeout: 300ms"), "{debug}");
+    }
+}

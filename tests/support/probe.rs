@@ -1,0 +1,69 @@
+//! A [`Probe`] over raw RESP: reads and writes a real server behind the backend's back.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use lock_core::async_trait;
+use lock_core::testing::Probe;
+
+use super::resp_command;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Talks to one server over its own short-lived connections, as another client would.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisProbe {
+    addr: SocketAddr,
+}
+
+impl RedisProbe {
+    /// A probe for the server at `url` (`redis://host:port/...`).
+    pub fn new(url: &str) -> Self {
+        let rest = url
+            .strip_prefix("redis://")
+            .unwrap_or_else(|| panic!("unsupported Redis URL {url:?}: expected redis://host:port"));
+        let host_port = rest.split('/').next().unwrap_or(rest);
+        let host_port = host_port.rsplit('@').next().unwrap_or(host_port);
+        let addr = host_port
+            .to_socket_addrs()
+            .unwrap_or_else(|e| panic!("cannot resolve {host_port:?}: {e}"))
+            .next()
+            .unwrap_or_else(|| panic!("no address for {host_port:?}"));
+        Self { addr }
+    }
+
+    /// Sends one command and returns the reply, panicking on I/O errors.
+    pub fn command(&self, args: &[&str]) -> Result<String, String> {
+        resp_command(self.addr, args, TIMEOUT)
+            .unwrap_or_else(|e| panic!("probe command {args:?} to {}: {e}", self.addr))
+    }
+}
+
+#[async_trait]
+impl Probe for RedisProbe {
+    async fn get(&self, key: &str) -> Option<String> {
+        match self.command(&["GET", key]).expect("GET") {
+            nil if nil == "(nil)" => None,
+            value => Some(value),
+        }
+    }
+
+    async fn pttl(&self, key: &str) -> Option<Duration> {
+        let reply = self.command(&["PTTL", key]).expect("PTTL");
+        let millis: i64 = reply.parse().expect("PTTL returns an integer");
+        u64::try_from(millis).ok().map(Duration::from_millis)
+    }
+
+    async fn set(&self, key: &str, value: &str, ttl: Duration) {
+        let ms = ttl.as_millis().max(1).to_string();
+        self.command(&["SET", key, value, "PX", &ms]).expect("SET");
+    }
+
+    async fn del(&self, key: &str) {
+        self.command(&["DEL", key]).expect("DEL");
+    }
+
+    async fn flush_scripts(&self) {
+        self.command(&["SCRIPT", "FLUSH"]).expect("SCRIPT FLUSH");
+    }
+}
