@@ -9,10 +9,10 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lock_core::script::{EXTEND, IS_OWNER, RELEASE, RENEW};
-use lock_core::{BackendError, LockBackend, Script, ScriptValue};
 use fred::clients::{Client, Pool};
 use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
+use lock_core::script::{EXTEND, IS_OWNER, RELEASE, RENEW};
+use lock_core::{BackendError, LockBackend, Script, ScriptValue};
 use redlease::fred::{FredBackend, fred};
 use support::{RedisServer, key_prefix};
 
@@ -84,7 +84,11 @@ async fn set_nx_sets_with_px_refuses_others_and_recognises_its_own_write() {
                 .unwrap(),
             "{kind}: another token is refused"
         );
-        assert_eq!(get(&server, &key), "token-1", "{kind}: the holder's value stays");
+        assert_eq!(
+            get(&server, &key),
+            "token-1",
+            "{kind}: the holder's value stays"
+        );
 
         // A client re-sending our own write after a reconnect finds exactly our value: that is ours.
         assert!(
@@ -229,7 +233,12 @@ async fn eval_script_maps_reply_shapes() {
             "{kind}"
         );
         assert_eq!(
-            run(Script::new("t", "return redis.status_reply('OK')"), vec![], vec![]).await,
+            run(
+                Script::new("t", "return redis.status_reply('OK')"),
+                vec![],
+                vec![]
+            )
+            .await,
             str_("OK"),
             "{kind}"
         );
@@ -257,7 +266,10 @@ async fn eval_script_maps_reply_shapes() {
         // Keys and args arrive in order and unchanged.
         assert_eq!(
             run(
-                Script::new("t", "return {#KEYS, #ARGV, KEYS[1], KEYS[2], ARGV[1], ARGV[2]}"),
+                Script::new(
+                    "t",
+                    "return {#KEYS, #ARGV, KEYS[1], KEYS[2], ARGV[1], ARGV[2]}"
+                ),
                 vec![format!("{key}:a"), format!("{key}:b")],
                 vec!["1", "two words"],
             )
@@ -307,7 +319,9 @@ async fn eval_script_falls_back_to_eval_after_a_script_flush() {
 
         assert_eq!(server.command(&["SCRIPT", "FLUSH"]).unwrap(), "OK");
         assert_eq!(
-            server.command(&["SCRIPT", "EXISTS", IS_OWNER.sha1()]).unwrap(),
+            server
+                .command(&["SCRIPT", "EXISTS", IS_OWNER.sha1()])
+                .unwrap(),
             "0"
         );
         // Every pooled client goes through the fallback at least once.
@@ -320,7 +334,9 @@ async fn eval_script_falls_back_to_eval_after_a_script_flush() {
         }
         // The EVAL fallback also cached the script, so later calls are EVALSHA hits again.
         assert_eq!(
-            server.command(&["SCRIPT", "EXISTS", IS_OWNER.sha1()]).unwrap(),
+            server
+                .command(&["SCRIPT", "EXISTS", IS_OWNER.sha1()])
+                .unwrap(),
             "1",
             "{kind}"
         );
@@ -398,7 +414,10 @@ async fn a_paused_server_gives_a_transient_timeout_within_the_bound() {
             .await
             .unwrap_err();
         let took = started.elapsed();
-        assert!(took >= bound && took < SLACK_BOUND, "{kind}: set_nx took {took:?}");
+        assert!(
+            took >= bound && took < SLACK_BOUND,
+            "{kind}: set_nx took {took:?}"
+        );
         assert_timed_out(&err, bound);
 
         let started = Instant::now();
@@ -407,7 +426,10 @@ async fn a_paused_server_gives_a_transient_timeout_within_the_bound() {
             .await
             .unwrap_err();
         let took = started.elapsed();
-        assert!(took >= bound && took < SLACK_BOUND, "{kind}: eval took {took:?}");
+        assert!(
+            took >= bound && took < SLACK_BOUND,
+            "{kind}: eval took {took:?}"
+        );
         assert_timed_out(&err, bound);
     }
     server.resume();
@@ -631,7 +653,10 @@ async fn backend_is_cheap_to_share_and_debuggable() {
 fn assert_permanent(err: &BackendError, cause_contains: &str) {
     assert!(!err.is_transient(), "expected permanent: {err:?}");
     assert_eq!(err.backend(), "fred");
-    let cause = err.source().expect("the fred error is the source").to_string();
+    let cause = err
+        .source()
+        .expect("the fred error is the source")
+        .to_string();
     assert!(
         cause.contains(cause_contains),
         "cause {cause:?} should mention {cause_contains:?}"

@@ -1,11 +1,15 @@
 //! [`LockGuard`]: proof of one acquisition, and everything a holder can do with it.
 
 use std::fmt;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::{Either, select};
+
 use crate::backend::LockBackend;
 use crate::error::{LockError, Result};
+use crate::keys;
 use crate::script::{self, Script};
 use crate::time::{to_millis, validity_deadline};
 
@@ -20,16 +24,162 @@ pub struct LockGuard {
     lease: Lease,
     ttl: Duration,
     ttl_arg: String,
+    fence: Option<u64>,
+    acquired_at: Instant,
+    max_hold: Option<Duration>,
     valid_until: Mutex<Instant>,
 }
 
+/// What an acquisition granted, as the guard needs it.
+pub(crate) struct Grant {
+    pub(crate) ttl: Duration,
+    pub(crate) ttl_ms: u64,
+    /// When the granting request was sent: validity is measured from here, not from the reply.
+    pub(crate) sent_at: Instant,
+    pub(crate) fence: Option<u64>,
+    pub(crate) max_hold: Option<Duration>,
+}
+
 impl LockGuard {
-    pub(crate) fn new(lease: Lease, ttl: Duration, ttl_ms: u64, sent_at: Instant) -> Self {
+    pub(crate) fn new(lease: Lease, grant: Grant) -> Self {
         Self {
             lease,
-            ttl,
-            ttl_arg: ttl_ms.to_string(),
-            valid_until: Mutex::new(validity_deadline(sent_at, ttl)),
+            ttl: grant.ttl,
+            ttl_arg: grant.ttl_ms.to_string(),
+            fence: grant.fence,
+            acquired_at: grant.sent_at,
+            max_hold: grant.max_hold,
+            valid_until: Mutex::new(validity_deadline(grant.sent_at, grant.ttl)),
+        }
+    }
+
+    /// This acquisition's fencing token, when the lock has [`fencing`](crate::RedisLock::fencing) on.
+    ///
+    /// It is larger than every fence issued before for this key. Pass it along with every write to the
+    /// protected resource and let the resource refuse a fence lower than the highest it has seen: then a
+    /// holder that paused past its TTL cannot overwrite the work of the holder after it. For a resource in
+    /// Redis, [`fenced_set`](Self::fenced_set) does exactly that.
+    pub fn fence(&self) -> Option<u64> {
+        self.fence
+    }
+
+    /// Sets the string key `resource` to `value` only if this guard's fence is at least the highest fence
+    /// that ever wrote `resource`, atomically. `Ok(false)` when a newer holder has written since.
+    ///
+    /// The highest fence is kept in a companion key in `resource`'s cluster slot
+    /// (`{resource}:redlease:fence-mark`); `resource` itself stays a plain string, readable with `GET`.
+    /// A guard without a fence is [`LockError::InvalidArgument`] and nothing is sent.
+    pub async fn fenced_set(&self, resource: &str, value: &str) -> Result<bool> {
+        let Some(fence) = self.fence else {
+            return Err(LockError::invalid(
+                "fence",
+                "fenced_set needs a lock with fencing(true)",
+            ));
+        };
+        if resource.is_empty() {
+            return Err(LockError::invalid("resource", "must not be empty"));
+        }
+        let mark = keys::fence_mark(resource)?;
+        let reply = self
+            .lease
+            .backend
+            .eval_script(
+                &script::FENCED_SET,
+                &[resource, &mark],
+                &[value, &fence.to_string()],
+            )
+            .await
+            .map_err(|source| LockError::backend_failed(&self.lease.key, source))?;
+        Ok(reply.as_int() == Some(1))
+    }
+
+    /// Runs `work` while keeping the lock: renews it (resetting the TTL, like [`renew`](Self::renew)) at
+    /// about a third of the TTL, with jitter, in the same future as `work`, so no task is spawned and any
+    /// executor works.
+    ///
+    /// Returns `Ok(output)` when `work` finishes first. As soon as the lock is lost, `work` is dropped and
+    /// the result is [`LockError::Lost`] naming the key and the reason: a renewal found another holder or
+    /// no key; renewals kept failing until the locally tracked validity ran out (a renewal still
+    /// unanswered at that moment counts as failed); or the lock's `max_hold` passed. The guard stays
+    /// usable afterwards (to release it, say).
+    pub async fn hold<F: Future>(&self, work: F) -> Result<F::Output> {
+        let work = pin!(work);
+        let keeper = pin!(self.keep_renewed());
+        match select(work, keeper).await {
+            Either::Left((output, _)) => Ok(output),
+            Either::Right((lost, _)) => Err(lost),
+        }
+    }
+
+    /// Renews the lock until it is lost; returns why.
+    async fn keep_renewed(&self) -> LockError {
+        let backend = &self.lease.backend;
+        let hold_deadline = self.max_hold.map(|max| self.acquired_at.checked_add(max));
+        let mut last_error: Option<LockError> = None;
+        loop {
+            let now = Instant::now();
+            if let Some(deadline) = hold_deadline {
+                // An unrepresentable deadline is no deadline.
+                if deadline.is_some_and(|d| now >= d) {
+                    return self.lost(format!(
+                        "max_hold of {:?} passed; renewal stopped",
+                        self.max_hold.unwrap_or_default()
+                    ));
+                }
+            }
+            let remaining = self.valid_for();
+            if remaining.is_zero() {
+                return self.lost(match &last_error {
+                    Some(error) => format!("renewals failed until its validity ran out: {error}"),
+                    None => "its validity ran out before it could be renewed".into(),
+                });
+            }
+            // After a failure, try again soon; otherwise at about a third of the TTL.
+            let mut pause = match last_error {
+                Some(_) => jittered(self.ttl / 10),
+                None => jittered(self.ttl / 3),
+            };
+            pause = pause.min(remaining);
+            if let Some(Some(deadline)) = hold_deadline {
+                pause = pause.min(deadline.saturating_duration_since(now));
+            }
+            backend.sleep(pause).await;
+            if hold_deadline.flatten().is_some_and(|d| Instant::now() >= d) {
+                continue;
+            }
+            let remaining = self.valid_for();
+            if remaining.is_zero() {
+                continue;
+            }
+            // A renewal still unanswered when the validity runs out counts as failed.
+            let renewal = pin!(self.renew());
+            match select(renewal, backend.sleep(remaining)).await {
+                Either::Left((Ok(true), _)) => last_error = None,
+                Either::Left((Ok(false), _)) => {
+                    return self.lost("a renewal found another holder or no key".into());
+                }
+                Either::Left((Err(error), _)) => {
+                    tracing::warn!(key = %self.lease.key, %error, "renewing the lock failed; retrying");
+                    last_error = Some(error);
+                }
+                Either::Right(_) => {
+                    return self.lost(format!(
+                        "no renewal was answered before its validity ran out{}",
+                        last_error
+                            .as_ref()
+                            .map(|e| format!(" (last error: {e})"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+
+    fn lost(&self, reason: String) -> LockError {
+        tracing::warn!(key = %self.lease.key, %reason, "lock lost");
+        LockError::Lost {
+            key: self.lease.key.to_string(),
+            reason,
         }
     }
 
@@ -130,6 +280,7 @@ impl fmt::Debug for LockGuard {
             .field("key", &self.lease.key)
             .field("token", &self.lease.token)
             .field("ttl", &self.ttl)
+            .field("fence", &self.fence)
             .field("valid_for", &self.valid_for())
             .finish()
     }
@@ -187,4 +338,9 @@ impl Drop for Lease {
             tracing::debug!(key = %self.key, "no runtime to release a dropped lock; its TTL will free it");
         }
     }
+}
+
+/// `base` scaled by a random factor in [0.8, 1.0], so holders of many locks do not renew in lock-step.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(0.8 + 0.2 * fastrand::f64())
 }

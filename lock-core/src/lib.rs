@@ -42,8 +42,10 @@
 
 mod backend;
 mod backoff;
+mod election;
 mod error;
 mod guard;
+mod keys;
 mod lock;
 pub mod memory;
 pub mod script;
@@ -53,6 +55,7 @@ mod time;
 
 pub use backend::{BackendError, LockBackend, ScriptValue};
 pub use backoff::Backoff;
+pub use election::{Election, Leadership};
 pub use error::{LockError, Result};
 pub use guard::LockGuard;
 pub use lock::RedisLock;

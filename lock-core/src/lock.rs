@@ -4,11 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::LockBackend;
+use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::backoff::Backoff;
 use crate::error::{LockError, Result};
-use crate::guard::{Lease, LockGuard};
+use crate::guard::{Grant, Lease, LockGuard};
 use crate::time::to_millis;
+use crate::{keys, script};
 
 /// A distributed lock on one Redis key: its configuration, shared freely between tasks.
 ///
@@ -24,6 +25,10 @@ pub struct RedisLock {
     timeout: Duration,
     wait_timeout: Option<Duration>,
     backoff: Backoff,
+    max_hold: Option<Duration>,
+    fencing: bool,
+    /// Who is acquiring, for elections: tokens become `{owner}:{uuid}` so the holder can be named.
+    owner: Option<Arc<str>>,
 }
 
 impl RedisLock {
@@ -43,6 +48,9 @@ impl RedisLock {
             timeout: Self::DEFAULT_TIMEOUT,
             wait_timeout: Some(Self::DEFAULT_WAIT_TIMEOUT),
             backoff: Backoff::default(),
+            max_hold: None,
+            fencing: false,
+            owner: None,
         }
     }
 
@@ -63,6 +71,32 @@ impl RedisLock {
     /// The retry policy between attempts (default: 2 ms doubling to 100 ms, full jitter).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// The longest a guard of this lock may be held under [`LockGuard::hold`] (and so [`run`](Self::run)),
+    /// counted from the acquisition: past it, renewal stops and `hold` returns [`LockError::Lost`]. Bounds
+    /// a renewal loop that would otherwise outlive a hung task. Default: no bound.
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    /// Issue a fencing token with every acquisition ([`LockGuard::fence`]): a number that strictly
+    /// increases across every acquisition of this key, so a resource can reject writes from a holder
+    /// whose lock has since passed to someone else. See [`LockGuard::fenced_set`].
+    ///
+    /// The fence comes from a counter key beside the lock key (`{key}:redlease:fence`, or
+    /// `key:redlease:fence` when the key already has a hash tag), in the same cluster slot. The counter is
+    /// never deleted: one small key per lock name. A key that contains `}` without a hash tag cannot have
+    /// such a companion and is rejected with [`LockError::InvalidArgument`].
+    pub fn fencing(mut self, enabled: bool) -> Self {
+        self.fencing = enabled;
+        self
+    }
+
+    pub(crate) fn owner(mut self, owner: Arc<str>) -> Self {
+        self.owner = Some(owner);
         self
     }
 
@@ -88,14 +122,14 @@ impl RedisLock {
     /// is in flight releases whatever that request may have acquired, in the background where the backend
     /// can spawn, otherwise when the TTL runs out.
     pub async fn acquire(&self) -> Result<LockGuard> {
-        let ttl_ms = self.validate()?;
+        let plan = self.validate()?;
         let started = Instant::now();
         // A deadline too far away to represent is no deadline.
         let deadline = self.wait_timeout.and_then(|wait| started.checked_add(wait));
-        let token = new_token();
+        let token = self.new_token();
         let mut attempt: u32 = 0;
         loop {
-            if let Some(guard) = self.attempt(&token, ttl_ms).await? {
+            if let Some(guard) = self.attempt(&token, &plan).await? {
                 return Ok(guard);
             }
             let mut delay = self.backoff.delay(attempt);
@@ -117,13 +151,17 @@ impl RedisLock {
 
     /// One attempt: `Ok(None)` when the lock is held by someone else.
     pub async fn try_acquire(&self) -> Result<Option<LockGuard>> {
-        let ttl_ms = self.validate()?;
-        self.attempt(&new_token(), ttl_ms).await
+        let plan = self.validate()?;
+        self.attempt(&self.new_token(), &plan).await
     }
 
-    /// Acquires the lock, runs `body` while holding it, then releases it.
+    /// Acquires the lock, runs `body` while holding it (renewing it as [`LockGuard::hold`] does), then
+    /// releases it.
     ///
     /// - [`LockError::Timeout`] when the lock was not acquired in time: `body` never runs.
+    /// - [`LockError::Lost`] as soon as the lock is lost while `body` runs (a renewal found another
+    ///   holder, renewals failed until the lock's validity ran out, or `max_hold` passed): `body` is
+    ///   dropped at that point.
     /// - `Ok(value)` when the release confirmed the lock was still ours.
     /// - [`LockError::Lost`] when the release found it had expired or been taken over: exclusion was not
     ///   guaranteed, so the value is not handed out.
@@ -136,7 +174,7 @@ impl RedisLock {
         F: AsyncFnOnce(&LockGuard) -> T,
     {
         let guard = self.acquire().await?;
-        let value = body(&guard).await;
+        let value = guard.hold(body(&guard)).await?;
         match guard.release().await {
             Ok(true) => Ok(value),
             Ok(false) => Err(LockError::Lost {
@@ -154,29 +192,101 @@ impl RedisLock {
         }
     }
 
-    fn validate(&self) -> Result<u64> {
+    fn validate(&self) -> Result<Plan> {
         if self.key.is_empty() {
             return Err(LockError::invalid("key", "must not be empty"));
         }
         self.backoff.validate()?;
-        to_millis("timeout", self.timeout)
+        if let Some(max_hold) = self.max_hold {
+            to_millis("max_hold", max_hold)?;
+        }
+        let ttl_ms = to_millis("timeout", self.timeout)?;
+        let fence_counter = match self.fencing {
+            true => Some(keys::fence_counter(&self.key)?),
+            false => None,
+        };
+        Ok(Plan {
+            ttl_ms,
+            ttl_arg: ttl_ms.to_string(),
+            fence_counter,
+        })
     }
 
-    async fn attempt(&self, token: &Arc<str>, ttl_ms: u64) -> Result<Option<LockGuard>> {
-        let ttl = Duration::from_millis(ttl_ms);
-        // Armed before sending: if this future is dropped mid-request, the SET may still reach the
+    async fn attempt(&self, token: &Arc<str>, plan: &Plan) -> Result<Option<LockGuard>> {
+        let ttl = Duration::from_millis(plan.ttl_ms);
+        // Armed before sending: if this future is dropped mid-request, the request may still reach the
         // server, so the lease's Drop releases the token in the background.
         let pending = Lease::new(self.backend.clone(), self.key.clone(), token.clone());
         let sent_at = Instant::now();
-        match self.backend.set_nx(&self.key, token, ttl).await {
-            Ok(true) => Ok(Some(LockGuard::new(pending, ttl, ttl_ms, sent_at))),
-            Ok(false) => {
+        let granted = match &plan.fence_counter {
+            None => self
+                .backend
+                .set_nx(&self.key, token, ttl)
+                .await
+                .map(|ok| ok.then_some(None)),
+            Some(counter) => self
+                .backend
+                .eval_script(
+                    &script::FENCED_ACQUIRE,
+                    &[&self.key, counter],
+                    &[token, &plan.ttl_arg],
+                )
+                .await
+                .and_then(|reply| fenced_reply(&reply).map(|fence| fence.map(Some))),
+        };
+        match granted {
+            Ok(Some(fence)) => Ok(Some(LockGuard::new(
+                pending,
+                Grant {
+                    ttl,
+                    ttl_ms: plan.ttl_ms,
+                    sent_at,
+                    fence,
+                    max_hold: self.max_hold,
+                },
+            ))),
+            Ok(None) => {
                 pending.disarm();
                 Ok(None)
             }
             // The request may have been applied before it failed; `pending` releases it on drop.
             Err(source) => Err(LockError::backend_failed(&self.key, source)),
         }
+    }
+
+    fn new_token(&self) -> Arc<str> {
+        let uuid = uuid::Uuid::new_v4();
+        match &self.owner {
+            Some(owner) => Arc::from(format!("{owner}:{uuid}")),
+            None => Arc::from(uuid.to_string()),
+        }
+    }
+}
+
+/// What `validate` worked out once per acquisition, so retries redo none of it.
+struct Plan {
+    ttl_ms: u64,
+    ttl_arg: String,
+    fence_counter: Option<String>,
+}
+
+/// Reads the fenced acquire script's reply: `Some(fence)` when acquired, `None` when busy.
+fn fenced_reply(reply: &ScriptValue) -> Result<Option<u64>, BackendError> {
+    let unexpected = || {
+        BackendError::permanent(
+            "redlease",
+            format!("unexpected reply from the fenced acquire script: {reply:?}"),
+        )
+    };
+    match reply {
+        ScriptValue::Array(items) => match items.as_slice() {
+            [ScriptValue::Int(1), ScriptValue::Int(fence)] => {
+                u64::try_from(*fence).map(Some).map_err(|_| unexpected())
+            }
+            [ScriptValue::Int(0), _] => Ok(None),
+            _ => Err(unexpected()),
+        },
+        _ => Err(unexpected()),
     }
 }
 
@@ -187,12 +297,9 @@ impl fmt::Debug for RedisLock {
             .field("timeout", &self.timeout)
             .field("wait_timeout", &self.wait_timeout)
             .field("backoff", &self.backoff)
+            .field("max_hold", &self.max_hold)
+            .field("fencing", &self.fencing)
             .field("backend", &self.backend)
             .finish()
     }
-}
-
-/// A fresh acquisition token: a random (v4) UUID, 128 random bits.
-fn new_token() -> Arc<str> {
-    Arc::from(uuid::Uuid::new_v4().to_string())
 }

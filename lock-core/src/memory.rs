@@ -26,7 +26,34 @@ pub struct MemoryBackend {
 #[derive(Debug)]
 struct Entry {
     value: String,
-    expires_at: Instant,
+    /// `None` for keys without a TTL, like fence counters.
+    expires_at: Option<Instant>,
+}
+
+impl Entry {
+    fn expiring(value: &str, ttl: Duration) -> Self {
+        Self {
+            value: value.to_owned(),
+            expires_at: Some(Instant::now() + ttl),
+        }
+    }
+
+    fn persistent(value: String) -> Self {
+        Self {
+            value,
+            expires_at: None,
+        }
+    }
+
+    fn pttl_millis(&self) -> i64 {
+        match self.expires_at {
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now()).as_millis();
+                i64::try_from(left).unwrap_or(i64::MAX)
+            }
+            None => -1,
+        }
+    }
 }
 
 impl MemoryBackend {
@@ -40,25 +67,20 @@ impl MemoryBackend {
         self.live_entries().get(key).map(|e| e.value.clone())
     }
 
-    /// The remaining time to live of `key`, if it exists (like `PTTL`).
+    /// The remaining time to live of `key`, if it exists and has one (like `PTTL`).
     pub fn ttl(&self, key: &str) -> Option<Duration> {
         let now = Instant::now();
         self.live_entries()
             .get(key)
-            .map(|e| e.expires_at.saturating_duration_since(now))
+            .and_then(|e| e.expires_at)
+            .map(|at| at.saturating_duration_since(now))
     }
 
     /// Sets `key` to `value` for `ttl`, whatever it held (like `SET key value PX ttl`): for tests that
     /// simulate another holder.
     pub fn set(&self, key: &str, value: &str, ttl: Duration) {
-        let expires_at = Instant::now() + ttl;
-        self.live_entries().insert(
-            key.to_owned(),
-            Entry {
-                value: value.to_owned(),
-                expires_at,
-            },
-        );
+        self.live_entries()
+            .insert(key.to_owned(), Entry::expiring(value, ttl));
     }
 
     /// Deletes `key` (like `DEL`): for tests that simulate an expiry. Returns whether it existed.
@@ -71,7 +93,7 @@ impl MemoryBackend {
         // No code below panics while holding the lock; recover rather than poison every later call.
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        entries.retain(|_, e| e.expires_at > now);
+        entries.retain(|_, e| e.expires_at.is_none_or(|at| at > now));
         entries
     }
 
@@ -80,42 +102,135 @@ impl MemoryBackend {
         script: &Script,
         keys: &[&str],
         args: &[&str],
-    ) -> Result<i64, BackendError> {
-        let (key, token) = match (keys, args) {
-            ([key], [token, ..]) => (*key, *token),
-            _ => return Err(bad_call(script, "expects one key and a token")),
-        };
-        let millis_arg = || -> Result<u64, BackendError> {
-            args.get(1)
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| bad_call(script, "expects milliseconds as its second argument"))
-        };
-        let mut entries = self.live_entries();
-        let Some(entry) = entries.get_mut(key).filter(|e| e.value == token) else {
-            return Ok(0);
-        };
+    ) -> Result<ScriptValue, BackendError> {
         let sha = script.sha1();
-        if sha == script::IS_OWNER.sha1() {
-            Ok(1)
-        } else if sha == script::RELEASE.sha1() {
-            entries.remove(key);
-            Ok(1)
-        } else if sha == script::EXTEND.sha1() {
-            entry.expires_at += Duration::from_millis(millis_arg()?);
-            Ok(1)
-        } else if sha == script::RENEW.sha1() {
-            entry.expires_at = Instant::now() + Duration::from_millis(millis_arg()?);
-            Ok(1)
-        } else {
-            Err(BackendError::permanent(
-                NAME,
-                format!(
-                    "NOSCRIPT the memory backend runs only redlease's own scripts, not {:?}",
-                    script.name()
-                ),
-            ))
-        }
+        let mut entries = self.live_entries();
+        let held_by = |entries: &HashMap<String, Entry>, key: &str, token: &str| {
+            entries.get(key).is_some_and(|e| e.value == token)
+        };
+        let flag = |yes: bool| ScriptValue::Int(i64::from(yes));
+        let reply = match (keys, args) {
+            ([key], [token]) if sha == script::IS_OWNER.sha1() => {
+                flag(held_by(&entries, key, token))
+            }
+            ([key], [token]) if sha == script::RELEASE.sha1() => {
+                let mine = held_by(&entries, key, token);
+                if mine {
+                    entries.remove(*key);
+                }
+                flag(mine)
+            }
+            ([key], [token, millis])
+                if sha == script::EXTEND.sha1() || sha == script::RENEW.sha1() =>
+            {
+                let millis = parse_millis(script, millis)?;
+                let expiry = entries
+                    .get_mut(*key)
+                    .filter(|e| e.value == *token)
+                    .and_then(|e| e.expires_at.as_mut());
+                match expiry {
+                    Some(at) => {
+                        *at = if sha == script::EXTEND.sha1() {
+                            *at + millis
+                        } else {
+                            Instant::now() + millis
+                        };
+                        flag(true)
+                    }
+                    None => flag(false),
+                }
+            }
+            ([key], []) if sha == script::READ.sha1() => match entries.get(*key) {
+                Some(e) => ScriptValue::Str(e.value.clone()),
+                None => ScriptValue::Nil,
+            },
+            ([key, counter], [token, millis]) if sha == script::FENCED_ACQUIRE.sha1() => {
+                let millis = parse_millis(script, millis)?;
+                match entries.get(*key) {
+                    Some(holder) if holder.value == *token => {
+                        let fence =
+                            parse_int(script, entries.get(*counter).map(|c| c.value.as_str()))?;
+                        ScriptValue::Array(vec![flag(true), ScriptValue::Int(fence)])
+                    }
+                    Some(holder) => ScriptValue::Array(vec![
+                        flag(false),
+                        ScriptValue::Int(holder.pttl_millis()),
+                    ]),
+                    None => {
+                        let fence = match entries.get(*counter) {
+                            Some(c) => parse_int(script, Some(&c.value))? + 1,
+                            None => clock_seed() + 1,
+                        };
+                        entries.insert((*counter).to_owned(), Entry::persistent(fence.to_string()));
+                        entries.insert((*key).to_owned(), Entry::expiring(token, millis));
+                        ScriptValue::Array(vec![flag(true), ScriptValue::Int(fence)])
+                    }
+                }
+            }
+            ([resource, mark], [value, fence]) if sha == script::FENCED_SET.sha1() => {
+                let fence = parse_int(script, Some(*fence))?;
+                let newest = entries.get(*mark).map(|m| m.value.as_str());
+                if newest.is_some() && parse_int(script, newest)? > fence {
+                    flag(false)
+                } else {
+                    entries.insert(
+                        (*resource).to_owned(),
+                        Entry::persistent((*value).to_owned()),
+                    );
+                    entries.insert((*mark).to_owned(), Entry::persistent(fence.to_string()));
+                    flag(true)
+                }
+            }
+            _ if [
+                &*script::IS_OWNER,
+                &*script::RELEASE,
+                &*script::EXTEND,
+                &*script::RENEW,
+                &*script::READ,
+                &*script::FENCED_ACQUIRE,
+                &*script::FENCED_SET,
+            ]
+            .iter()
+            .any(|known| known.sha1() == sha) =>
+            {
+                return Err(bad_call(
+                    script,
+                    "was called with the wrong number of keys or arguments",
+                ));
+            }
+            _ => {
+                return Err(BackendError::permanent(
+                    NAME,
+                    format!(
+                        "NOSCRIPT the memory backend runs only redlease's own scripts, not {:?}",
+                        script.name()
+                    ),
+                ));
+            }
+        };
+        Ok(reply)
     }
+}
+
+/// Where a missing fence counter starts: the clock in microseconds, as the Lua script does with `TIME`.
+fn clock_seed() -> i64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
+    i64::try_from(micros).unwrap_or(i64::MAX / 2)
+}
+
+fn parse_millis(script: &Script, arg: &str) -> Result<Duration, BackendError> {
+    arg.parse()
+        .map(Duration::from_millis)
+        .map_err(|_| bad_call(script, "expects milliseconds"))
+}
+
+fn parse_int(script: &Script, value: Option<&str>) -> Result<i64, BackendError> {
+    value
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad_call(script, "found a value that is not an integer"))
 }
 
 fn bad_call(script: &Script, what: &str) -> BackendError {
@@ -129,13 +244,7 @@ impl LockBackend for MemoryBackend {
         if let Some(existing) = entries.get(key) {
             return Ok(existing.value == value);
         }
-        entries.insert(
-            key.to_owned(),
-            Entry {
-                value: value.to_owned(),
-                expires_at: Instant::now() + ttl,
-            },
-        );
+        entries.insert(key.to_owned(), Entry::expiring(value, ttl));
         Ok(true)
     }
 
@@ -145,7 +254,7 @@ impl LockBackend for MemoryBackend {
         keys: &[&str],
         args: &[&str],
     ) -> Result<ScriptValue, BackendError> {
-        self.run_script(script, keys, args).map(ScriptValue::Int)
+        self.run_script(script, keys, args)
     }
 
     /// Memory operations complete without waiting, so a background release runs to completion right

@@ -108,6 +108,54 @@ return 0"#,
     )
 });
 
+/// Acquires `KEYS[1]` for the token `ARGV[1]` with a TTL of `ARGV[2]` milliseconds and issues a fence
+/// from the counter `KEYS[2]`, atomically. Returns `{1, fence}` when acquired (also when the key already
+/// holds our token: a re-sent request), `{0, pttl}` when someone else holds it.
+///
+/// Fences strictly increase across every acquisition of the key, also after the lock expired or was
+/// deleted: the counter is never deleted. When the counter is missing (first use, or a server that lost
+/// its data) it starts from the server's clock in microseconds, so fences issued after a restart that lost
+/// the counter still exceed the ones issued before it.
+pub static FENCED_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "fenced_acquire",
+        r#"local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then
+  return {1, tonumber(redis.call('get', KEYS[2]))}
+end
+if holder then
+  return {0, redis.call('pttl', KEYS[1])}
+end
+if redis.call('exists', KEYS[2]) == 0 then
+  local now = redis.call('time')
+  redis.call('set', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+end
+local fence = redis.call('incr', KEYS[2])
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, fence}"#,
+    )
+});
+
+/// Sets the resource `KEYS[1]` to `ARGV[1]` only if the fence `ARGV[2]` is at least the highest fence
+/// that ever wrote it (kept in `KEYS[2]`), and records the fence. Returns 1 when written, 0 when a newer
+/// fence has written since.
+pub static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "fenced_set",
+        r#"local mark = redis.call('get', KEYS[2])
+if mark and tonumber(mark) > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('set', KEYS[1], ARGV[1])
+redis.call('set', KEYS[2], ARGV[2])
+return 1"#,
+    )
+});
+
+/// Returns the value of `KEYS[1]`, or nil: who holds a lock, for elections.
+pub static READ: LazyLock<Script> =
+    LazyLock::new(|| Script::new("read", "return redis.call('get', KEYS[1])"));
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +171,15 @@ mod tests {
 
     #[test]
     fn scripts_have_distinct_digests() {
-        let all = [&*RELEASE, &*EXTEND, &*RENEW, &*IS_OWNER];
+        let all = [
+            &*RELEASE,
+            &*EXTEND,
+            &*RENEW,
+            &*IS_OWNER,
+            &*FENCED_ACQUIRE,
+            &*FENCED_SET,
+            &*READ,
+        ];
         for (i, a) in all.iter().enumerate() {
             assert_eq!(a.sha1().len(), 40);
             for b in &all[i + 1..] {

@@ -16,7 +16,9 @@ use futures::future::{BoxFuture, LocalBoxFuture, join_all};
 use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::memory::MemoryBackend;
 use crate::script::Script;
-use crate::{LockError, RedisLock};
+use crate::{Election, LockError, RedisLock};
+use futures::future::{Either, select};
+use std::pin::pin;
 
 /// Direct access to the store under test, used to set up and observe states.
 #[async_trait]
@@ -140,6 +142,19 @@ checks!(
     contention_never_admits_two_holders,
     mutex_recipe,
     leader_follower_recipe,
+    hold_renews_past_the_ttl,
+    hold_reports_a_takeover_and_drops_the_work,
+    hold_reports_an_expiry,
+    max_hold_bounds_renewal,
+    run_renews_while_the_body_runs,
+    fences_strictly_increase,
+    fenced_acquire_recognises_own_write,
+    fenced_set_rejects_stale_fences,
+    fencing_rejects_keys_without_a_usable_slot,
+    election_hands_over_on_resign,
+    election_replaces_a_silent_leader,
+    cancelled_acquire_leaves_no_lock,
+    dropped_run_releases_the_lock,
 );
 
 /// Runs every check against `backend`, with keys starting with `prefix` (unique per run).
@@ -808,4 +823,609 @@ pub async fn leader_follower_recipe(backend: Arc<dyn LockBackend>, _: &dyn Probe
     std::mem::forget(leader);
     assert!(follower.is_owner().await.expect("is_owner"));
     assert!(follower.release().await.expect("release"));
+}
+
+/// A work future that records whether it was dropped before it finished.
+struct Work<'a> {
+    finished: bool,
+    dropped_early: &'a AtomicBool,
+}
+
+impl Drop for Work<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.dropped_early.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn work_for(
+    backend: &Arc<dyn LockBackend>,
+    duration: Duration,
+    dropped_early: &AtomicBool,
+) -> &'static str {
+    let mut work = Work {
+        finished: false,
+        dropped_early,
+    };
+    sleep(backend, duration).await;
+    work.finished = true;
+    "work done"
+}
+
+/// `hold` keeps renewing a lock for longer than its TTL while the work runs.
+pub async fn hold_renews_past_the_ttl(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let guard = RedisLock::new(backend.clone(), key.clone())
+        .timeout(Duration::from_millis(300))
+        .acquire()
+        .await
+        .expect("acquire");
+    let dropped = AtomicBool::new(false);
+    let out = guard
+        .hold(work_for(&backend, Duration::from_millis(1000), &dropped))
+        .await
+        .expect("the lease is kept while the work runs");
+    assert_eq!(out, "work done");
+    assert!(!dropped.load(Ordering::SeqCst));
+    assert_eq!(
+        probe.get(&key).await.as_deref(),
+        Some(guard.token()),
+        "still ours after 3 TTLs"
+    );
+    assert!(guard.valid_for() > Duration::ZERO);
+    assert!(guard.release().await.expect("release"));
+}
+
+/// When another holder takes the key, `hold` drops the work at once and reports `Lost` naming the key.
+pub async fn hold_reports_a_takeover_and_drops_the_work(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let guard = RedisLock::new(backend.clone(), key.clone())
+        .timeout(Duration::from_millis(300))
+        .acquire()
+        .await
+        .expect("acquire");
+    let dropped = AtomicBool::new(false);
+    let takeover = async {
+        sleep(&backend, Duration::from_millis(50)).await;
+        probe.set(&key, "usurper", 10 * SECOND).await;
+    };
+    let started = Instant::now();
+    let (result, ()) = futures::join!(
+        guard.hold(work_for(&backend, 10 * SECOND, &dropped)),
+        takeover
+    );
+    match &result {
+        Err(LockError::Lost { key: k, reason }) => {
+            assert_eq!(k, &key);
+            assert!(reason.contains("another holder"), "{reason}");
+        }
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < 5 * SECOND,
+        "noticed only after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the work is dropped when the lock is lost"
+    );
+    assert_eq!(
+        probe.get(&key).await.as_deref(),
+        Some("usurper"),
+        "the usurper is untouched"
+    );
+    assert!(!guard.release().await.expect("release"));
+    probe.del(&key).await;
+}
+
+/// When the key disappears (expired, flushed), `hold` reports `Lost`.
+pub async fn hold_reports_an_expiry(backend: Arc<dyn LockBackend>, probe: &dyn Probe, key: String) {
+    let guard = RedisLock::new(backend.clone(), key.clone())
+        .timeout(Duration::from_millis(300))
+        .acquire()
+        .await
+        .expect("acquire");
+    probe.del(&key).await;
+    let dropped = AtomicBool::new(false);
+    let result = guard.hold(work_for(&backend, 10 * SECOND, &dropped)).await;
+    assert!(matches!(result, Err(LockError::Lost { .. })), "{result:?}");
+    assert!(dropped.load(Ordering::SeqCst));
+    assert_eq!(probe.get(&key).await, None, "a lost lock is not re-created");
+}
+
+/// `max_hold` stops renewal: `hold` returns `Lost` once it passes (never earlier), and work that finishes
+/// in time is unaffected.
+pub async fn max_hold_bounds_renewal(backend: Arc<dyn LockBackend>, _: &dyn Probe, key: String) {
+    let max_hold = Duration::from_millis(600);
+    let lock = RedisLock::new(backend.clone(), key)
+        .timeout(Duration::from_millis(300))
+        .max_hold(max_hold);
+    let guard = lock.acquire().await.expect("acquire");
+    let acquired = Instant::now();
+    let dropped = AtomicBool::new(false);
+    let result = guard.hold(work_for(&backend, 10 * SECOND, &dropped)).await;
+    let held = acquired.elapsed();
+    match &result {
+        Err(LockError::Lost { reason, .. }) => assert!(reason.contains("max_hold"), "{reason}"),
+        other => panic!("expected Lost after max_hold, got {other:?}"),
+    }
+    assert!(
+        held >= max_hold - Duration::from_millis(5),
+        "lost after {held:?}, before max_hold"
+    );
+    assert!(held < max_hold + 3 * SECOND, "lost only after {held:?}");
+    assert!(dropped.load(Ordering::SeqCst));
+    drop(guard);
+
+    let guard = lock.acquire().await.expect("acquire");
+    let quick = AtomicBool::new(false);
+    let out = guard
+        .hold(work_for(&backend, Duration::from_millis(100), &quick))
+        .await;
+    assert_eq!(out.expect("finished within max_hold"), "work done");
+    assert!(guard.release().await.expect("release"));
+
+    let zero = RedisLock::new(backend, "unused")
+        .max_hold(Duration::ZERO)
+        .acquire()
+        .await;
+    assert!(matches!(
+        zero,
+        Err(LockError::InvalidArgument {
+            argument: "max_hold",
+            ..
+        })
+    ));
+}
+
+/// `run` renews the lock while its body runs longer than the TTL.
+pub async fn run_renews_while_the_body_runs(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let lock = RedisLock::new(backend.clone(), key.clone()).timeout(Duration::from_millis(300));
+    let value = lock
+        .run(async |guard| {
+            sleep(&backend, Duration::from_millis(800)).await;
+            assert_eq!(probe.get(guard.key()).await.as_deref(), Some(guard.token()));
+            7
+        })
+        .await
+        .expect("run keeps the lock");
+    assert_eq!(value, 7);
+    assert_eq!(probe.get(&key).await, None);
+}
+
+/// Fences strictly increase across acquisitions, also after the lock was released, expired or deleted;
+/// renew and extend keep the fence; without fencing there is none.
+pub async fn fences_strictly_increase(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let plain = RedisLock::new(backend.clone(), format!("{key}:plain"));
+    let guard = plain.acquire().await.expect("acquire");
+    assert_eq!(guard.fence(), None);
+    guard.release().await.expect("release");
+
+    let lock = RedisLock::new(backend, key.clone()).fencing(true);
+    let mut last = 0;
+    for round in 0..6 {
+        let guard = lock.acquire().await.expect("acquire");
+        let fence = guard.fence().expect("a fenced lock issues a fence");
+        assert!(fence > last, "fence {fence} after {last}");
+        last = fence;
+        assert_eq!(
+            probe.get(&key).await.as_deref(),
+            Some(guard.token()),
+            "the value is the token"
+        );
+        assert!(guard.renew().await.expect("renew"));
+        assert!(guard.extend(SECOND).await.expect("extend"));
+        assert_eq!(
+            guard.fence(),
+            Some(fence),
+            "renew and extend keep the fence"
+        );
+        match round % 3 {
+            0 => assert!(guard.release().await.expect("release")),
+            1 => probe.del(&key).await,
+            _ => {
+                probe
+                    .set(&key, guard.token(), Duration::from_millis(1))
+                    .await;
+                sleep(&lock.backend().clone(), Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+/// A fenced acquisition re-sent with the same token is recognised as ours, with the same fence.
+pub async fn fenced_acquire_recognises_own_write(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let counter = crate::keys::fence_counter(&key).expect("counter key");
+    let acquire = |token: &'static str| {
+        let (backend, key, counter) = (backend.clone(), key.clone(), counter.clone());
+        async move {
+            backend
+                .eval_script(
+                    &crate::script::FENCED_ACQUIRE,
+                    &[&key, &counter],
+                    &[token, "10000"],
+                )
+                .await
+                .expect("fenced acquire")
+        }
+    };
+    let first = acquire("ours").await;
+    let again = acquire("ours").await;
+    assert_eq!(
+        first, again,
+        "a re-sent acquisition returns the same grant and fence"
+    );
+    match acquire("theirs").await {
+        ScriptValue::Array(items) => assert_eq!(items.first(), Some(&ScriptValue::Int(0))),
+        other => panic!("unexpected reply {other:?}"),
+    }
+    assert_eq!(probe.get(&key).await.as_deref(), Some("ours"));
+    probe.del(&key).await;
+}
+
+/// `fenced_set` writes a plain string when our fence is the newest, refuses a stale holder's write, and
+/// is `InvalidArgument` without fencing.
+pub async fn fenced_set_rejects_stale_fences(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let resource = format!("{key}:resource");
+    let lock = RedisLock::new(backend.clone(), key.clone()).fencing(true);
+    let old = lock.acquire().await.expect("acquire");
+    assert!(
+        old.fenced_set(&resource, "from old")
+            .await
+            .expect("fenced_set")
+    );
+    assert_eq!(probe.get(&resource).await.as_deref(), Some("from old"));
+    assert!(
+        old.fenced_set(&resource, "old again")
+            .await
+            .expect("same fence may write again")
+    );
+
+    // The old holder pauses past its TTL; a new holder takes over and writes.
+    probe.del(&key).await;
+    let new = lock.acquire().await.expect("acquire");
+    assert!(new.fence() > old.fence());
+    assert!(
+        new.fenced_set(&resource, "from new")
+            .await
+            .expect("fenced_set")
+    );
+    // The old holder wakes up and tries to write: refused.
+    assert!(
+        !old.fenced_set(&resource, "stale")
+            .await
+            .expect("fenced_set")
+    );
+    assert_eq!(probe.get(&resource).await.as_deref(), Some("from new"));
+    new.release().await.expect("release");
+
+    let counting = Arc::new(CountingBackend::new(backend));
+    let plain = RedisLock::new(counting.clone(), format!("{key}:plain"))
+        .acquire()
+        .await
+        .expect("acquire");
+    let scripts = counting.script_calls();
+    let err = plain
+        .fenced_set(&resource, "x")
+        .await
+        .expect_err("no fence");
+    assert!(
+        matches!(
+            err,
+            LockError::InvalidArgument {
+                argument: "fence",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(counting.script_calls(), scripts, "nothing is sent");
+    assert_eq!(probe.get(&resource).await.as_deref(), Some("from new"));
+    plain.release().await.expect("release");
+    probe.del(&resource).await;
+}
+
+/// A key with `}` but no hash tag cannot have a fence counter in its slot: `InvalidArgument`, nothing
+/// sent.
+pub async fn fencing_rejects_keys_without_a_usable_slot(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let counting = Arc::new(CountingBackend::new(backend));
+    let odd = format!("{}a{{}}b", key.replace(['{', '}'], ""));
+    let err = RedisLock::new(counting.clone(), odd.clone())
+        .fencing(true)
+        .acquire()
+        .await
+        .expect_err("no usable slot");
+    assert!(
+        matches!(
+            err,
+            LockError::InvalidArgument {
+                argument: "key",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(counting.set_nx_calls() + counting.script_calls(), 0);
+    assert_eq!(probe.get(&odd).await, None);
+    // Without fencing the same key is fine, and with a hash tag fencing is too.
+    let guard = RedisLock::new(counting.clone(), odd)
+        .acquire()
+        .await
+        .expect("plain lock");
+    guard.release().await.expect("release");
+    let tagged = format!("{{{}}}:a{{}}b", key.replace(['{', '}'], ""));
+    let guard = RedisLock::new(counting, tagged)
+        .fencing(true)
+        .acquire()
+        .await
+        .expect("tagged");
+    assert!(guard.fence().is_some());
+    guard.release().await.expect("release");
+}
+
+/// A candidate waiting in `campaign` leads within 500 ms of the leader resigning, whatever the TTL;
+/// `leader()` names whoever leads; terms increase.
+pub async fn election_hands_over_on_resign(
+    backend: Arc<dyn LockBackend>,
+    _: &dyn Probe,
+    key: String,
+) {
+    let alice = Election::new(backend.clone(), key.clone())
+        .ttl(30 * SECOND)
+        .id("alice");
+    let bob = Election::new(backend.clone(), key.clone())
+        .ttl(30 * SECOND)
+        .id("bob");
+    assert_eq!(alice.leader().await.expect("leader"), None);
+    let alice_term = alice.campaign().await.expect("alice leads");
+    assert_eq!(alice_term.id(), "alice");
+    assert_eq!(
+        bob.leader().await.expect("leader").as_deref(),
+        Some("alice")
+    );
+
+    let resign_later = async {
+        sleep(&backend, Duration::from_millis(300)).await;
+        assert!(alice_term.resign().await.expect("resign"));
+        Instant::now()
+    };
+    let (resigned_at, bob_term) = futures::join!(resign_later, bob.campaign());
+    let bob_term = bob_term.expect("bob leads");
+    let handover = resigned_at.elapsed();
+    assert!(
+        handover < Duration::from_millis(500),
+        "hand-over took {handover:?}"
+    );
+    assert_eq!(
+        alice.leader().await.expect("leader").as_deref(),
+        Some("bob")
+    );
+    assert!(bob_term.term() > 0);
+    let bob_term_number = bob_term.term();
+    assert!(bob_term.resign().await.expect("resign"));
+    let again = alice.campaign().await.expect("alice leads again");
+    assert!(again.term() > bob_term_number, "terms strictly increase");
+    again.resign().await.expect("resign");
+}
+
+/// A leader that stops renewing is replaced within its TTL plus 500 ms; while it renews through
+/// `hold`, nobody else leads.
+pub async fn election_replaces_a_silent_leader(
+    backend: Arc<dyn LockBackend>,
+    _: &dyn Probe,
+    key: String,
+) {
+    let ttl = Duration::from_millis(400);
+    let first = Election::new(backend.clone(), key.clone())
+        .ttl(ttl)
+        .id("first");
+    let second = Election::new(backend.clone(), key.clone())
+        .ttl(ttl)
+        .id("second");
+    let leader = first.campaign().await.expect("first leads");
+    // Leads for 3 TTLs through hold, while the second candidate campaigns.
+    let next = {
+        let campaign = pin!(second.campaign());
+        let leading = pin!(leader.hold(sleep(&backend, 3 * ttl)));
+        match select(leading, campaign).await {
+            Either::Left((held, campaign)) => {
+                held.expect("the leader keeps its term while holding");
+                assert_eq!(
+                    first.leader().await.expect("leader").as_deref(),
+                    Some("first")
+                );
+                // Now the leader goes silent: no renewal, no resignation.
+                let silent_since = Instant::now();
+                let next = campaign.await.expect("second leads");
+                let took = silent_since.elapsed();
+                assert!(
+                    took < ttl + Duration::from_millis(500),
+                    "replaced only after {took:?}"
+                );
+                next
+            }
+            Either::Right(_) => panic!("the second candidate led while the first renewed"),
+        }
+    };
+    assert!(next.term() > leader.term());
+    assert!(!leader.guard().is_owner().await.expect("is_owner"));
+    std::mem::forget(leader);
+    next.resign().await.expect("resign");
+}
+
+/// Dropping `acquire` while its request is in flight, after the server applied it, leaves no lock held:
+/// the pending token is released in the background.
+pub async fn cancelled_acquire_leaves_no_lock(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    for fencing in [false, true] {
+        let slow = Arc::new(FaultyBackend::new(backend.clone()));
+        slow.set_fault(Fault::DelayReply(10 * SECOND));
+        let lock = RedisLock::new(slow.clone(), key.clone())
+            .timeout(60 * SECOND)
+            .fencing(fencing);
+        // Boxed, so that dropping it really drops the future (a pinned local would live on).
+        let acquire = Box::pin(lock.acquire());
+        match select(acquire, backend.sleep(Duration::from_millis(300))).await {
+            Either::Left(_) => panic!("acquire cannot finish while the reply is held back"),
+            Either::Right(((), acquire)) => {
+                assert!(
+                    probe.get(&key).await.is_some(),
+                    "the server applied the SET"
+                );
+                drop(acquire);
+            }
+        }
+        slow.set_fault(Fault::None);
+        let released = eventually(&backend, 5 * SECOND, async || {
+            probe.get(&key).await.is_none()
+        })
+        .await;
+        assert!(
+            released,
+            "a cancelled acquisition must not leave the lock held (fencing: {fencing})"
+        );
+    }
+}
+
+/// Dropping a `run` future while its body runs releases the lock in the background.
+pub async fn dropped_run_releases_the_lock(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let lock = RedisLock::new(backend.clone(), key.clone()).timeout(60 * SECOND);
+    let entered = AtomicBool::new(false);
+    let run = Box::pin(lock.run(async |_| {
+        entered.store(true, Ordering::SeqCst);
+        futures::future::pending::<()>().await
+    }));
+    match select(run, backend.sleep(Duration::from_millis(200))).await {
+        Either::Left(_) => panic!("the body never finishes"),
+        Either::Right(((), run)) => drop(run),
+    }
+    assert!(entered.load(Ordering::SeqCst));
+    let released = eventually(&backend, 5 * SECOND, async || {
+        probe.get(&key).await.is_none()
+    })
+    .await;
+    assert!(released, "a dropped run must release its lock");
+}
+
+/// A fault a [`FaultyBackend`] injects into every call until changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Calls pass through.
+    None,
+    /// Calls fail with a transient error without reaching the store.
+    Error,
+    /// Calls wait this long before reaching the store.
+    Delay(Duration),
+    /// Calls never complete and never reach the store.
+    Never,
+    /// Calls reach the store, then the reply is held back this long: the server ran the command but
+    /// the caller has not heard (a slow or lost reply).
+    DelayReply(Duration),
+}
+
+/// A backend wrapper that injects [`Fault`]s around a real backend, for cancellation and fault tests.
+#[derive(Debug)]
+pub struct FaultyBackend<B> {
+    inner: B,
+    fault: std::sync::Mutex<Fault>,
+}
+
+impl<B: LockBackend> FaultyBackend<B> {
+    /// Wraps `inner`, passing calls through until a fault is set.
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            fault: std::sync::Mutex::new(Fault::None),
+        }
+    }
+
+    /// Injects `fault` into every later call.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+    }
+
+    fn fault(&self) -> Fault {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn inject<T>(
+        &self,
+        call: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        match self.fault() {
+            Fault::None => call.await,
+            Fault::Error => Err(BackendError::transient("faulty", "injected failure")),
+            Fault::Delay(delay) => {
+                self.inner.sleep(delay).await;
+                call.await
+            }
+            Fault::Never => futures::future::pending().await,
+            Fault::DelayReply(delay) => {
+                let reply = call.await;
+                self.inner.sleep(delay).await;
+                reply
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<B: LockBackend> LockBackend for FaultyBackend<B> {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        self.inject(self.inner.set_nx(key, value, ttl)).await
+    }
+
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError> {
+        self.inject(self.inner.eval_script(script, keys, args))
+            .await
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+
+    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+        self.inner.spawn_detached(task)
+    }
 }

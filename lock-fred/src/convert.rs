@@ -51,7 +51,9 @@ pub(crate) fn is_transient(error: &Error) -> bool {
         // different slots will never work.
         ErrorKind::Cluster => !error.details().contains("same cluster node"),
         // fred gives up writing a command after its write attempts were used up by reconnections.
-        ErrorKind::Unknown => error.details().starts_with("Too many failed write attempts"),
+        ErrorKind::Unknown => error
+            .details()
+            .starts_with("Too many failed write attempts"),
         _ => false,
     }
 }
@@ -114,7 +116,10 @@ pub(crate) fn script_value(reply: Value) -> Result<ScriptValue, BackendError> {
             let mut items = Vec::with_capacity(map.len() * 2);
             for (key, value) in map.inner() {
                 let key = key.into_string().ok_or_else(|| {
-                    BackendError::permanent(BACKEND, "script replied with a map key that is not UTF-8")
+                    BackendError::permanent(
+                        BACKEND,
+                        "script replied with a map key that is not UTF-8",
+                    )
                 })?;
                 items.push(ScriptValue::Str(key));
                 items.push(script_value(value)?);
@@ -152,11 +157,20 @@ mod tests {
             (ErrorKind::Canceled, "Connection closed unexpectedly."),
             (ErrorKind::Canceled, "Max reconnection attempts reached."),
             (ErrorKind::Timeout, "Request timed out."),
-            (ErrorKind::Unknown, "LOADING Redis is loading the dataset in memory"),
-            (ErrorKind::Unknown, "TRYAGAIN Multiple keys request during rehashing of slot"),
+            (
+                ErrorKind::Unknown,
+                "LOADING Redis is loading the dataset in memory",
+            ),
+            (
+                ErrorKind::Unknown,
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+            ),
             (ErrorKind::Unknown, "MASTERDOWN Link with MASTER is down"),
             (ErrorKind::Cluster, "CLUSTERDOWN The cluster is down"),
-            (ErrorKind::Unknown, "READONLY You can't write against a read only replica."),
+            (
+                ErrorKind::Unknown,
+                "READONLY You can't write against a read only replica.",
+            ),
             (ErrorKind::Unknown, "BUSY Redis is busy running a script."),
             (ErrorKind::Unknown, "Too many failed write attempts."),
             (ErrorKind::Routing, "Unable to route command or reconnect."),
@@ -186,7 +200,10 @@ mod tests {
                 ErrorKind::Cluster,
                 "All keys must belong to the same cluster node.",
             ),
-            (ErrorKind::Unknown, "CROSSSLOT Keys in request don't hash to the same slot"),
+            (
+                ErrorKind::Unknown,
+                "CROSSSLOT Keys in request don't hash to the same slot",
+            ),
         ] {
             let error = backend_error(err(kind.clone(), details));
             assert!(!error.is_transient(), "{kind:?} {details}");
@@ -200,7 +217,11 @@ mod tests {
         assert!(set_nx_reply(Value::String("t".into()), "t").unwrap());
         assert!(!set_nx_reply(Value::String("other".into()), "t").unwrap());
         assert!(set_nx_reply(Value::Bytes("t".into()), "t").unwrap());
-        assert!(!set_nx_reply(Value::Integer(1), "t").unwrap_err().is_transient());
+        assert!(
+            !set_nx_reply(Value::Integer(1), "t")
+                .unwrap_err()
+                .is_transient()
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@
 //!
 //! # Errors
 //!
-//! Every [`BackendError`] names the backend `"fred"` and keeps fred's [`Error`](fred::error::Error) as
+//! Every [`BackendError`] names the backend `"fred"` and keeps fred's [`fred::error::Error`] as
 //! its source. Connection failures (IO, a closed connection, canceled commands), timeouts and the server
 //! replies `LOADING`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `READONLY` and `BUSY` are transient;
 //! everything else (script errors, `WRONGTYPE`, syntax errors, authentication) is permanent.
@@ -67,8 +67,8 @@ use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::types::config::Options;
 use fred::types::{Expiration, SetOptions, Value};
 use futures::future::BoxFuture;
-use lock_core::{BackendError, LockBackend, ScriptValue};
 use lock_core::Script;
+use lock_core::{BackendError, LockBackend, ScriptValue};
 
 /// The backend name in every [`BackendError`] of this crate.
 const BACKEND: &str = "fred";
