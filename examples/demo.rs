@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
 use redlease::memory::MemoryBackend;
-use redlease::{LockBackend, RedisLock};
+use redlease::{Election, LockBackend, RedisLock};
 
 /// A `redis-server` started for this demo, stopped when dropped.
 struct ThrowawayRedis(Child);
@@ -114,37 +114,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         worker.await??;
     }
 
-    println!("\n== 2. leader/follower: the leader renews, then crashes; a follower takes over ==");
-    let election = RedisLock::new(backend.clone(), format!("demo:{run_id}:leader"))
-        .timeout(Duration::from_millis(600))
-        .wait_timeout(None);
+    println!(
+        "\n== 2. leader election: each leader works 600 ms (renewed by hold), then crashes =="
+    );
+    let key = format!("demo:{run_id}:leader");
     let candidates = ["alpha", "bravo", "charlie"].map(|name| {
-        let (election, t) = (election.clone(), t.clone());
+        let election = Election::new(backend.clone(), key.clone())
+            .ttl(Duration::from_millis(500))
+            .id(name);
+        let t = t.clone();
         tokio::spawn(async move {
-            let guard = election.acquire().await?;
-            t.say(name, "became leader");
-            for _ in 0..4 {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                if !guard.renew().await? {
-                    t.say(name, "lost the lease, following again");
-                    return Ok::<_, redlease::LockError>(name);
-                }
-                t.say(
-                    name,
-                    format_args!("renewed, valid for {:?}", guard.valid_for()),
-                );
-            }
+            let leadership = election.campaign().await?;
+            t.say(name, format_args!("leads, term {}", leadership.term()));
+            let work = tokio::time::sleep(Duration::from_millis(600));
+            leadership.hold(work).await?;
             t.say(
                 name,
-                "crashes without releasing (the TTL of 600 ms will free the lock)",
+                format_args!(
+                    "crashes without resigning (leader is still {:?}; its 500 ms lease will run out)",
+                    election.leader().await?.unwrap_or_default()
+                ),
             );
-            std::mem::forget(guard);
-            Ok(name)
+            std::mem::forget(leadership);
+            Ok::<_, redlease::LockError>(name)
         })
     });
     for candidate in candidates {
         candidate.await??;
     }
-    println!("\nall three candidates led in turn; no two at once.");
+    println!("\nall three candidates led in turn, each term numbered higher; no two at once.");
     Ok(())
 }
