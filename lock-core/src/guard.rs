@@ -130,7 +130,10 @@ impl LockGuard {
             let remaining = self.valid_for();
             if remaining.is_zero() {
                 return self.lost(match &last_error {
-                    Some(error) => format!("renewals failed until its validity ran out: {error}"),
+                    Some(error) => format!(
+                        "renewals failed until its validity ran out: {}",
+                        with_causes(error)
+                    ),
                     None => "its validity ran out before it could be renewed".into(),
                 });
             }
@@ -167,7 +170,7 @@ impl LockGuard {
                         "no renewal was answered before its validity ran out{}",
                         last_error
                             .as_ref()
-                            .map(|e| format!(" (last error: {e})"))
+                            .map(|e| format!(" (last error: {})", with_causes(e)))
                             .unwrap_or_default()
                     ));
                 }
@@ -343,4 +346,16 @@ impl Drop for Lease {
 /// `base` scaled by a random factor in [0.8, 1.0], so holders of many locks do not renew in lock-step.
 fn jittered(base: Duration) -> Duration {
     base.mul_f64(0.8 + 0.2 * fastrand::f64())
+}
+
+/// `error` and its chain of causes on one line, so a `Lost` reason says what actually failed.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }

@@ -257,10 +257,18 @@ impl LockBackend for MemoryBackend {
         self.run_script(script, keys, args)
     }
 
-    /// Memory operations complete without waiting, so a background release runs to completion right
-    /// here, without a runtime.
+    /// Memory operations complete without waiting, so a background release normally finishes right
+    /// here; one that must wait (behind a wrapper that delays calls, say) finishes on a thread of its own.
+    /// Either way the caller never blocks and no runtime is needed.
     fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-        task.now_or_never().is_some()
+        let mut task = task;
+        if (&mut task).now_or_never().is_some() {
+            return true;
+        }
+        std::thread::Builder::new()
+            .name("redlease-memory-release".into())
+            .spawn(move || futures::executor::block_on(task))
+            .is_ok()
     }
 }
 

@@ -154,7 +154,10 @@ checks!(
     election_hands_over_on_resign,
     election_replaces_a_silent_leader,
     cancelled_acquire_leaves_no_lock,
+    cancelled_release_still_releases,
     dropped_run_releases_the_lock,
+    hold_reports_failing_renewals,
+    hold_does_not_wait_for_a_hung_renewal,
 );
 
 /// Runs every check against `backend`, with keys starting with `prefix` (unique per run).
@@ -1018,8 +1021,13 @@ pub async fn fences_strictly_increase(
     guard.release().await.expect("release");
 
     let lock = RedisLock::new(backend, key.clone()).fencing(true);
+    let counter = crate::keys::fence_counter(&key).expect("counter key");
     let mut last = 0;
-    for round in 0..6 {
+    for round in 0..8 {
+        if round == 6 {
+            // The counter is lost (a server restarted without its data): fences still increase.
+            probe.del(&counter).await;
+        }
         let guard = lock.acquire().await.expect("acquire");
         let fence = guard.fence().expect("a fenced lock issues a fence");
         assert!(fence > last, "fence {fence} after {last}");
@@ -1316,6 +1324,99 @@ pub async fn cancelled_acquire_leaves_no_lock(
             "a cancelled acquisition must not leave the lock held (fencing: {fencing})"
         );
     }
+}
+
+/// Dropping a `release` future before the server answered does not orphan the lock: the release is
+/// retried in the background.
+pub async fn cancelled_release_still_releases(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let slow = Arc::new(FaultyBackend::new(backend.clone()));
+    let guard = RedisLock::new(slow.clone(), key.clone())
+        .timeout(60 * SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    slow.set_fault(Fault::Delay(Duration::from_millis(300)));
+    let release = Box::pin(guard.release());
+    match select(release, backend.sleep(Duration::from_millis(50))).await {
+        Either::Left(_) => panic!("the release cannot finish while calls are delayed"),
+        Either::Right(((), release)) => drop(release),
+    }
+    assert!(
+        probe.get(&key).await.is_some(),
+        "nothing reached the server yet"
+    );
+    let released = eventually(&backend, 5 * SECOND, async || {
+        probe.get(&key).await.is_none()
+    })
+    .await;
+    assert!(released, "a cancelled release must still release the lock");
+}
+
+/// When renewals keep failing, `hold` reports `Lost` once the lease's validity runs out, with the
+/// failure in the reason: a renewal failure is never swallowed.
+pub async fn hold_reports_failing_renewals(
+    backend: Arc<dyn LockBackend>,
+    _: &dyn Probe,
+    key: String,
+) {
+    let faulty = Arc::new(FaultyBackend::new(backend.clone()));
+    let ttl = Duration::from_millis(400);
+    let guard = RedisLock::new(faulty.clone(), key)
+        .timeout(ttl)
+        .acquire()
+        .await
+        .expect("acquire");
+    faulty.set_fault(Fault::Error);
+    let dropped = AtomicBool::new(false);
+    let started = Instant::now();
+    let result = guard.hold(work_for(&backend, 10 * SECOND, &dropped)).await;
+    let took = started.elapsed();
+    match &result {
+        Err(LockError::Lost { reason, .. }) => {
+            assert!(
+                reason.contains("injected failure"),
+                "the cause is reported: {reason}"
+            )
+        }
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    assert!(took <= ttl + 2 * SECOND, "noticed after {took:?}");
+    assert!(dropped.load(Ordering::SeqCst));
+    faulty.set_fault(Fault::None);
+    drop(guard);
+}
+
+/// A renewal that never answers counts as failed when the validity runs out: `hold` does not wait for the
+/// client's own timeout.
+pub async fn hold_does_not_wait_for_a_hung_renewal(
+    backend: Arc<dyn LockBackend>,
+    _: &dyn Probe,
+    key: String,
+) {
+    let hung = Arc::new(FaultyBackend::new(backend.clone()));
+    let ttl = Duration::from_millis(400);
+    let guard = RedisLock::new(hung.clone(), key)
+        .timeout(ttl)
+        .acquire()
+        .await
+        .expect("acquire");
+    hung.set_fault(Fault::Never);
+    let dropped = AtomicBool::new(false);
+    let started = Instant::now();
+    let result = guard.hold(work_for(&backend, 30 * SECOND, &dropped)).await;
+    let took = started.elapsed();
+    assert!(matches!(result, Err(LockError::Lost { .. })), "{result:?}");
+    assert!(
+        took <= ttl + 2 * SECOND,
+        "waited {took:?} for a hung renewal"
+    );
+    assert_eq!(guard.valid_for(), Duration::ZERO);
+    hung.set_fault(Fault::None);
+    drop(guard);
 }
 
 /// Dropping a `run` future while its body runs releases the lock in the background.
