@@ -9,8 +9,8 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub use lock_core::{
-    BackendError, Backoff, Election, Leadership, LockBackend, LockError, LockGuard, RedisLock,
-    Result, Script, ScriptValue, async_trait, memory, script,
+    BackendError, Backoff, Election, Leadership, LockBackend, LockError, LockGuard, NodeError,
+    RedisLock, Result, Script, ScriptValue, async_trait, memory, script,
 };
 
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or

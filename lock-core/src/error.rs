@@ -52,6 +52,59 @@ pub enum LockError {
         /// How it was lost.
         reason: String,
     },
+
+    /// Fewer replicas than asked acknowledged a write to the lock (`WAIT`), so a failover could lose it.
+    /// An acquisition that was not replicated is released again.
+    #[error("lock {key} reached {acked} of the {wanted} replicas asked for")]
+    NotReplicated {
+        /// The lock key.
+        key: String,
+        /// How many replicas were asked to acknowledge.
+        wanted: usize,
+        /// How many did before the timeout.
+        acked: usize,
+    },
+
+    /// A quorum of independent masters could not be reached because nodes failed (Redlock).
+    #[error(
+        "lock {key} got {votes} of the {needed} votes needed; failed nodes: {}",
+        list_node_errors(errors)
+    )]
+    Quorum {
+        /// The lock key.
+        key: String,
+        /// How many nodes agreed.
+        votes: usize,
+        /// How many were needed (a majority).
+        needed: usize,
+        /// Each failed node, by its index in the node list, with its cause.
+        errors: Vec<NodeError>,
+    },
+}
+
+/// One node's failure in a quorum operation.
+#[derive(Debug)]
+pub struct NodeError {
+    /// The node's index in the list the lock was built with.
+    pub node: usize,
+    /// What went wrong there.
+    pub error: BackendError,
+}
+
+fn list_node_errors(errors: &[NodeError]) -> String {
+    let mut text = String::new();
+    for (i, NodeError { node, error }) in errors.iter().enumerate() {
+        if i > 0 {
+            text.push_str("; ");
+        }
+        text.push_str(&format!("node {node}: {error}"));
+        let mut cause = std::error::Error::source(error);
+        while let Some(inner) = cause {
+            text.push_str(&format!(": {inner}"));
+            cause = inner.source();
+        }
+    }
+    text
 }
 
 impl LockError {
@@ -60,6 +113,8 @@ impl LockError {
         match self {
             LockError::Timeout { .. } => true,
             LockError::Backend { source, .. } => source.is_transient(),
+            LockError::NotReplicated { .. } => true,
+            LockError::Quorum { errors, .. } => errors.iter().all(|e| e.error.is_transient()),
             LockError::InvalidArgument { .. } | LockError::Lost { .. } => false,
         }
     }
@@ -116,6 +171,40 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid argument timeout: must be at least 1 ms"
+        );
+    }
+
+    #[test]
+    fn quorum_and_replication_messages_list_what_failed() {
+        let err = LockError::Quorum {
+            key: "k".into(),
+            votes: 2,
+            needed: 3,
+            errors: vec![
+                NodeError {
+                    node: 1,
+                    error: BackendError::transient("fred", "connection refused"),
+                },
+                NodeError {
+                    node: 4,
+                    error: BackendError::timed_out("deadpool", Duration::from_millis(50)),
+                },
+            ],
+        };
+        assert_eq!(
+            err.to_string(),
+            "lock k got 2 of the 3 votes needed; failed nodes: node 1: transient failure in backend \
+             fred: connection refused; node 4: transient failure in backend deadpool: no reply within 50ms"
+        );
+        assert!(err.is_transient());
+        let err = LockError::NotReplicated {
+            key: "k".into(),
+            wanted: 2,
+            acked: 1,
+        };
+        assert_eq!(
+            err.to_string(),
+            "lock k reached 1 of the 2 replicas asked for"
         );
     }
 

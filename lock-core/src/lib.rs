@@ -56,7 +56,7 @@ mod time;
 pub use backend::{BackendError, LockBackend, ScriptValue};
 pub use backoff::Backoff;
 pub use election::{Election, Leadership};
-pub use error::{LockError, Result};
+pub use error::{LockError, NodeError, Result};
 pub use guard::LockGuard;
 pub use lock::RedisLock;
 pub use script::Script;
