@@ -10,16 +10,18 @@
 
 pub use lock_core::{
     BackendError, Backoff, Election, Leadership, LockBackend, LockError, LockGuard, NodeError,
-    RedisLock, Result, Script, ScriptValue, async_trait, memory, script,
+    RedisLock, Redlock, RedlockGuard, Result, Script, ScriptValue, async_trait, memory, redlock,
+    script,
 };
 
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or
-/// `Pool`; `redlease::fred::fred` is the client crate itself.
+/// `Pool` (for one server, a Cluster or Sentinel); `redlease::fred::fred` is the client crate itself.
 #[cfg(feature = "fred")]
 pub use lock_fred as fred;
 
 /// The deadpool-redis and redis-rs adapter (feature `deadpool`):
-/// [`DeadpoolBackend`](lock_deadpool::DeadpoolBackend) over a `deadpool_redis::Pool` or a
-/// `MultiplexedConnection`; `redlease::deadpool::deadpool_redis` is the client crate itself.
+/// [`DeadpoolBackend`](lock_deadpool::DeadpoolBackend) over a `deadpool_redis::Pool`, a cluster or
+/// Sentinel pool, or a `MultiplexedConnection`; `redlease::deadpool::deadpool_redis` is the client crate
+/// itself.
 #[cfg(feature = "deadpool")]
 pub use lock_deadpool as deadpool;

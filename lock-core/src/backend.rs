@@ -35,6 +35,32 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
         args: &[&str],
     ) -> Result<ScriptValue, BackendError>;
 
+    /// Runs `script` like [`eval_script`](Self::eval_script), then `WAIT replicas timeout` **on the same
+    /// connection**, and returns the script's reply with the number of replicas that acknowledged the
+    /// connection's writes (which `WAIT` counts per connection, so running it anywhere else would count
+    /// someone else's writes, or none).
+    ///
+    /// `replicas` is at least 1 and `timeout` at least 1 ms when called by the lock (`WAIT` with a zero
+    /// timeout would block forever). Implementations bound the call by their per-call bound plus
+    /// `timeout`, and in a cluster send `WAIT` to the node that owns `keys[0]`'s slot.
+    ///
+    /// Optional: the default answers a permanent error saying this backend cannot wait for replicas, which
+    /// is what a lock with [`replicas`](crate::RedisLock::replicas) then reports.
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        let _ = (script, keys, args, replicas, timeout);
+        Err(BackendError::permanent(
+            "redlease",
+            "this backend does not support waiting for replica acknowledgement (WAIT)",
+        ))
+    }
+
     /// A future that completes after `duration`, on this backend's runtime.
     ///
     /// The default is a runtime-neutral timer (futures-timer); adapters for a runtime pass its own, so
@@ -68,6 +94,19 @@ macro_rules! forward_lock_backend {
                 args: &[&str],
             ) -> Result<ScriptValue, BackendError> {
                 (**self).eval_script(script, keys, args).await
+            }
+
+            async fn eval_script_replicated(
+                &self,
+                script: &Script,
+                keys: &[&str],
+                args: &[&str],
+                replicas: usize,
+                timeout: Duration,
+            ) -> Result<(ScriptValue, usize), BackendError> {
+                (**self)
+                    .eval_script_replicated(script, keys, args, replicas, timeout)
+                    .await
             }
 
             fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {

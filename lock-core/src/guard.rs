@@ -5,11 +5,12 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::{Either, select};
+use futures::future::{BoxFuture, Either, select};
 
 use crate::backend::LockBackend;
 use crate::error::{LockError, Result};
 use crate::keys;
+use crate::replication::ReplicaAck;
 use crate::script::{self, Script};
 use crate::time::{to_millis, validity_deadline};
 
@@ -28,6 +29,7 @@ pub struct LockGuard {
     acquired_at: Instant,
     max_hold: Option<Duration>,
     valid_until: Mutex<Instant>,
+    replica_ack: Option<ReplicaAck>,
 }
 
 /// What an acquisition granted, as the guard needs it.
@@ -38,6 +40,8 @@ pub(crate) struct Grant {
     pub(crate) sent_at: Instant,
     pub(crate) fence: Option<u64>,
     pub(crate) max_hold: Option<Duration>,
+    /// [`RedisLock::replicas`](crate::RedisLock::replicas), for `renew` and `extend`.
+    pub(crate) replica_ack: Option<ReplicaAck>,
 }
 
 impl LockGuard {
@@ -50,6 +54,7 @@ impl LockGuard {
             acquired_at: grant.sent_at,
             max_hold: grant.max_hold,
             valid_until: Mutex::new(validity_deadline(grant.sent_at, grant.ttl)),
+            replica_ack: grant.replica_ack,
         }
     }
 
@@ -67,7 +72,9 @@ impl LockGuard {
     /// that ever wrote `resource`, atomically. `Ok(false)` when a newer holder has written since.
     ///
     /// The highest fence is kept in a companion key in `resource`'s cluster slot
-    /// (`{resource}:redlease:fence-mark`); `resource` itself stays a plain string, readable with `GET`.
+    /// (`{resource}:redlease:fence-mark`; `resource:redlease:fence-mark` when `resource` has a hash tag;
+    /// `resource:redlease:fence-mark:NNNNNN`, numbered to land in its slot, when it has a `}` but no hash
+    /// tag); `resource` itself stays a plain string, readable with `GET`.
     /// A guard without a fence is [`LockError::InvalidArgument`] and nothing is sent.
     pub async fn fenced_set(&self, resource: &str, value: &str) -> Result<bool> {
         let Some(fence) = self.fence else {
@@ -103,87 +110,7 @@ impl LockGuard {
     /// unanswered at that moment counts as failed); or the lock's `max_hold` passed. The guard stays
     /// usable afterwards (to release it, say).
     pub async fn hold<F: Future>(&self, work: F) -> Result<F::Output> {
-        let work = pin!(work);
-        let keeper = pin!(self.keep_renewed());
-        match select(work, keeper).await {
-            Either::Left((output, _)) => Ok(output),
-            Either::Right((lost, _)) => Err(lost),
-        }
-    }
-
-    /// Renews the lock until it is lost; returns why.
-    async fn keep_renewed(&self) -> LockError {
-        let backend = &self.lease.backend;
-        let hold_deadline = self.max_hold.map(|max| self.acquired_at.checked_add(max));
-        let mut last_error: Option<LockError> = None;
-        loop {
-            let now = Instant::now();
-            if let Some(deadline) = hold_deadline {
-                // An unrepresentable deadline is no deadline.
-                if deadline.is_some_and(|d| now >= d) {
-                    return self.lost(format!(
-                        "max_hold of {:?} passed; renewal stopped",
-                        self.max_hold.unwrap_or_default()
-                    ));
-                }
-            }
-            let remaining = self.valid_for();
-            if remaining.is_zero() {
-                return self.lost(match &last_error {
-                    Some(error) => format!(
-                        "renewals failed until its validity ran out: {}",
-                        with_causes(error)
-                    ),
-                    None => "its validity ran out before it could be renewed".into(),
-                });
-            }
-            // After a failure, try again soon; otherwise at about a third of the TTL.
-            let mut pause = match last_error {
-                Some(_) => jittered(self.ttl / 10),
-                None => jittered(self.ttl / 3),
-            };
-            pause = pause.min(remaining);
-            if let Some(Some(deadline)) = hold_deadline {
-                pause = pause.min(deadline.saturating_duration_since(now));
-            }
-            backend.sleep(pause).await;
-            if hold_deadline.flatten().is_some_and(|d| Instant::now() >= d) {
-                continue;
-            }
-            let remaining = self.valid_for();
-            if remaining.is_zero() {
-                continue;
-            }
-            // A renewal still unanswered when the validity runs out counts as failed.
-            let renewal = pin!(self.renew());
-            match select(renewal, backend.sleep(remaining)).await {
-                Either::Left((Ok(true), _)) => last_error = None,
-                Either::Left((Ok(false), _)) => {
-                    return self.lost("a renewal found another holder or no key".into());
-                }
-                Either::Left((Err(error), _)) => {
-                    tracing::warn!(key = %self.lease.key, %error, "renewing the lock failed; retrying");
-                    last_error = Some(error);
-                }
-                Either::Right(_) => {
-                    return self.lost(format!(
-                        "no renewal was answered before its validity ran out{}",
-                        last_error
-                            .as_ref()
-                            .map(|e| format!(" (last error: {})", with_causes(e)))
-                            .unwrap_or_default()
-                    ));
-                }
-            }
-        }
-    }
-
-    fn lost(&self, reason: String) -> LockError {
-        tracing::warn!(key = %self.lease.key, %reason, "lock lost");
-        LockError::Lost {
-            key: self.lease.key.to_string(),
-            reason,
-        }
+        hold_renewed(self, work).await
     }
 
     /// This acquisition's token: the exact value of the Redis key while the lock is ours.
@@ -220,7 +147,7 @@ impl LockGuard {
     pub async fn extend(&self, by: Duration) -> Result<bool> {
         let by_ms = to_millis("extend", by)?;
         let extended = self
-            .eval_flag(&script::EXTEND, &[&by_ms.to_string()])
+            .eval_write(&script::EXTEND, &[&by_ms.to_string()])
             .await?;
         if extended {
             let mut valid_until = self.lock_validity();
@@ -233,7 +160,7 @@ impl LockGuard {
     /// expired lock is never re-created.
     pub async fn renew(&self) -> Result<bool> {
         let sent_at = Instant::now();
-        let renewed = self.eval_flag(&script::RENEW, &[&self.ttl_arg]).await?;
+        let renewed = self.eval_write(&script::RENEW, &[&self.ttl_arg]).await?;
         if renewed {
             let mut valid_until = self.lock_validity();
             *valid_until = (*valid_until).max(validity_deadline(sent_at, self.ttl));
@@ -274,6 +201,28 @@ impl LockGuard {
             .await
             .map_err(|source| LockError::backend_failed(&lease.key, source))?;
         Ok(reply.as_int() == Some(1))
+    }
+
+    /// Like `eval_flag`, for a write that must reach the replicas the lock asks for
+    /// ([`RedisLock::replicas`](crate::RedisLock::replicas)): `NotReplicated` when it was applied but too
+    /// few acknowledged it.
+    async fn eval_write(&self, script: &Script, extra_args: &[&str]) -> Result<bool> {
+        let Some(ack) = &self.replica_ack else {
+            return self.eval_flag(script, extra_args).await;
+        };
+        let lease = &self.lease;
+        let mut args = Vec::with_capacity(1 + extra_args.len());
+        args.push(&*lease.token);
+        args.extend_from_slice(extra_args);
+        let (reply, acked) = ack
+            .eval(&*lease.backend, script, &[&lease.key], &args)
+            .await
+            .map_err(|source| LockError::backend_failed(&lease.key, source))?;
+        let applied = reply.as_int() == Some(1);
+        if applied {
+            ack.check(&lease.key, acked)?;
+        }
+        Ok(applied)
     }
 }
 
@@ -340,6 +289,155 @@ impl Drop for Lease {
         if !self.backend.spawn_detached(release) {
             tracing::debug!(key = %self.key, "no runtime to release a dropped lock; its TTL will free it");
         }
+    }
+}
+
+/// What the renewal loop behind `hold` needs from a guard: [`LockGuard`] and
+/// [`RedlockGuard`](crate::RedlockGuard) share the loop through it.
+pub(crate) trait Renewable: Sync {
+    /// The lock key, for logs and [`LockError::Lost`].
+    fn renewal_key(&self) -> &str;
+    /// The TTL a renewal resets the lock to.
+    fn renewal_ttl(&self) -> Duration;
+    /// When the granting request was sent; `max_hold` counts from here.
+    fn acquired_at(&self) -> Instant;
+    /// The longest the lock may be held under `hold`.
+    fn max_hold(&self) -> Option<Duration>;
+    /// The local validity left, as `valid_for`.
+    fn remaining(&self) -> Duration;
+    /// Sleeps on the backend's runtime.
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
+    /// One renewal, as `renew`.
+    fn renew_once(&self) -> BoxFuture<'_, Result<bool>>;
+}
+
+/// Runs `work` while `guard` is renewed, dropping it as soon as the lock is lost (see
+/// [`LockGuard::hold`]).
+pub(crate) async fn hold_renewed<G: Renewable + ?Sized, F: Future>(
+    guard: &G,
+    work: F,
+) -> Result<F::Output> {
+    let work = pin!(work);
+    let keeper = pin!(keep_renewed(guard));
+    match select(work, keeper).await {
+        Either::Left((output, _)) => Ok(output),
+        Either::Right((lost, _)) => Err(lost),
+    }
+}
+
+/// Renews the lock until it is lost; returns why.
+async fn keep_renewed<G: Renewable + ?Sized>(guard: &G) -> LockError {
+    let key = guard.renewal_key();
+    let ttl = guard.renewal_ttl();
+    let max_hold = guard.max_hold();
+    let hold_deadline = max_hold.map(|max| guard.acquired_at().checked_add(max));
+    let mut last_error: Option<LockError> = None;
+    loop {
+        let now = Instant::now();
+        if let Some(deadline) = hold_deadline {
+            // An unrepresentable deadline is no deadline.
+            if deadline.is_some_and(|d| now >= d) {
+                return lost(
+                    key,
+                    format!(
+                        "max_hold of {:?} passed; renewal stopped",
+                        max_hold.unwrap_or_default()
+                    ),
+                );
+            }
+        }
+        let remaining = guard.remaining();
+        if remaining.is_zero() {
+            return lost(
+                key,
+                match &last_error {
+                    Some(error) => format!(
+                        "renewals failed until its validity ran out: {}",
+                        with_causes(error)
+                    ),
+                    None => "its validity ran out before it could be renewed".into(),
+                },
+            );
+        }
+        // After a failure, try again soon; otherwise at about a third of the TTL.
+        let mut pause = match last_error {
+            Some(_) => jittered(ttl / 10),
+            None => jittered(ttl / 3),
+        };
+        pause = pause.min(remaining);
+        if let Some(Some(deadline)) = hold_deadline {
+            pause = pause.min(deadline.saturating_duration_since(now));
+        }
+        guard.sleep(pause).await;
+        if hold_deadline.flatten().is_some_and(|d| Instant::now() >= d) {
+            continue;
+        }
+        let remaining = guard.remaining();
+        if remaining.is_zero() {
+            continue;
+        }
+        // A renewal still unanswered when the validity runs out counts as failed.
+        let renewal = guard.renew_once();
+        match select(renewal, guard.sleep(remaining)).await {
+            Either::Left((Ok(true), _)) => last_error = None,
+            Either::Left((Ok(false), _)) => {
+                return lost(key, "a renewal found another holder or no key".into());
+            }
+            Either::Left((Err(error), _)) => {
+                tracing::warn!(%key, %error, "renewing the lock failed; retrying");
+                last_error = Some(error);
+            }
+            Either::Right(_) => {
+                return lost(
+                    key,
+                    format!(
+                        "no renewal was answered before its validity ran out{}",
+                        last_error
+                            .as_ref()
+                            .map(|e| format!(" (last error: {})", with_causes(e)))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn lost(key: &str, reason: String) -> LockError {
+    tracing::warn!(%key, %reason, "lock lost");
+    LockError::Lost {
+        key: key.to_owned(),
+        reason,
+    }
+}
+
+impl Renewable for LockGuard {
+    fn renewal_key(&self) -> &str {
+        &self.lease.key
+    }
+
+    fn renewal_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn acquired_at(&self) -> Instant {
+        self.acquired_at
+    }
+
+    fn max_hold(&self) -> Option<Duration> {
+        self.max_hold
+    }
+
+    fn remaining(&self) -> Duration {
+        self.valid_for()
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.lease.backend.sleep(duration)
+    }
+
+    fn renew_once(&self) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.renew())
     }
 }
 

@@ -4,9 +4,12 @@
 //! This crate defines:
 //!
 //! - [`LockBackend`], the small object-safe trait an adapter implements (`set_nx`, `eval_script`, and
-//!   optionally a runtime's `sleep` and `spawn_detached`);
+//!   optionally `eval_script_replicated` for replica acknowledgement and a runtime's `sleep` and
+//!   `spawn_detached`);
 //! - [`RedisLock`] (configuration and acquisition) and [`LockGuard`] (one acquisition: `extend`, `renew`,
 //!   `is_owner`, `release`);
+//! - [`Redlock`] and [`RedlockGuard`]: one lock over several independent masters, held while a majority
+//!   holds it (the [`redlock`] module explains the algorithm, its safety argument and its limits);
 //! - [`LockError`], the one error type;
 //! - [`memory::MemoryBackend`], an in-process backend for unit tests and single-process use;
 //! - with the `testing` feature, `testing`, the conformance suite every backend passes.
@@ -48,6 +51,8 @@ mod guard;
 mod keys;
 mod lock;
 pub mod memory;
+pub mod redlock;
+mod replication;
 pub mod script;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -59,6 +64,7 @@ pub use election::{Election, Leadership};
 pub use error::{LockError, NodeError, Result};
 pub use guard::LockGuard;
 pub use lock::RedisLock;
+pub use redlock::{Redlock, RedlockGuard};
 pub use script::Script;
 
 /// Re-exported so backends can implement [`LockBackend`] with the same macro version.

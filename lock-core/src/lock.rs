@@ -8,6 +8,7 @@ use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::backoff::Backoff;
 use crate::error::{LockError, Result};
 use crate::guard::{Grant, Lease, LockGuard};
+use crate::replication::ReplicaAck;
 use crate::time::to_millis;
 use crate::{keys, script};
 
@@ -29,6 +30,8 @@ pub struct RedisLock {
     fencing: bool,
     /// Who is acquiring, for elections: tokens become `{owner}:{uuid}` so the holder can be named.
     owner: Option<Arc<str>>,
+    /// `replicas(n, timeout)`, checked when the lock is used.
+    replicas: Option<(usize, Duration)>,
 }
 
 impl RedisLock {
@@ -51,6 +54,7 @@ impl RedisLock {
             max_hold: None,
             fencing: false,
             owner: None,
+            replicas: None,
         }
     }
 
@@ -88,10 +92,40 @@ impl RedisLock {
     ///
     /// The fence comes from a counter key beside the lock key (`{key}:redlease:fence`, or
     /// `key:redlease:fence` when the key already has a hash tag), in the same cluster slot. The counter is
-    /// never deleted: one small key per lock name. A key that contains `}` without a hash tag cannot have
-    /// such a companion and is rejected with [`LockError::InvalidArgument`].
+    /// never deleted: one small key per lock name. A key that contains `}` without a hash tag (such as
+    /// `a{}b`), which Redis hashes whole, gets a numbered suffix instead (`a{}b:redlease:fence:NNNNNN`),
+    /// chosen so that the name hashes to the key's slot.
     pub fn fencing(mut self, enabled: bool) -> Self {
         self.fencing = enabled;
+        self
+    }
+
+    /// Count a write to the lock (acquiring, [`renew`](LockGuard::renew), [`extend`](LockGuard::extend))
+    /// only once `replicas` replicas have acknowledged it, waiting up to `timeout` for them (Redis
+    /// `WAIT replicas timeout`, on the connection that wrote). Guards a lock against a failover of the
+    /// primary that would otherwise lose it (asynchronous replication).
+    ///
+    /// - An acquisition that fewer replicas acknowledged is released again, and `acquire`/`try_acquire`
+    ///   return [`LockError::NotReplicated`] naming how many did (transient: try again later).
+    /// - `renew` and `extend` return `NotReplicated` when the write reached the primary but too few
+    ///   replicas acknowledged it in time; the guard's local validity is then not extended, and
+    ///   [`hold`](LockGuard::hold) counts it as a failed renewal. A `false` ("no longer ours") is
+    ///   answered without looking at replicas.
+    /// - `replicas(0, _)` turns it off (the default). A zero `timeout` (`WAIT` would block forever) is
+    ///   [`LockError::InvalidArgument`] naming `replica_timeout` when the lock is used; it is kept to the
+    ///   millisecond, rounding up.
+    ///
+    /// Every write then costs one more round trip, and a failing replica costs `timeout` per write,
+    /// during which the connection is blocked (`WAIT` blocks it) for other commands multiplexed on it.
+    /// The backend's per-call bound is extended by `timeout` for these calls. Backends that cannot wait
+    /// for replicas fail with a permanent [`LockError::Backend`]; the in-memory backend has no replicas
+    /// and so always answers `NotReplicated`.
+    ///
+    /// `WAIT` makes a failover that promotes an acknowledging replica keep the lock; it is not
+    /// consensus: a replica that acknowledged can still lose the write in a later failure, and Sentinel
+    /// may promote a replica that did not acknowledge unless `replicas` covers all of them.
+    pub fn replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.replicas = Some((replicas, timeout));
         self
     }
 
@@ -209,6 +243,7 @@ impl RedisLock {
             ttl_ms,
             ttl_arg: ttl_ms.to_string(),
             fence_counter,
+            replica_ack: ReplicaAck::validate(self.replicas)?,
         })
     }
 
@@ -218,13 +253,14 @@ impl RedisLock {
         // server, so the lease's Drop releases the token in the background.
         let pending = Lease::new(self.backend.clone(), self.key.clone(), token.clone());
         let sent_at = Instant::now();
-        let granted = match &plan.fence_counter {
-            None => self
+        let mut acked = None;
+        let granted = match (&plan.fence_counter, &plan.replica_ack) {
+            (None, None) => self
                 .backend
                 .set_nx(&self.key, token, ttl)
                 .await
                 .map(|ok| ok.then_some(None)),
-            Some(counter) => self
+            (Some(counter), None) => self
                 .backend
                 .eval_script(
                     &script::FENCED_ACQUIRE,
@@ -233,7 +269,53 @@ impl RedisLock {
                 )
                 .await
                 .and_then(|reply| fenced_reply(&reply).map(|fence| fence.map(Some))),
+            // With replica acknowledgement, acquire by script so that WAIT can follow on its connection.
+            (None, Some(ack)) => ack
+                .eval(
+                    &*self.backend,
+                    &script::ACQUIRE,
+                    &[&self.key],
+                    &[token, &plan.ttl_arg],
+                )
+                .await
+                .and_then(|(reply, n)| {
+                    acked = Some(n);
+                    match reply {
+                        ScriptValue::Int(1) => Ok(Some(None)),
+                        ScriptValue::Int(0) => Ok(None),
+                        other => Err(BackendError::permanent(
+                            "redlease",
+                            format!("unexpected reply from the acquire script: {other:?}"),
+                        )),
+                    }
+                }),
+            (Some(counter), Some(ack)) => ack
+                .eval(
+                    &*self.backend,
+                    &script::FENCED_ACQUIRE,
+                    &[&self.key, counter],
+                    &[token, &plan.ttl_arg],
+                )
+                .await
+                .and_then(|(reply, n)| {
+                    acked = Some(n);
+                    fenced_reply(&reply).map(|fence| fence.map(Some))
+                }),
         };
+        if let (Ok(Some(_)), Some(ack), Some(acked)) = (&granted, &plan.replica_ack, acked)
+            && let Err(not_replicated) = ack.check(&self.key, acked)
+        {
+            // Not safe from a failover: give it back now rather than hold a lock that may vanish.
+            // Should this release fail, `pending` releases it in the background when dropped.
+            let released = self
+                .backend
+                .eval_script(&script::RELEASE, &[&self.key], &[token])
+                .await;
+            if released.is_ok() {
+                pending.disarm();
+            }
+            return Err(not_replicated);
+        }
         match granted {
             Ok(Some(fence)) => Ok(Some(LockGuard::new(
                 pending,
@@ -243,6 +325,7 @@ impl RedisLock {
                     sent_at,
                     fence,
                     max_hold: self.max_hold,
+                    replica_ack: plan.replica_ack,
                 },
             ))),
             Ok(None) => {
@@ -268,10 +351,11 @@ struct Plan {
     ttl_ms: u64,
     ttl_arg: String,
     fence_counter: Option<String>,
+    replica_ack: Option<ReplicaAck>,
 }
 
 /// Reads the fenced acquire script's reply: `Some(fence)` when acquired, `None` when busy.
-fn fenced_reply(reply: &ScriptValue) -> Result<Option<u64>, BackendError> {
+pub(crate) fn fenced_reply(reply: &ScriptValue) -> Result<Option<u64>, BackendError> {
     let unexpected = || {
         BackendError::permanent(
             "redlease",
@@ -299,6 +383,7 @@ impl fmt::Debug for RedisLock {
             .field("backoff", &self.backoff)
             .field("max_hold", &self.max_hold)
             .field("fencing", &self.fencing)
+            .field("replicas", &self.replicas)
             .field("backend", &self.backend)
             .finish()
     }

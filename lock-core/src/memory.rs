@@ -144,12 +144,24 @@ impl MemoryBackend {
                 Some(e) => ScriptValue::Str(e.value.clone()),
                 None => ScriptValue::Nil,
             },
+            ([key], [token, millis]) if sha == script::ACQUIRE.sha1() => {
+                let millis = parse_millis(script, millis)?;
+                match entries.get(*key) {
+                    Some(holder) if holder.value != *token => flag(false),
+                    // Free, or a re-sent request of ours: (re)set with the full TTL.
+                    _ => {
+                        entries.insert((*key).to_owned(), Entry::expiring(token, millis));
+                        flag(true)
+                    }
+                }
+            }
             ([key, counter], [token, millis]) if sha == script::FENCED_ACQUIRE.sha1() => {
                 let millis = parse_millis(script, millis)?;
                 match entries.get(*key) {
                     Some(holder) if holder.value == *token => {
                         let fence =
                             parse_int(script, entries.get(*counter).map(|c| c.value.as_str()))?;
+                        entries.insert((*key).to_owned(), Entry::expiring(token, millis));
                         ScriptValue::Array(vec![flag(true), ScriptValue::Int(fence)])
                     }
                     Some(holder) => ScriptValue::Array(vec![
@@ -165,6 +177,21 @@ impl MemoryBackend {
                         entries.insert((*key).to_owned(), Entry::expiring(token, millis));
                         ScriptValue::Array(vec![flag(true), ScriptValue::Int(fence)])
                     }
+                }
+            }
+            ([key, counter], [token, fence]) if sha == script::FENCE_RAISE.sha1() => {
+                let fence = parse_int(script, Some(*fence))?;
+                if held_by(&entries, key, token) {
+                    let current = match entries.get(*counter) {
+                        Some(c) => parse_int(script, Some(&c.value))?,
+                        None => 0,
+                    };
+                    if current < fence {
+                        entries.insert((*counter).to_owned(), Entry::persistent(fence.to_string()));
+                    }
+                    flag(true)
+                } else {
+                    flag(false)
                 }
             }
             ([resource, mark], [value, fence]) if sha == script::FENCED_SET.sha1() => {
@@ -187,7 +214,9 @@ impl MemoryBackend {
                 &*script::EXTEND,
                 &*script::RENEW,
                 &*script::READ,
+                &*script::ACQUIRE,
                 &*script::FENCED_ACQUIRE,
+                &*script::FENCE_RAISE,
                 &*script::FENCED_SET,
             ]
             .iter()
@@ -255,6 +284,19 @@ impl LockBackend for MemoryBackend {
         args: &[&str],
     ) -> Result<ScriptValue, BackendError> {
         self.run_script(script, keys, args)
+    }
+
+    /// Runs the script; there are no replicas, so none acknowledges: a lock that asks for replicas
+    /// always gets [`LockError::NotReplicated`](crate::LockError::NotReplicated) here.
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        _replicas: usize,
+        _timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        self.run_script(script, keys, args).map(|reply| (reply, 0))
     }
 
     /// Memory operations complete without waiting, so a background release normally finishes right

@@ -108,9 +108,33 @@ return 0"#,
     )
 });
 
+/// Acquires `KEYS[1]` for the token `ARGV[1]` with a TTL of `ARGV[2]` milliseconds, like
+/// `SET key token NX PX ttl`: the acquisition of a lock that waits for replicas (a script, so that it can
+/// be followed by `WAIT` on the same connection). Returns 1 when acquired (also when the key already holds
+/// our token: a re-sent request), 0 when someone else holds it.
+///
+/// A re-sent request resets the TTL, so that every acquisition writes: `WAIT` then covers the original
+/// write too, even when the client re-sent the script over a new connection.
+pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "acquire",
+        r#"local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then
+  return 0
+end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1"#,
+    )
+});
+
 /// Acquires `KEYS[1]` for the token `ARGV[1]` with a TTL of `ARGV[2]` milliseconds and issues a fence
 /// from the counter `KEYS[2]`, atomically. Returns `{1, fence}` when acquired (also when the key already
-/// holds our token: a re-sent request), `{0, pttl}` when someone else holds it.
+/// holds our token: a re-sent request, which resets the TTL so that, as with [`ACQUIRE`], every
+/// acquisition writes), `{0, pttl}` when someone else holds it.
 ///
 /// Fences strictly increase across every acquisition of the key, also after the lock expired or was
 /// deleted: the counter is never deleted. When the counter is missing (first use, or a server that lost
@@ -121,6 +145,7 @@ pub static FENCED_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
         "fenced_acquire",
         r#"local holder = redis.call('get', KEYS[1])
 if holder == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
   return {1, tonumber(redis.call('get', KEYS[2]))}
 end
 if holder then
@@ -133,6 +158,27 @@ end
 local fence = redis.call('incr', KEYS[2])
 redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, fence}"#,
+    )
+});
+
+/// Raises the fence counter `KEYS[2]` to at least `ARGV[2]`, only while the lock `KEYS[1]` holds the
+/// token `ARGV[1]`. Returns 1 when the lock held the token (the counter is now at least `ARGV[2]`), 0
+/// otherwise (nothing changed).
+///
+/// Used by [`Redlock`](crate::Redlock) fencing: after acquiring on a majority of masters, their
+/// counters are raised to the largest fence any of them issued, so that every later majority includes a
+/// master whose counter is already past it. A counter never decreases.
+pub static FENCE_RAISE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "fence_raise",
+        r#"if redis.call('get', KEYS[1]) == ARGV[1] then
+  local current = tonumber(redis.call('get', KEYS[2]) or '0')
+  if current < tonumber(ARGV[2]) then
+    redis.call('set', KEYS[2], ARGV[2])
+  end
+  return 1
+end
+return 0"#,
     )
 });
 
@@ -176,7 +222,9 @@ mod tests {
             &*EXTEND,
             &*RENEW,
             &*IS_OWNER,
+            &*ACQUIRE,
             &*FENCED_ACQUIRE,
+            &*FENCE_RAISE,
             &*FENCED_SET,
             &*READ,
         ];

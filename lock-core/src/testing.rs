@@ -98,6 +98,21 @@ impl<B: LockBackend> LockBackend for CountingBackend<B> {
         self.inner.eval_script(script, keys, args).await
     }
 
+    /// Counted as a script call.
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        self.script_calls.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .eval_script_replicated(script, keys, args, replicas, timeout)
+            .await
+    }
+
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         self.inner.sleep(duration)
     }
@@ -150,7 +165,7 @@ checks!(
     fences_strictly_increase,
     fenced_acquire_recognises_own_write,
     fenced_set_rejects_stale_fences,
-    fencing_rejects_keys_without_a_usable_slot,
+    fencing_works_for_keys_with_odd_braces,
     election_hands_over_on_resign,
     election_replaces_a_silent_leader,
     cancelled_acquire_leaves_no_lock,
@@ -158,6 +173,7 @@ checks!(
     dropped_run_releases_the_lock,
     hold_reports_failing_renewals,
     hold_does_not_wait_for_a_hung_renewal,
+    unacknowledged_writes_are_not_counted,
 );
 
 /// Runs every check against `backend`, with keys starting with `prefix` (unique per run).
@@ -1157,46 +1173,68 @@ pub async fn fenced_set_rejects_stale_fences(
     probe.del(&resource).await;
 }
 
-/// A key with `}` but no hash tag cannot have a fence counter in its slot: `InvalidArgument`, nothing
-/// sent.
-pub async fn fencing_rejects_keys_without_a_usable_slot(
+/// Fencing works for keys whose braces are not a hash tag (`a{}b`, `a{b`, `a}b`, `a{}{b}`: only the
+/// first `{` counts), and for tagged ones: every companion key shares the key's cluster slot, fences
+/// increase, and `fenced_set` on such resources works.
+pub async fn fencing_works_for_keys_with_odd_braces(
     backend: Arc<dyn LockBackend>,
     probe: &dyn Probe,
     key: String,
 ) {
-    let counting = Arc::new(CountingBackend::new(backend));
-    let odd = format!("{}a{{}}b", key.replace(['{', '}'], ""));
-    let err = RedisLock::new(counting.clone(), odd.clone())
-        .fencing(true)
-        .acquire()
-        .await
-        .expect_err("no usable slot");
-    assert!(
-        matches!(
-            err,
-            LockError::InvalidArgument {
-                argument: "key",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(counting.set_nx_calls() + counting.script_calls(), 0);
-    assert_eq!(probe.get(&odd).await, None);
-    // Without fencing the same key is fine, and with a hash tag fencing is too.
-    let guard = RedisLock::new(counting.clone(), odd)
-        .acquire()
-        .await
-        .expect("plain lock");
-    guard.release().await.expect("release");
-    let tagged = format!("{{{}}}:a{{}}b", key.replace(['{', '}'], ""));
-    let guard = RedisLock::new(counting, tagged)
-        .fencing(true)
-        .acquire()
-        .await
-        .expect("tagged");
-    assert!(guard.fence().is_some());
-    guard.release().await.expect("release");
+    let base = key.replace(['{', '}'], "");
+    for odd in ["a{}b", "a{b", "a}b", "a{}{b}", "{x}a{}b"] {
+        let odd = format!("{base}:{odd}");
+        let lock = RedisLock::new(backend.clone(), odd.clone()).fencing(true);
+        let first = lock.acquire().await.expect("fenced acquire");
+        let fence = first.fence().expect("a fence");
+        assert_eq!(probe.get(&odd).await.as_deref(), Some(first.token()));
+        assert!(
+            first
+                .fenced_set(&odd_resource(&odd), "v1")
+                .await
+                .expect("fenced_set"),
+            "{odd}"
+        );
+        assert!(first.renew().await.expect("renew"));
+        // The first holder's lock expires; a second holder takes over.
+        probe.del(&odd).await;
+        let second = lock.acquire().await.expect("fenced acquire again");
+        assert!(
+            second.fence().expect("a fence") > fence,
+            "{odd}: fences increase"
+        );
+        assert!(
+            second
+                .fenced_set(&odd_resource(&odd), "v2")
+                .await
+                .expect("fenced_set"),
+            "{odd}"
+        );
+        assert!(
+            !first
+                .fenced_set(&odd_resource(&odd), "stale")
+                .await
+                .expect("fenced_set"),
+            "{odd}: the older fence is refused"
+        );
+        assert_eq!(probe.get(&odd_resource(&odd)).await.as_deref(), Some("v2"));
+        assert!(second.release().await.expect("release"));
+        probe.del(&odd_resource(&odd)).await;
+    }
+}
+
+/// A fenced resource with odd braces of its own, beside the lock `key`.
+fn odd_resource(key: &str) -> String {
+    format!("{key}:res}}{{")
+}
+
+/// The companion keys lock-core derives for `key` (its fence counter, and its fence mark when `key` is a
+/// fenced resource), for tests that check them against a server's own slot computation.
+pub fn companion_keys(key: &str) -> Vec<String> {
+    vec![
+        crate::keys::fence_counter(key).expect("a fence counter for every key"),
+        crate::keys::fence_mark(key).expect("a fence mark for every key"),
+    ]
 }
 
 /// A candidate waiting in `campaign` leads within 500 ms of the leader resigning, whatever the TTL;
@@ -1443,6 +1481,74 @@ pub async fn dropped_run_releases_the_lock(
     assert!(released, "a dropped run must release its lock");
 }
 
+/// `replicas(n, timeout)`: asking for more replicas than the store has makes `acquire` and `try_acquire`
+/// fail with `NotReplicated` (naming the key, how many were wanted and how many acknowledged) and leave
+/// no lock behind, with and without fencing; a zero timeout is `InvalidArgument` with nothing sent;
+/// `replicas(0, _)` is off.
+pub async fn unacknowledged_writes_are_not_counted(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    /// More replicas than any test deployment has.
+    const WANTED: usize = 10;
+    let counting = Arc::new(CountingBackend::new(backend));
+    let err = RedisLock::new(counting.clone(), key.clone())
+        .replicas(1, Duration::ZERO)
+        .acquire()
+        .await
+        .expect_err("zero replica timeout");
+    assert!(
+        matches!(
+            err,
+            LockError::InvalidArgument {
+                argument: "replica_timeout",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(counting.set_nx_calls() + counting.script_calls(), 0);
+
+    for fencing in [false, true] {
+        let lock = RedisLock::new(counting.clone(), key.clone())
+            .fencing(fencing)
+            .replicas(WANTED, Duration::from_millis(50));
+        for result in [
+            lock.acquire().await.map(|_| ()),
+            lock.try_acquire().await.map(|_| ()),
+        ] {
+            match result {
+                Err(LockError::NotReplicated {
+                    key: k,
+                    wanted,
+                    acked,
+                }) => {
+                    assert_eq!(k, key);
+                    assert_eq!(wanted, WANTED);
+                    assert!(acked < WANTED, "{acked}");
+                }
+                other => panic!("expected NotReplicated (fencing: {fencing}), got {other:?}"),
+            }
+            assert_eq!(
+                probe.get(&key).await,
+                None,
+                "an unacknowledged acquisition is released (fencing: {fencing})"
+            );
+        }
+    }
+
+    let calls = counting.set_nx_calls();
+    let guard = RedisLock::new(counting.clone(), key.clone())
+        .replicas(0, Duration::ZERO)
+        .acquire()
+        .await
+        .expect("replicas(0, _) is off");
+    assert_eq!(counting.set_nx_calls(), calls + 1, "a plain SET NX");
+    assert!(guard.renew().await.expect("renew"));
+    assert!(guard.release().await.expect("release"));
+}
+
 /// A fault a [`FaultyBackend`] injects into every call until changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1520,6 +1626,21 @@ impl<B: LockBackend> LockBackend for FaultyBackend<B> {
     ) -> Result<ScriptValue, BackendError> {
         self.inject(self.inner.eval_script(script, keys, args))
             .await
+    }
+
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        self.inject(
+            self.inner
+                .eval_script_replicated(script, keys, args, replicas, timeout),
+        )
+        .await
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {

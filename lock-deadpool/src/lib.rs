@@ -1,11 +1,15 @@
 //! The [deadpool-redis] and [redis-rs] adapter for redlease.
 //!
-//! [`DeadpoolBackend`] implements [`LockBackend`] over either a [`deadpool_redis::Pool`] (one pooled
-//! connection is checked out per call) or a single redis-rs [`MultiplexedConnection`] (cloned per call,
-//! which is cheap: clones share one socket). It is a thin translation layer with no lock logic:
+//! [`DeadpoolBackend`] implements [`LockBackend`] over a [`deadpool_redis::Pool`] (one pooled connection
+//! is checked out per call), a [`deadpool_redis::cluster::Pool`] (Redis Cluster), a
+//! [`deadpool_redis::sentinel::Pool`] (the primary Sentinel names), or a single redis-rs
+//! [`MultiplexedConnection`] (cloned per call, which is cheap: clones share one socket). It is a thin
+//! translation layer with no lock logic:
 //!
 //! - `set_nx` sends `SET key value NX PX <ms> GET` in one round trip (this needs Redis 7.0 or newer);
 //! - scripts run by `EVALSHA`, falling back to `EVAL` when the server answers `NOSCRIPT`;
+//! - for locks with [`RedisLock::replicas`](lock_core::RedisLock::replicas), the script and `WAIT` go
+//!   as one pipeline over one connection (see [Cluster and Sentinel](#cluster-and-sentinel));
 //! - every call, including checking a connection out of the pool and the `EVAL` fallback, is bounded by
 //!   [`DeadpoolBackend::command_timeout`] (5 s by default);
 //! - sleeping and background tasks use the current Tokio runtime.
@@ -41,6 +45,28 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Cluster and Sentinel
+//!
+//! The `cluster` and `sentinel` features of deadpool-redis are on, so `DeadpoolBackend::from` takes a
+//! `deadpool_redis::cluster::Pool` or a `deadpool_redis::sentinel::Pool`, and lock code does not change.
+//!
+//! - **Cluster**: redis-rs routes each command by its first key (`EVALSHA`/`EVAL`: the first key after
+//!   the key count), so every lock script goes to the node owning the lock's slot (lock-core keeps all
+//!   keys of one script in one slot), and `NOSCRIPT` falls back to `EVAL` on that node. redis-rs follows
+//!   `MOVED` and `ASK` (with `ASKING`) itself.
+//! - **Sentinel**: connections go to the primary Sentinel names when they are made; after a failover the
+//!   pool's connections to the old primary fail (and the call with them, transiently) and are replaced
+//!   by connections to the new one.
+//! - **Replica acknowledgement**: the script and `WAIT` are one pipeline, one request on one connection:
+//!   a multiplexed connection never reconnects, and a cluster connection routes the pipeline by the
+//!   script's key (not `WAIT`'s default of every primary) and redirects or retries it as a whole. Every
+//!   successful lock write writes (a re-sent acquisition resets the TTL), so a retried pipeline's `WAIT`
+//!   still covers the first write. A `WAIT` longer than redis-rs's response timeout fails the call: keep
+//!   the replica timeout below it (500 ms by default for a pool's, a Sentinel pool's and a lone
+//!   multiplexed connection, see below, and not adjustable for deadpool's Sentinel pools; unset for
+//!   cluster connections unless `ClusterClientBuilder::response_timeout` sets one). The call is bounded
+//!   by the command timeout plus the `WAIT` timeout.
 //!
 //! # Timeouts
 //!
@@ -119,6 +145,8 @@ pub struct DeadpoolBackend {
 enum Conn {
     Pool(Pool),
     Multiplexed(MultiplexedConnection),
+    Cluster(deadpool_redis::cluster::Pool),
+    Sentinel(deadpool_redis::sentinel::Pool),
 }
 
 impl DeadpoolBackend {
@@ -152,6 +180,16 @@ impl DeadpoolBackend {
         match &self.conn {
             Conn::Pool(pool) => pool.get().await.map(CheckedOut::Pooled).map_err(pool_error),
             Conn::Multiplexed(conn) => Ok(CheckedOut::Multiplexed(conn.clone())),
+            Conn::Cluster(pool) => pool
+                .get()
+                .await
+                .map(|conn| CheckedOut::Cluster(Box::new(conn)))
+                .map_err(pool_error),
+            Conn::Sentinel(pool) => pool
+                .get()
+                .await
+                .map(CheckedOut::Sentinel)
+                .map_err(pool_error),
         }
     }
 }
@@ -160,6 +198,9 @@ impl DeadpoolBackend {
 enum CheckedOut {
     Pooled(deadpool_redis::Connection),
     Multiplexed(MultiplexedConnection),
+    // Boxed: a cluster connection is much larger than the others.
+    Cluster(Box<deadpool_redis::cluster::Connection>),
+    Sentinel(deadpool_redis::sentinel::Connection),
 }
 
 impl CheckedOut {
@@ -168,13 +209,60 @@ impl CheckedOut {
         self.query_raw(cmd).await.map_err(redis_error)
     }
 
-    /// Sends `cmd`, keeping redis-rs's error.
+    /// Sends `cmd`, keeping redis-rs's error. A cluster connection routes it by its first key.
     async fn query_raw(&mut self, cmd: &redis::Cmd) -> Result<Value, RedisError> {
-        let conn: &mut MultiplexedConnection = match self {
-            CheckedOut::Pooled(conn) => conn,
-            CheckedOut::Multiplexed(conn) => conn,
-        };
-        cmd.query_async(conn).await
+        match self {
+            CheckedOut::Pooled(conn) => cmd.query_async(&mut **conn).await,
+            CheckedOut::Multiplexed(conn) => cmd.query_async(conn).await,
+            CheckedOut::Cluster(conn) => cmd.query_async(&mut **conn).await,
+            CheckedOut::Sentinel(conn) => cmd.query_async(&mut **conn).await,
+        }
+    }
+
+    /// Sends `pipe` as one request over this one connection (in a cluster, to the node of its first
+    /// key), with one result per command.
+    async fn query_pipeline(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<redis::RedisResult<Value>>, RedisError> {
+        match self {
+            CheckedOut::Pooled(conn) => pipe.query_async(&mut **conn).await,
+            CheckedOut::Multiplexed(conn) => pipe.query_async(conn).await,
+            CheckedOut::Cluster(conn) => pipe.query_async(&mut **conn).await,
+            CheckedOut::Sentinel(conn) => pipe.query_async(&mut **conn).await,
+        }
+    }
+}
+
+/// `script_cmd` (`EVALSHA` or `EVAL` with its keys and arguments) and `WAIT replicas wait_ms`, pipelined
+/// on `conn`: the script's result, and `WAIT`'s.
+///
+/// One request on one connection, so `WAIT` counts the connection that ran the script: a multiplexed
+/// connection never reconnects, and a cluster connection sends, redirects (`MOVED`, `ASK`, with
+/// `ASKING`) and retries the pipeline as a whole, on the node of the script's first key.
+async fn script_then_wait(
+    conn: &mut CheckedOut,
+    script_cmd: redis::Cmd,
+    replicas: usize,
+    wait_ms: u64,
+) -> Result<(redis::RedisResult<Value>, redis::RedisResult<Value>), BackendError> {
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(replicas).arg(wait_ms);
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors()
+        .add_command(script_cmd)
+        .add_command(wait);
+    let mut results = conn
+        .query_pipeline(&pipe)
+        .await
+        .map_err(redis_error)?
+        .into_iter();
+    match (results.next(), results.next()) {
+        (Some(script), Some(wait)) => Ok((script, wait)),
+        _ => Err(BackendError::permanent(
+            BACKEND,
+            "unexpected number of replies to a script and WAIT pipeline",
+        )),
     }
 }
 
@@ -203,12 +291,31 @@ impl From<MultiplexedConnection> for DeadpoolBackend {
     }
 }
 
+impl From<deadpool_redis::cluster::Pool> for DeadpoolBackend {
+    /// A backend for a Redis Cluster, checking one cluster connection out of `pool` for each call.
+    /// redis-rs routes each command to the node owning its key's slot and follows `MOVED` and `ASK`.
+    fn from(pool: deadpool_redis::cluster::Pool) -> Self {
+        Self::new(Conn::Cluster(pool))
+    }
+}
+
+impl From<deadpool_redis::sentinel::Pool> for DeadpoolBackend {
+    /// A backend for the primary that Sentinel names, checking one connection out of `pool` for each
+    /// call. After a failover, connections to the old primary fail and the pool replaces them with
+    /// connections to the one Sentinel names then.
+    fn from(pool: deadpool_redis::sentinel::Pool) -> Self {
+        Self::new(Conn::Sentinel(pool))
+    }
+}
+
 impl fmt::Debug for DeadpoolBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("DeadpoolBackend");
         match &self.conn {
             Conn::Pool(pool) => s.field("pool", &pool.status()),
             Conn::Multiplexed(_) => s.field("connection", &format_args!("MultiplexedConnection")),
+            Conn::Cluster(pool) => s.field("cluster_pool", &pool.status()),
+            Conn::Sentinel(pool) => s.field("sentinel_pool", &pool.status()),
         };
         s.field("command_timeout", &self.command_timeout).finish()
     }
@@ -273,6 +380,49 @@ impl LockBackend for DeadpoolBackend {
         })
         .await?;
         script_value(reply)
+    }
+
+    /// The script and `WAIT` pipelined on one connection (see `script_then_wait`): `EVALSHA`, and
+    /// `EVAL` again with `WAIT` when the server answered `NOSCRIPT`. Bounded by the command timeout plus
+    /// `timeout`. redis-rs's own response timeout (500 ms by default) must exceed `timeout` too.
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        let wait_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let script_cmd = |name: &str, body: &str| {
+            let mut cmd = redis::cmd(name);
+            cmd.arg(body).arg(keys.len()).arg(keys).arg(args);
+            cmd
+        };
+        let bound = self.command_timeout.saturating_add(timeout);
+        let (reply, acked) = bounded(bound, async {
+            let mut conn = self.connection().await?;
+            let evalsha = script_cmd("EVALSHA", script.sha1());
+            match script_then_wait(&mut conn, evalsha, replicas, wait_ms).await? {
+                (Err(err), _) if is_noscript(&err) => {
+                    let eval = script_cmd("EVAL", script.source());
+                    script_then_wait(&mut conn, eval, replicas, wait_ms).await
+                }
+                replies => Ok(replies),
+            }
+        })
+        .await?;
+        let reply = script_value(reply.map_err(redis_error)?)?;
+        let acked = match acked.map_err(redis_error)? {
+            Value::Int(n) => usize::try_from(n).unwrap_or(0),
+            other => {
+                return Err(BackendError::permanent(
+                    BACKEND,
+                    format!("unexpected reply to WAIT: {other:?}"),
+                ));
+            }
+        };
+        Ok((reply, acked))
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {

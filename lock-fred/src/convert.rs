@@ -27,6 +27,13 @@ pub(crate) fn is_noscript(error: &Error) -> bool {
     error_code(error) == Some("NOSCRIPT")
 }
 
+/// Whether `error` is fred giving up on a command because it met more cluster redirections than its
+/// `max_redirections` allowed (`Command::decr_check_redirections` in src/protocol/command.rs). The command
+/// did not run: each redirection is a `MOVED` or `ASK` reply instead of a result.
+pub(crate) fn is_redirection_limit(error: &Error) -> bool {
+    *error.kind() == ErrorKind::Routing && error.details() == "Too many redirections."
+}
+
 /// The error code of a server error reply (its first word, all capitals), if `error` looks like one.
 fn error_code(error: &Error) -> Option<&str> {
     let first = error.details().split_whitespace().next()?;
@@ -82,6 +89,14 @@ pub(crate) fn set_nx_reply(reply: Value, value: &str) -> Result<bool, BackendErr
         Value::String(held) => Ok(&*held == value),
         Value::Bytes(held) => Ok(held == value.as_bytes()),
         other => Err(unexpected("SET NX GET", &other)),
+    }
+}
+
+/// The reply to `WAIT`: how many replicas acknowledged.
+pub(crate) fn wait_reply(reply: Value) -> Result<usize, BackendError> {
+    match reply {
+        Value::Integer(n) => Ok(usize::try_from(n).unwrap_or(0)),
+        other => Err(unexpected("WAIT", &other)),
     }
 }
 
@@ -148,6 +163,22 @@ mod tests {
         )));
         assert!(!is_noscript(&err(ErrorKind::Unknown, "ERR NOSCRIPT")));
         assert!(!is_noscript(&err(ErrorKind::IO, "")));
+    }
+
+    #[test]
+    fn redirection_limits_are_recognised() {
+        assert!(is_redirection_limit(&err(
+            ErrorKind::Routing,
+            "Too many redirections."
+        )));
+        assert!(!is_redirection_limit(&err(
+            ErrorKind::Routing,
+            "Max attempts reached."
+        )));
+        assert!(!is_redirection_limit(&err(
+            ErrorKind::Unknown,
+            "Too many redirections."
+        )));
     }
 
     #[test]

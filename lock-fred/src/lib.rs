@@ -2,9 +2,9 @@
 //!
 //! [`FredBackend`] wraps a fred [`Client`] or [`Pool`] and implements lock-core's
 //! [`LockBackend`]: `SET key value NX PX ms GET` for acquiring (one round trip, Redis 7.0 or later),
-//! `EVALSHA` with an `EVAL` fallback on `NOSCRIPT` for the lock scripts, tokio for sleeping and for
-//! background releases. Every call is bounded by [`FredBackend::command_timeout`] (5 s by default).
-//! No lock logic lives here.
+//! `EVALSHA` with an `EVAL` fallback on `NOSCRIPT` for the lock scripts, the script and `WAIT` on one
+//! connection for replica acknowledgement, tokio for sleeping and for background releases. Every call
+//! is bounded by [`FredBackend::command_timeout`] (5 s by default). No lock logic lives here.
 //!
 //! The client is yours: build, configure (reconnect policy, TLS, RESP version) and connect it as you
 //! like, then hand it over. The backend is cheap to clone and shares the client.
@@ -33,6 +33,38 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Cluster and Sentinel
+//!
+//! The same backend takes a client (or pool) built for a Redis Cluster (`ServerConfig::Clustered`, or
+//! `Config::from_url("redis-cluster://host:port?node=host2:port2")`) or for a primary found through
+//! Sentinel (`ServerConfig::Sentinel`, or `redis-sentinel://...?sentinelServiceName=...`); no feature
+//! is needed, and lock code does not change. Give such clients a reconnect policy
+//! (`Builder::set_policy`), so that they follow a failover, and a cluster client several nodes (or
+//! `ClusterDiscoveryPolicy::UseCache`): fred rediscovers a cluster only through the nodes its
+//! configuration names, so a client that names one node cannot follow that node's failover.
+//!
+//! In a cluster every command goes to the node that owns its first key's slot (lock-core keeps all keys
+//! of one script in one slot), and `NOSCRIPT` falls back to `EVAL` on that node, so each node learns the
+//! scripts it runs. fred follows `MOVED` itself; it does not follow `ASK` for plain commands in 10.1 (it
+//! sends the command back to the node that answered `ASK`, then drops every connection), so on a cluster
+//! the adapter allows one redirection per command and sends a command that met an `ASK` (a slot being
+//! migrated) again as a one-command transaction, which fred does send, with `ASKING`, to the node `ASK`
+//! names. This is why the adapter enables fred's `transactions` feature. On a cluster, scripts also carry
+//! fred's per-command timeout.
+//!
+//! # Replica acknowledgement
+//!
+//! For locks with [`RedisLock::replicas`](lock_core::RedisLock::replicas), the script and `WAIT` are
+//! sent as one pipeline through one client (a pool picks one), which fred writes back to back to one
+//! connection: in a cluster, the one to the node of the lock's slot. Both commands are written at most
+//! once (fred's `max_attempts` of 1): fred re-sends commands over a new connection after a disconnect,
+//! and a `WAIT` on a connection that did not run the script would count nothing and report every
+//! replica. So a broken connection, or a `MOVED` or `ASK` redirection (after a resharding, or while the
+//! lock's slot is migrating), fails such a call transiently instead; [`hold`](lock_core::LockGuard::hold)
+//! retries renewals, and fred has learnt the new slot owner for the next call after a `MOVED`. The call is
+//! bounded by the command timeout plus the `WAIT` timeout. `WAIT` blocks the connection it runs on, so
+//! other commands of the same client wait behind it for up to the `WAIT` timeout when replicas are slow.
 //!
 //! # Errors
 //!
@@ -63,9 +95,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use fred::clients::{Client, Pool};
 use fred::error::{Error, ErrorKind};
-use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
+use fred::interfaces::{
+    ClientLike, KeysInterface, LuaInterface, ServerInterface, TransactionInterface,
+};
 use fred::types::config::Options;
-use fred::types::{Expiration, SetOptions, Value};
+use fred::types::{ClusterHash, CustomCommand, Expiration, SetOptions, Value};
+use fred::util::redis_keyslot;
 use futures::future::BoxFuture;
 use lock_core::Script;
 use lock_core::{BackendError, LockBackend, ScriptValue};
@@ -149,17 +184,24 @@ impl FredBackend {
         &self,
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, BackendError> {
-        let bound = self.command_timeout;
-        let started = Instant::now();
-        match tokio::time::timeout(bound, call).await {
-            Ok(Ok(reply)) => Ok(reply),
-            // fred's own per-command timeout, set to the same bound: report it like ours.
-            Ok(Err(error)) if *error.kind() == ErrorKind::Timeout && started.elapsed() >= bound => {
-                Err(BackendError::timed_out(BACKEND, bound))
-            }
-            Ok(Err(error)) => Err(convert::backend_error(error)),
-            Err(_elapsed) => Err(BackendError::timed_out(BACKEND, bound)),
+        bounded_by(self.command_timeout, call).await
+    }
+}
+
+/// Runs `call` within `bound`, mapping its errors.
+async fn bounded_by<T>(
+    bound: Duration,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, BackendError> {
+    let started = Instant::now();
+    match tokio::time::timeout(bound, call).await {
+        Ok(Ok(reply)) => Ok(reply),
+        // fred's own per-command timeout, set to the same bound: report it like ours.
+        Ok(Err(error)) if *error.kind() == ErrorKind::Timeout && started.elapsed() >= bound => {
+            Err(BackendError::timed_out(BACKEND, bound))
         }
+        Ok(Err(error)) => Err(convert::backend_error(error)),
+        Err(_elapsed) => Err(BackendError::timed_out(BACKEND, bound)),
     }
 }
 
@@ -179,6 +221,120 @@ async fn set_nx_get<C: KeysInterface + Sync>(
             true,
         )
         .await
+}
+
+/// `command` (`EVALSHA sha` or `EVAL source`) and `WAIT replicas wait_ms` as one pipeline, through
+/// `client` with `options`: the script's result and `WAIT`'s.
+///
+/// The pipeline hands both commands to fred's router in one message, which writes them back to back to
+/// one connection (the one for the keys' slot, as `options` routes them), so `WAIT` counts exactly the
+/// connection that ran the script. `options` must allow one write attempt only: fred re-sends a command
+/// whose connection broke over the next connection, and a `WAIT` re-sent alone would count that new
+/// connection's writes (none) and report every replica.
+#[allow(clippy::too_many_arguments)]
+async fn script_then_wait(
+    client: &Client,
+    options: &Options,
+    command: &'static str,
+    body: &str,
+    keys: &[&str],
+    args: &[&str],
+    replicas: i64,
+    wait_ms: i64,
+) -> Result<(Result<Value, Error>, Result<Value, Error>), Error> {
+    let pipeline = client.pipeline().with_options(options);
+    let hash = options.cluster_hash.clone().unwrap_or_default();
+    let () = pipeline
+        .custom(
+            CustomCommand::new_static(command, hash, false),
+            script_arguments(body, keys, args),
+        )
+        .await?;
+    let () = pipeline.wait(replicas, wait_ms).await?;
+    let mut results = pipeline.try_all::<Value>().await.into_iter();
+    match (results.next(), results.next()) {
+        (Some(script), Some(wait)) => Ok((script, wait)),
+        // The pipeline as a whole failed (not sent, or timed out).
+        (Some(Err(error)), None) => Err(error),
+        _ => Err(Error::new(
+            ErrorKind::Unknown,
+            "unexpected number of replies to a script and WAIT pipeline",
+        )),
+    }
+}
+
+/// On a cluster: `command arguments`, routed to the node of `slot`, following at most one `MOVED`, and
+/// sent again as a one-command transaction after an `ASK`.
+///
+/// fred 10.1 does not follow `ASK` for plain commands: `process_ask` (src/router/commands.rs) sends
+/// `ASKING` to the node the redirection names but then routes the command by its slot again, to the node
+/// that answered `ASK`, until the write attempts run out; the resulting error then makes the router drop
+/// and re-open every connection. Allowing one redirection (`max_redirections`) stops that after the
+/// first `ASK` with `Too many redirections.`, and fred's transactions (src/router/transactions.rs) do
+/// send `ASKING` and the transaction to the node `ASK` names. `MOVED` and `ASK` both mean the command did
+/// not run, so sending it again is safe.
+async fn send_clustered(
+    client: &Client,
+    command: &'static str,
+    arguments: Vec<Value>,
+    slot: u16,
+    timeout: Duration,
+) -> Result<Value, Error> {
+    let custom = CustomCommand::new_static(command, ClusterHash::Custom(slot), false);
+    let options = Options {
+        max_redirections: Some(1),
+        cluster_hash: Some(ClusterHash::Custom(slot)),
+        timeout: Some(timeout),
+        ..Options::default()
+    };
+    match client
+        .with_options(&options)
+        .custom::<Value, Value>(custom.clone(), arguments.clone())
+        .await
+    {
+        Err(error) if convert::is_redirection_limit(&error) => {
+            let transaction = client.multi();
+            let () = transaction.custom(custom, arguments).await?;
+            match transaction.exec::<Value>(true).await? {
+                Value::Array(mut replies) if replies.len() == 1 => Ok(replies.remove(0)),
+                other => Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("unexpected transaction reply of type {}", other.kind()),
+                )),
+            }
+        }
+        reply => reply,
+    }
+}
+
+/// `EVALSHA`, then `EVAL` (which also caches the script) if the server does not know the script, on a
+/// cluster (see `send_clustered`).
+async fn eval_clustered(
+    client: &Client,
+    script: &Script,
+    keys: &[&str],
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Value, Error> {
+    let slot = keys.first().map_or(0, |key| redis_keyslot(key.as_bytes()));
+    let evalsha = script_arguments(script.sha1(), keys, args);
+    match send_clustered(client, "EVALSHA", evalsha, slot, timeout).await {
+        Err(error) if convert::is_noscript(&error) => {
+            let eval = script_arguments(script.source(), keys, args);
+            send_clustered(client, "EVAL", eval, slot, timeout).await
+        }
+        reply => reply,
+    }
+}
+
+/// `body numkeys keys.. args..`: the arguments of `EVALSHA` and `EVAL`.
+fn script_arguments(body: &str, keys: &[&str], args: &[&str]) -> Vec<Value> {
+    let mut arguments: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+    arguments.push(body.into());
+    arguments.push(i64::try_from(keys.len()).unwrap_or(i64::MAX).into());
+    arguments.extend(keys.iter().map(|k| Value::from(*k)));
+    arguments.extend(args.iter().map(|a| Value::from(*a)));
+    arguments
 }
 
 /// `EVALSHA`, then `EVAL` (which also caches the script) if the server does not know the script.
@@ -210,6 +366,19 @@ impl LockBackend for FredBackend {
             ..Options::default()
         };
         let call = async {
+            let client = self.client();
+            if client.is_clustered() {
+                let arguments = vec![
+                    Value::from(key),
+                    Value::from(value),
+                    Value::from("NX"),
+                    Value::from("PX"),
+                    Value::from(px),
+                    Value::from("GET"),
+                ];
+                let slot = redis_keyslot(key.as_bytes());
+                return send_clustered(client, "SET", arguments, slot, self.command_timeout).await;
+            }
             match &self.inner {
                 Inner::Client(client) => {
                     set_nx_get(&client.with_options(&options), key, value, px).await
@@ -228,6 +397,10 @@ impl LockBackend for FredBackend {
         args: &[&str],
     ) -> Result<ScriptValue, BackendError> {
         let call = async {
+            let client = self.client();
+            if client.is_clustered() {
+                return eval_clustered(client, script, keys, args, self.command_timeout).await;
+            }
             match &self.inner {
                 Inner::Client(client) => eval_with_fallback(client, script, keys, args).await,
                 Inner::Pool(pool) => eval_with_fallback(pool, script, keys, args).await,
@@ -235,6 +408,67 @@ impl LockBackend for FredBackend {
         };
         let reply = self.bounded(call).await?;
         convert::script_value(reply)
+    }
+
+    /// The script and `WAIT` as one pipeline on one connection (see `script_then_wait`): `EVALSHA`
+    /// first, again with `EVAL` when the server answered `NOSCRIPT`. A pool uses one of its clients for
+    /// both. In a cluster both go to the node owning `keys[0]`'s slot; the commands are written once
+    /// (fred's `max_attempts` of 1), so a `MOVED`/`ASK` redirection or a broken connection fails the call
+    /// (transiently) instead of sending `WAIT` elsewhere. The call is bounded by the command timeout
+    /// plus `timeout`.
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        let client = self.client();
+        let bound = self.command_timeout.saturating_add(timeout);
+        let options = Options {
+            max_attempts: Some(1),
+            timeout: Some(bound),
+            cluster_hash: keys
+                .first()
+                .map(|key| ClusterHash::Custom(redis_keyslot(key.as_bytes()))),
+            ..Options::default()
+        };
+        let replicas = i64::try_from(replicas).unwrap_or(i64::MAX);
+        let wait_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let call = async {
+            let first = script_then_wait(
+                client,
+                &options,
+                "EVALSHA",
+                script.sha1(),
+                keys,
+                args,
+                replicas,
+                wait_ms,
+            )
+            .await?;
+            match first {
+                (Err(error), _) if convert::is_noscript(&error) => {
+                    script_then_wait(
+                        client,
+                        &options,
+                        "EVAL",
+                        script.source(),
+                        keys,
+                        args,
+                        replicas,
+                        wait_ms,
+                    )
+                    .await
+                }
+                replies => Ok(replies),
+            }
+        };
+        let (reply, acked) = bounded_by(bound, call).await?;
+        let reply = convert::script_value(reply.map_err(convert::backend_error)?)?;
+        let acked = convert::wait_reply(acked.map_err(convert::backend_error)?)?;
+        Ok((reply, acked))
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {

@@ -17,7 +17,10 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod probe;
+pub mod proxy;
+pub mod sentinel;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -56,6 +59,10 @@ pub struct RedisServer {
     log: PathBuf,
     child: Option<Child>,
     launches: u32,
+    /// Configuration appended to the command line (`--cluster-enabled yes`, ...).
+    extra_args: Vec<String>,
+    /// Run as a Sentinel: `redis-server <conf> --sentinel`, with a fresh writable config file.
+    sentinel: bool,
 }
 
 /// Why one launch of the server did not become ready.
@@ -84,6 +91,22 @@ impl RedisServer {
     /// Like [`RedisServer::start`], with an explicit server binary (a name
     /// looked up on `PATH`, or a path).
     pub fn start_with_binary(binary: &str) -> RedisServer {
+        Self::start_configured(binary, &[], false)
+    }
+
+    /// Like [`RedisServer::start`], with `args` appended to the command line (each option and each of
+    /// its values a separate argument, e.g. `["--cluster-enabled", "yes"]`).
+    pub fn start_with_args(args: &[&str]) -> RedisServer {
+        Self::start_configured(REDIS_SERVER_BIN, args, false)
+    }
+
+    /// Starts a Sentinel (`redis-server <conf> --sentinel`, with a fresh config file it may rewrite)
+    /// with `args` appended, e.g. `["--sentinel", "monitor", "mymaster", "127.0.0.1", "6379", "2"]`.
+    pub fn start_sentinel(args: &[&str]) -> RedisServer {
+        Self::start_configured(REDIS_SERVER_BIN, args, true)
+    }
+
+    fn start_configured(binary: &str, args: &[&str], sentinel: bool) -> RedisServer {
         let dir =
             std::env::temp_dir().join(format!("redlease-redis-{}", uuid::Uuid::new_v4().simple()));
         fs::create_dir_all(&dir)
@@ -96,6 +119,8 @@ impl RedisServer {
             log,
             child: None,
             launches: 0,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
+            sentinel,
         };
 
         let mut failures = Vec::new();
@@ -280,7 +305,13 @@ impl RedisServer {
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot clone log file handle: {e}"));
 
-        let spawned = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if self.sentinel {
+            let conf = data_dir.join("sentinel.conf");
+            fs::write(&conf, "").unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
+            command.arg(&conf).arg("--sentinel");
+        }
+        let spawned = command
             .arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
@@ -290,6 +321,7 @@ impl RedisServer {
             .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(&data_dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
@@ -369,6 +401,32 @@ pub fn resp_command(
         Reply::Error(message) => Err(format!("-{message}")),
         other => Ok(render(&other)),
     })
+}
+
+/// Like [`resp_command`], for several commands sent back to back over one
+/// connection (so `ASKING` applies to the command after it): one rendered
+/// reply per command.
+pub fn resp_pipeline(
+    addr: SocketAddr,
+    commands: &[&[&str]],
+    timeout: Duration,
+) -> io::Result<Vec<Result<String, String>>> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    let bytes: Vec<u8> = commands.iter().flat_map(|c| encode_command(c)).collect();
+    (&stream).write_all(&bytes)?;
+    let mut reader = BufReader::new(&stream);
+    commands
+        .iter()
+        .map(|_| {
+            Ok(match read_reply(&mut reader)? {
+                Reply::Error(message) => Err(format!("-{message}")),
+                other => Ok(render(&other)),
+            })
+        })
+        .collect()
 }
 
 /// Encodes a command as a RESP array of bulk strings.
