@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
+use crate::queue::LocalQueues;
 use crate::script::Script;
 
 /// What a lock needs from Redis, implemented once per client.
@@ -77,6 +78,15 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
         drop(task);
         false
     }
+
+    /// The per-key waiting lines of this backend's locks in this process, shared by its clones.
+    ///
+    /// With them, tasks contending for one key through this backend wait in FIFO order and only one of
+    /// them at a time talks to Redis: hand-offs inside the process cost one round trip and every task
+    /// gets its turn. The default, `None`, lets every task poll on its own.
+    fn local_queues(&self) -> Option<&LocalQueues> {
+        None
+    }
 }
 
 macro_rules! forward_lock_backend {
@@ -115,6 +125,10 @@ macro_rules! forward_lock_backend {
 
             fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
                 (**self).spawn_detached(task)
+            }
+
+            fn local_queues(&self) -> Option<&LocalQueues> {
+                (**self).local_queues()
             }
         }
     )*};

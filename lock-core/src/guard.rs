@@ -10,6 +10,7 @@ use futures::future::{BoxFuture, Either, select};
 use crate::backend::LockBackend;
 use crate::error::{LockError, Result};
 use crate::keys;
+use crate::queue::Baton;
 use crate::replication::ReplicaAck;
 use crate::script::{self, Script};
 use crate::time::{to_millis, validity_deadline};
@@ -30,6 +31,9 @@ pub struct LockGuard {
     max_hold: Option<Duration>,
     valid_until: Mutex<Instant>,
     replica_ack: Option<ReplicaAck>,
+    /// This process's turn for the key, handed to the next local waiter when the guard goes. Declared
+    /// after `lease` so that a dropped guard starts its background release before the baton moves.
+    baton: Option<Baton>,
 }
 
 /// What an acquisition granted, as the guard needs it.
@@ -55,7 +59,12 @@ impl LockGuard {
             max_hold: grant.max_hold,
             valid_until: Mutex::new(validity_deadline(grant.sent_at, grant.ttl)),
             replica_ack: grant.replica_ack,
+            baton: None,
         }
+    }
+
+    pub(crate) fn keep_baton(&mut self, baton: Baton) {
+        self.baton = Some(baton);
     }
 
     /// This acquisition's fencing token, when the lock has [`fencing`](crate::RedisLock::fencing) on.
@@ -152,6 +161,7 @@ impl LockGuard {
         if extended {
             let mut valid_until = self.lock_validity();
             *valid_until += Duration::from_millis(by_ms);
+            self.tell_line(*valid_until);
         }
         Ok(extended)
     }
@@ -164,6 +174,7 @@ impl LockGuard {
         if renewed {
             let mut valid_until = self.lock_validity();
             *valid_until = (*valid_until).max(validity_deadline(sent_at, self.ttl));
+            self.tell_line(*valid_until);
         }
         Ok(renewed)
     }
@@ -179,8 +190,15 @@ impl LockGuard {
         Ok(released)
     }
 
-    fn valid_until(&self) -> Instant {
+    pub(crate) fn valid_until(&self) -> Instant {
         *self.lock_validity()
+    }
+
+    /// Local tasks waiting for this key wait no longer than our lease.
+    fn tell_line(&self, valid_until: Instant) {
+        if let Some(baton) = &self.baton {
+            baton.holding(&self.lease.token, valid_until);
+        }
     }
 
     fn lock_validity(&self) -> std::sync::MutexGuard<'_, Instant> {

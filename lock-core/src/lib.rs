@@ -51,6 +51,7 @@ mod guard;
 mod keys;
 mod lock;
 pub mod memory;
+mod queue;
 pub mod redlock;
 mod replication;
 pub mod script;
@@ -64,6 +65,7 @@ pub use election::{Election, Leadership};
 pub use error::{LockError, NodeError, Result};
 pub use guard::LockGuard;
 pub use lock::RedisLock;
+pub use queue::LocalQueues;
 pub use redlock::{Redlock, RedlockGuard};
 pub use script::Script;
 

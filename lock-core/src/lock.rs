@@ -4,10 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::{Either, select};
+
 use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::backoff::Backoff;
 use crate::error::{LockError, Result};
 use crate::guard::{Grant, Lease, LockGuard};
+use crate::queue::{Baton, InLine, Turn};
 use crate::replication::ReplicaAck;
 use crate::time::to_millis;
 use crate::{keys, script};
@@ -161,9 +164,14 @@ impl RedisLock {
         // A deadline too far away to represent is no deadline.
         let deadline = self.wait_timeout.and_then(|wait| started.checked_add(wait));
         let token = self.new_token();
+        let baton = self.wait_for_turn(started, deadline).await?;
         let mut attempt: u32 = 0;
         loop {
-            if let Some(guard) = self.attempt(&token, &plan).await? {
+            if let Some(mut guard) = self.attempt(&token, &plan).await? {
+                if let Some(baton) = baton {
+                    baton.holding(&token, guard.valid_until());
+                    guard.keep_baton(baton);
+                }
                 return Ok(guard);
             }
             let mut delay = self.backoff.delay(attempt);
@@ -180,6 +188,80 @@ impl RedisLock {
             tracing::trace!(key = %self.key, attempt, ?delay, "lock busy, backing off");
             self.backend.sleep(delay).await;
             attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// Waits for this task's turn among the local tasks contending for the key through this backend, if
+    /// the backend keeps local queues. `None` when there is no line to wait in, or when the task ahead
+    /// holds the lock past its lease (a hung holder must not block others: Redis decides).
+    async fn wait_for_turn(
+        &self,
+        started: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Baton>> {
+        let Some(queues) = self.backend.local_queues() else {
+            return Ok(None);
+        };
+        // Zero wait: exactly one attempt, straight away.
+        if deadline.is_some_and(|d| d <= started) {
+            return Ok(None);
+        }
+        let (ticket, receiver) = match queues.join(&self.key) {
+            Turn::Now => return Ok(Some(Baton::new(self.backend.clone(), self.key.clone()))),
+            Turn::Later { ticket, receiver } => (ticket, receiver),
+        };
+        let mut in_line = InLine {
+            backend: self.backend.clone(),
+            key: self.key.clone(),
+            ticket,
+            receiver,
+        };
+        loop {
+            let now = Instant::now();
+            let mut wait = LOCAL_WAIT_RECHECK;
+            if let Some(deadline) = deadline {
+                if now >= deadline {
+                    return Err(LockError::Timeout {
+                        key: self.key.to_string(),
+                        waited: now - started,
+                    });
+                }
+                wait = wait.min(deadline - now);
+            }
+            let holder = queues.holder(&self.key);
+            if let Some((_, until)) = &holder {
+                if now >= *until {
+                    return Ok(None);
+                }
+                wait = wait.min(*until - now);
+            }
+            match select(&mut in_line.receiver, self.backend.sleep(wait)).await {
+                Either::Left((Ok(()), _)) => return Ok(Some(in_line.into_baton())),
+                // The line was dropped (cannot happen while we are in it); go ahead on our own.
+                Either::Left((Err(_), _)) => return Ok(None),
+                Either::Right(_) => {}
+            }
+            // The holder may have lost the lock without noticing (expired, deleted, a server that
+            // lost its data): the first in line checks, so that a silent loss delays us one recheck.
+            if let Some((token, _)) = holder
+                && queues.is_first(&self.key, ticket)
+                && !self.still_held_by(&token).await
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Whether the key still holds `token` (a failed check counts as "no": the attempt that follows
+    /// reports the failure).
+    async fn still_held_by(&self, token: &str) -> bool {
+        match self
+            .backend
+            .eval_script(&script::READ, &[&self.key], &[])
+            .await
+        {
+            Ok(ScriptValue::Str(value)) => value == token,
+            _ => false,
         }
     }
 
@@ -345,6 +427,9 @@ impl RedisLock {
         }
     }
 }
+
+/// How often a task waiting in the local line re-checks its deadline and the holder's lease.
+const LOCAL_WAIT_RECHECK: Duration = Duration::from_millis(100);
 
 /// What `validate` worked out once per acquisition, so retries redo none of it.
 struct Plan {

@@ -9,6 +9,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::backend::{BackendError, LockBackend, ScriptValue};
+use crate::queue::LocalQueues;
 use crate::script::{self, Script};
 
 const NAME: &str = "memory";
@@ -21,6 +22,7 @@ const NAME: &str = "memory";
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
+    queues: Arc<LocalQueues>,
 }
 
 #[derive(Debug)]
@@ -302,6 +304,10 @@ impl LockBackend for MemoryBackend {
     /// Memory operations complete without waiting, so a background release normally finishes right
     /// here; one that must wait (behind a wrapper that delays calls, say) finishes on a thread of its own.
     /// Either way the caller never blocks and no runtime is needed.
+    fn local_queues(&self) -> Option<&LocalQueues> {
+        Some(&self.queues)
+    }
+
     fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
         let mut task = task;
         if (&mut task).now_or_never().is_some() {

@@ -120,6 +120,10 @@ impl<B: LockBackend> LockBackend for CountingBackend<B> {
     fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
         self.inner.spawn_detached(task)
     }
+
+    fn local_queues(&self) -> Option<&crate::LocalQueues> {
+        self.inner.local_queues()
+    }
 }
 
 type Check = for<'a> fn(Arc<dyn LockBackend>, &'a dyn Probe, String) -> LocalBoxFuture<'a, ()>;
@@ -1649,5 +1653,9 @@ impl<B: LockBackend> LockBackend for FaultyBackend<B> {
 
     fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
         self.inner.spawn_detached(task)
+    }
+
+    fn local_queues(&self) -> Option<&crate::LocalQueues> {
+        self.inner.local_queues()
     }
 }

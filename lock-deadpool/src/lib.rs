@@ -111,11 +111,12 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use lock_core::{BackendError, LockBackend, Script, ScriptValue};
+use lock_core::{BackendError, LocalQueues, LockBackend, Script, ScriptValue};
 
 pub use deadpool_redis;
 
@@ -138,6 +139,8 @@ const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct DeadpoolBackend {
     conn: Conn,
     command_timeout: Duration,
+    /// Local waiting lines, shared by clones: one contender per key in this process.
+    queues: Arc<LocalQueues>,
 }
 
 /// Where connections come from.
@@ -171,6 +174,7 @@ impl DeadpoolBackend {
         Self {
             conn,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            queues: Arc::default(),
         }
     }
 
@@ -427,6 +431,10 @@ impl LockBackend for DeadpoolBackend {
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         Box::pin(tokio::time::sleep(duration))
+    }
+
+    fn local_queues(&self) -> Option<&LocalQueues> {
+        Some(&self.queues)
     }
 
     fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {

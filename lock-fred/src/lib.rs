@@ -90,6 +90,7 @@ pub use fred;
 mod convert;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -103,7 +104,7 @@ use fred::types::{ClusterHash, CustomCommand, Expiration, SetOptions, Value};
 use fred::util::redis_keyslot;
 use futures::future::BoxFuture;
 use lock_core::Script;
-use lock_core::{BackendError, LockBackend, ScriptValue};
+use lock_core::{BackendError, LocalQueues, LockBackend, ScriptValue};
 
 /// The backend name in every [`BackendError`] of this crate.
 const BACKEND: &str = "fred";
@@ -119,6 +120,8 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct FredBackend {
     inner: Inner,
     command_timeout: Duration,
+    /// Local waiting lines, shared by clones: one contender per key in this process.
+    queues: Arc<LocalQueues>,
 }
 
 /// What the backend sends its commands through.
@@ -148,6 +151,7 @@ impl FredBackend {
         Self {
             inner,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            queues: Arc::default(),
         }
     }
 
@@ -474,6 +478,10 @@ impl LockBackend for FredBackend {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         // Created on first poll, so that calling `sleep` outside a runtime context does not panic.
         Box::pin(async move { tokio::time::sleep(duration).await })
+    }
+
+    fn local_queues(&self) -> Option<&LocalQueues> {
+        Some(&self.queues)
     }
 
     fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {

@@ -1,0 +1,598 @@
+//! redlease benchmarks against the raw floor, in one run, against one `redis-server` the bench starts.
+//!
+//! - S1 uncontended acquire + release (criterion), beside the same `SET NX PX` and release script sent
+//!   through the same client without the library.
+//! - S2 contended: 8 tasks on one key, in one process and split over two processes.
+//! - S3 hand-off: release → waiting acquirer's acquire returning, in one process and across two.
+//! - S4 Redis commands per acquisition under S2 (`INFO commandstats`).
+//!
+//! `cargo bench --bench locks` runs all of it; `REDLEASE_BENCH_QUICK=1` shortens every scenario.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use criterion::Criterion;
+use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
+use redlease::fred::{FredBackend, fred::prelude::*};
+use redlease::script::RELEASE;
+use redlease::{LockBackend, RedisLock};
+use support::RedisServer;
+
+const TTL: Duration = Duration::from_secs(10);
+const CONTENDERS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adapter {
+    FredClient,
+    FredPool,
+    DeadpoolPool,
+}
+
+impl Adapter {
+    const ALL: [Adapter; 3] = [
+        Adapter::FredClient,
+        Adapter::FredPool,
+        Adapter::DeadpoolPool,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Adapter::FredClient => "fred-client",
+            Adapter::FredPool => "fred-pool",
+            Adapter::DeadpoolPool => "deadpool-pool",
+        }
+    }
+
+    fn parse(name: &str) -> Adapter {
+        Adapter::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .unwrap_or_else(|| panic!("unknown adapter {name}"))
+    }
+}
+
+/// One adapter's client, usable raw (the floor) and as a lock backend.
+enum Client_ {
+    Fred(Client),
+    FredPool(Pool),
+    Deadpool(deadpool_redis::Pool),
+}
+
+impl Client_ {
+    async fn connect(adapter: Adapter, url: &str) -> Self {
+        match adapter {
+            Adapter::FredClient => {
+                let client = Builder::from_config(Config::from_url(url).unwrap())
+                    .build()
+                    .unwrap();
+                client.init().await.unwrap();
+                Client_::Fred(client)
+            }
+            Adapter::FredPool => {
+                let pool = Builder::from_config(Config::from_url(url).unwrap())
+                    .build_pool(4)
+                    .unwrap();
+                pool.init().await.unwrap();
+                Client_::FredPool(pool)
+            }
+            Adapter::DeadpoolPool => {
+                let pool = deadpool_redis::Config::from_url(url)
+                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                    .unwrap();
+                Client_::Deadpool(pool)
+            }
+        }
+    }
+
+    fn backend(&self) -> Arc<dyn LockBackend> {
+        match self {
+            Client_::Fred(c) => Arc::new(FredBackend::from(c.clone())),
+            Client_::FredPool(p) => Arc::new(FredBackend::from(p.clone())),
+            Client_::Deadpool(p) => Arc::new(DeadpoolBackend::from(p.clone())),
+        }
+    }
+
+    /// The floor: the library's two round trips, sent by hand.
+    async fn raw_cycle(&self, key: &str, token: &str) {
+        let ttl_ms = TTL.as_millis() as i64;
+        match self {
+            Client_::Fred(c) => raw_fred(c, key, token, ttl_ms).await,
+            Client_::FredPool(p) => raw_fred(p.next(), key, token, ttl_ms).await,
+            Client_::Deadpool(pool) => {
+                use deadpool_redis::redis::cmd;
+                let mut conn = pool.get().await.unwrap();
+                let previous: Option<String> = cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .arg("GET")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(previous.is_none());
+                drop(conn);
+                let mut conn = pool.get().await.unwrap();
+                let released: i64 = cmd("EVALSHA")
+                    .arg(RELEASE.sha1())
+                    .arg(1)
+                    .arg(key)
+                    .arg(token)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(released, 1);
+            }
+        }
+    }
+}
+
+async fn raw_fred(client: &Client, key: &str, token: &str, ttl_ms: i64) {
+    use redlease::fred::fred::types::{Expiration, SetOptions};
+    let previous: Option<String> = client
+        .set(
+            key,
+            token,
+            Some(Expiration::PX(ttl_ms)),
+            Some(SetOptions::NX),
+            true,
+        )
+        .await
+        .unwrap();
+    assert!(previous.is_none());
+    let released: i64 = client
+        .evalsha(RELEASE.sha1(), vec![key], vec![token])
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+}
+
+fn quick() -> bool {
+    std::env::var_os("REDLEASE_BENCH_QUICK").is_some()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn s1_uncontended(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) {
+    let mut group = c.benchmark_group("S1-uncontended");
+    for adapter in Adapter::ALL {
+        let client = rt.block_on(Client_::connect(adapter, url));
+        let key = format!("bench:s1:{}", adapter.name());
+        let token = uuid::Uuid::new_v4().to_string();
+        // Load the release script so the floor's EVALSHA finds it.
+        rt.block_on(client.backend().eval_script(&RELEASE, &[&key], &[&token]))
+            .unwrap();
+        group.bench_function(format!("{}/raw", adapter.name()), |b| {
+            b.to_async(rt).iter(|| client.raw_cycle(&key, &token))
+        });
+        let lock = RedisLock::new(client.backend(), key.clone()).timeout(TTL);
+        group.bench_function(format!("{}/redlease", adapter.name()), |b| {
+            b.to_async(rt).iter(|| async {
+                let guard = lock.acquire().await.unwrap();
+                assert!(guard.release().await.unwrap());
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Results of one contention run: per-task acquisition counts and every wait.
+#[derive(Default)]
+struct Contention {
+    counts: Vec<usize>,
+    waits: Vec<Duration>,
+    elapsed: Duration,
+}
+
+async fn contend(
+    backend: Arc<dyn LockBackend>,
+    key: &str,
+    tasks: usize,
+    run_for: Duration,
+) -> Contention {
+    let lock = RedisLock::new(backend, key)
+        .timeout(TTL)
+        .wait_timeout(Some(Duration::from_secs(30)));
+    let started = Instant::now();
+    let deadline = started + run_for;
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let lock = lock.clone();
+            tokio::spawn(async move {
+                let mut waits = Vec::new();
+                while Instant::now() < deadline {
+                    let asked = Instant::now();
+                    let guard = lock.acquire().await.expect("acquire under contention");
+                    waits.push(asked.elapsed());
+                    guard.release().await.expect("release");
+                }
+                waits
+            })
+        })
+        .collect();
+    let mut result = Contention::default();
+    for handle in handles {
+        let waits = handle.await.unwrap();
+        result.counts.push(waits.len());
+        result.waits.extend(waits);
+    }
+    result.elapsed = started.elapsed();
+    result
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank]
+}
+
+fn commands_total(server: &RedisServer) -> u64 {
+    let info = server.command(&["INFO", "commandstats"]).unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+fn spawn_child(
+    role: &str,
+    adapter: Adapter,
+    url: &str,
+    key: &str,
+    extra: &[(&str, String)],
+) -> std::process::Child {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.env("REDLEASE_BENCH_ROLE", role)
+        .env("REDLEASE_BENCH_ADAPTER", adapter.name())
+        .env("REDLEASE_BENCH_URL", url)
+        .env("REDLEASE_BENCH_KEY", key)
+        .stdout(std::process::Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn print_row(cells: &[String]) {
+    println!("| {} |", cells.join(" | "));
+}
+
+fn contention_scenarios(
+    rt: &tokio::runtime::Runtime,
+    server: &RedisServer,
+    floor_cycles_per_sec: &[(Adapter, f64)],
+) {
+    let run_for = if quick() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(4)
+    };
+    println!(
+        "\n### S2 contended ({CONTENDERS} tasks, one key, {run_for:?}) and S4 commands per acquisition\n"
+    );
+    print_row(
+        &[
+            "adapter",
+            "processes",
+            "acq/s",
+            "acq/s ÷ S1 floor cycles/s",
+            "p50 wait",
+            "p99 wait",
+            "fairness (min/max)",
+            "commands/acq",
+        ]
+        .map(String::from),
+    );
+    print_row(&["---"; 8].map(String::from));
+    for adapter in Adapter::ALL {
+        let floor = floor_cycles_per_sec
+            .iter()
+            .find(|(a, _)| *a == adapter)
+            .map(|(_, f)| *f)
+            .unwrap_or(f64::NAN);
+        for processes in [1usize, 2] {
+            let key = format!(
+                "bench:s2:{}:{processes}:{}",
+                adapter.name(),
+                uuid::Uuid::new_v4()
+            );
+            let client = rt.block_on(Client_::connect(adapter, &server.url()));
+            let before = commands_total(server);
+            let local_tasks = CONTENDERS / processes;
+            let child = (processes == 2).then(|| {
+                spawn_child(
+                    "contend",
+                    adapter,
+                    &server.url(),
+                    &key,
+                    &[
+                        (
+                            "REDLEASE_BENCH_TASKS",
+                            (CONTENDERS - local_tasks).to_string(),
+                        ),
+                        ("REDLEASE_BENCH_MILLIS", run_for.as_millis().to_string()),
+                    ],
+                )
+            });
+            let mut result = rt.block_on(contend(client.backend(), &key, local_tasks, run_for));
+            if let Some(child) = child {
+                let out = child.wait_with_output().unwrap();
+                for line in String::from_utf8_lossy(&out.stdout).lines() {
+                    if let Some(counts) = line.strip_prefix("counts ") {
+                        result
+                            .counts
+                            .extend(counts.split(',').filter_map(|c| c.parse::<usize>().ok()));
+                    }
+                    if let Some(waits) = line.strip_prefix("waits ") {
+                        result.waits.extend(
+                            waits
+                                .split(',')
+                                .filter_map(|w| w.parse::<u64>().ok())
+                                .map(Duration::from_nanos),
+                        );
+                    }
+                }
+            }
+            let after = commands_total(server);
+            let total: usize = result.counts.iter().sum();
+            let per_sec = total as f64 / result.elapsed.as_secs_f64();
+            result.waits.sort();
+            let min = *result.counts.iter().min().unwrap_or(&0) as f64;
+            let max = *result.counts.iter().max().unwrap_or(&1) as f64;
+            print_row(&[
+                adapter.name().into(),
+                processes.to_string(),
+                format!("{per_sec:.0}"),
+                format!("{:.2}", per_sec / floor),
+                format!(
+                    "{:.3} ms",
+                    percentile(&result.waits, 0.5).as_secs_f64() * 1e3
+                ),
+                format!(
+                    "{:.3} ms",
+                    percentile(&result.waits, 0.99).as_secs_f64() * 1e3
+                ),
+                format!("{:.2}", min / max),
+                format!("{:.2}", (after - before) as f64 / total.max(1) as f64),
+            ]);
+        }
+    }
+}
+
+/// One hand-off: the holder releases while the waiter is already waiting. Returns release-return →
+/// acquire-return, in nanoseconds on the shared wall clock.
+async fn handoff_once(holder: &RedisLock, waiter: Option<&RedisLock>) -> Option<u128> {
+    let guard = holder.acquire().await.unwrap();
+    let waiting = waiter.map(|w| {
+        let w = w.clone();
+        tokio::spawn(async move {
+            let g = w.acquire().await.unwrap();
+            let at = unix_nanos();
+            g.release().await.unwrap();
+            at
+        })
+    });
+    // Let the waiter fail its first attempt and settle into waiting.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    guard.release().await.unwrap();
+    let released_at = unix_nanos();
+    match waiting {
+        Some(w) => Some(w.await.unwrap().saturating_sub(released_at)),
+        None => {
+            println!("released {released_at}");
+            None
+        }
+    }
+}
+
+fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
+    let rounds = if quick() { 30 } else { 200 };
+    println!("\n### S3 hand-off (release returned → waiter's acquire returned), {rounds} rounds\n");
+    print_row(&["adapter", "where", "p50", "p99"].map(String::from));
+    print_row(&["---"; 4].map(String::from));
+    for adapter in Adapter::ALL {
+        let client = rt.block_on(Client_::connect(adapter, &server.url()));
+        // One process: holder and waiter share the backend.
+        let key = format!("bench:s3:{}:{}", adapter.name(), uuid::Uuid::new_v4());
+        let lock = RedisLock::new(client.backend(), key)
+            .timeout(TTL)
+            .wait_timeout(Some(Duration::from_secs(30)));
+        let mut samples: Vec<u128> = (0..rounds)
+            .map(|_| rt.block_on(handoff_once(&lock, Some(&lock))).unwrap())
+            .collect();
+        samples.sort();
+        let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
+        print_row(&[
+            adapter.name().into(),
+            "one process".into(),
+            format!("{:.3} ms", p(0.5)),
+            format!("{:.3} ms", p(0.99)),
+        ]);
+
+        // Two processes: the waiter is a child process acquiring in a loop; we hold and release.
+        let key = format!("bench:s3x:{}:{}", adapter.name(), uuid::Uuid::new_v4());
+        let lock = RedisLock::new(client.backend(), key.clone())
+            .timeout(TTL)
+            .wait_timeout(Some(Duration::from_secs(30)));
+        let child = spawn_child(
+            "waiter",
+            adapter,
+            &server.url(),
+            &key,
+            &[("REDLEASE_BENCH_ROUNDS", rounds.to_string())],
+        );
+        let mut released = Vec::new();
+        for _ in 0..rounds {
+            // Wait until the child released its previous hold and is waiting again.
+            let guard = rt.block_on(lock.acquire()).unwrap();
+            rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+            rt.block_on(guard.release()).unwrap();
+            released.push(unix_nanos());
+            // Give the child the lock for a moment before taking it back.
+            rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
+        }
+        let out = child.wait_with_output().unwrap();
+        let acquired: Vec<u128> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("acquired ")?.parse().ok())
+            .collect();
+        let mut samples: Vec<u128> = released
+            .iter()
+            .zip(&acquired)
+            .map(|(r, a)| a.saturating_sub(*r))
+            .collect();
+        samples.sort();
+        if samples.is_empty() {
+            print_row(&[
+                adapter.name().into(),
+                "two processes".into(),
+                "n/a".into(),
+                "n/a".into(),
+            ]);
+            continue;
+        }
+        let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
+        print_row(&[
+            adapter.name().into(),
+            "two processes".into(),
+            format!("{:.3} ms", p(0.5)),
+            format!("{:.3} ms", p(0.99)),
+        ]);
+    }
+}
+
+/// A child process: contends (S2) or waits for hand-offs (S3), and reports on stdout.
+fn child(role: &str) {
+    let adapter = Adapter::parse(&std::env::var("REDLEASE_BENCH_ADAPTER").unwrap());
+    let url = std::env::var("REDLEASE_BENCH_URL").unwrap();
+    let key = std::env::var("REDLEASE_BENCH_KEY").unwrap();
+    let rt = runtime();
+    let client = rt.block_on(Client_::connect(adapter, &url));
+    match role {
+        "contend" => {
+            let tasks: usize = std::env::var("REDLEASE_BENCH_TASKS")
+                .unwrap()
+                .parse()
+                .unwrap();
+            let millis: u64 = std::env::var("REDLEASE_BENCH_MILLIS")
+                .unwrap()
+                .parse()
+                .unwrap();
+            let result = rt.block_on(contend(
+                client.backend(),
+                &key,
+                tasks,
+                Duration::from_millis(millis),
+            ));
+            let counts: Vec<String> = result.counts.iter().map(|c| c.to_string()).collect();
+            let waits: Vec<String> = result
+                .waits
+                .iter()
+                .map(|w| w.as_nanos().to_string())
+                .collect();
+            println!("counts {}", counts.join(","));
+            println!("waits {}", waits.join(","));
+        }
+        "waiter" => {
+            let rounds: usize = std::env::var("REDLEASE_BENCH_ROUNDS")
+                .unwrap()
+                .parse()
+                .unwrap();
+            let lock = RedisLock::new(client.backend(), key)
+                .timeout(TTL)
+                .wait_timeout(Some(Duration::from_secs(30)));
+            for _ in 0..rounds {
+                let guard = rt.block_on(lock.acquire()).unwrap();
+                println!("acquired {}", unix_nanos());
+                rt.block_on(guard.release()).unwrap();
+                // Let the parent take it again before waiting for the next hand-off.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("REDLEASE_BENCH_ROLE") {
+        child(&role);
+        return;
+    }
+    let server = RedisServer::start();
+    let rt = runtime();
+    let mut criterion = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(if quick() { 1 } else { 4 }))
+        .sample_size(if quick() { 10 } else { 40 });
+    s1_uncontended(&mut criterion, &rt, &server.url());
+
+    // The S1 floor in cycles per second, measured here again so S2 compares within this run.
+    let mut floors = Vec::new();
+    println!("\n### S1 uncontended (mean of a timed loop; criterion's figures above)\n");
+    print_row(&["adapter", "raw floor", "redlease", "ratio"].map(String::from));
+    print_row(&["---"; 4].map(String::from));
+    for adapter in Adapter::ALL {
+        let client = rt.block_on(Client_::connect(adapter, &server.url()));
+        let key = format!("bench:s1loop:{}", adapter.name());
+        let token = uuid::Uuid::new_v4().to_string();
+        let lock = RedisLock::new(client.backend(), key.clone()).timeout(TTL);
+        let n = if quick() { 500 } else { 3000 };
+        let (mut raw, mut lib) = (Duration::ZERO, Duration::ZERO);
+        // Interleave blocks so machine noise hits both sides alike.
+        for _ in 0..5 {
+            let t = Instant::now();
+            rt.block_on(async {
+                for _ in 0..n / 5 {
+                    client.raw_cycle(&key, &token).await;
+                }
+            });
+            raw += t.elapsed();
+            let t = Instant::now();
+            rt.block_on(async {
+                for _ in 0..n / 5 {
+                    let guard = lock.acquire().await.unwrap();
+                    guard.release().await.unwrap();
+                }
+            });
+            lib += t.elapsed();
+        }
+        let per = |d: Duration| d / n as u32;
+        floors.push((adapter, n as f64 / raw.as_secs_f64()));
+        print_row(&[
+            adapter.name().into(),
+            format!("{:.1} µs", per(raw).as_secs_f64() * 1e6),
+            format!("{:.1} µs", per(lib).as_secs_f64() * 1e6),
+            format!("{:.3}", lib.as_secs_f64() / raw.as_secs_f64()),
+        ]);
+    }
+    contention_scenarios(&rt, &server, &floors);
+    handoff_scenarios(&rt, &server);
+    criterion.final_summary();
+}

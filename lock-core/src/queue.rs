@@ -1,0 +1,278 @@
+//! [`LocalQueues`]: tasks of one process contending for one key wait in line locally.
+//!
+//! Without this, every task waiting for a key polls Redis on its own: N tasks make N attempts per
+//! release, the fastest poller wins, and the others starve. With it, one task per key and process holds
+//! the *baton*: only it talks to Redis (trying, or holding the lock); the others wait in FIFO order
+//! and get the baton, in turn, the moment it is put down. A hand-off inside a process then costs one
+//! round trip (the waiter's `SET NX`), and every local task gets its turn.
+//!
+//! The queue is an optimisation, never the source of exclusion: Redis decides who holds the lock. So a
+//! waiter never waits on a baton holder whose lease has run out (a hung task holding a guard), and gives
+//! up waiting at its own deadline.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use futures::channel::oneshot;
+
+use crate::backend::LockBackend;
+
+/// The per-key waiting lines of one backend (shared by its clones).
+///
+/// Backends that want in-process queueing keep one in an `Arc` and return it from
+/// [`LockBackend::local_queues`](crate::LockBackend::local_queues).
+#[derive(Default)]
+pub struct LocalQueues {
+    keys: Mutex<HashMap<Arc<str>, Line>>,
+}
+
+#[derive(Default)]
+struct Line {
+    /// Whether some local task holds the baton for this key.
+    taken: bool,
+    /// The baton holder's token and when its lease runs out, if it holds the lock (not just trying).
+    holder: Option<(Arc<str>, Instant)>,
+    next_ticket: u64,
+    waiting: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+impl LocalQueues {
+    /// Empty lines.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lines(&self) -> MutexGuard<'_, HashMap<Arc<str>, Line>> {
+        // Nothing panics while the lock is held; recover rather than poison the queues.
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the baton for `key` at once, or joins the line for it.
+    pub(crate) fn join(&self, key: &Arc<str>) -> Turn {
+        let mut lines = self.lines();
+        let line = lines.entry(key.clone()).or_default();
+        if !line.taken {
+            line.taken = true;
+            line.holder = None;
+            return Turn::Now;
+        }
+        let (sender, receiver) = oneshot::channel();
+        let ticket = line.next_ticket;
+        line.next_ticket += 1;
+        line.waiting.push_back((ticket, sender));
+        Turn::Later { ticket, receiver }
+    }
+
+    /// The baton holder's token and the end of its lease, if it holds the lock.
+    pub(crate) fn holder(&self, key: &str) -> Option<(Arc<str>, Instant)> {
+        self.lines().get(key).and_then(|line| line.holder.clone())
+    }
+
+    /// Whether `ticket` is first in line for `key`.
+    pub(crate) fn is_first(&self, key: &str, ticket: u64) -> bool {
+        self.lines()
+            .get(key)
+            .and_then(|line| line.waiting.front())
+            .is_some_and(|(first, _)| *first == ticket)
+    }
+
+    /// The baton holder acquired the lock with `token`: waiters wait no longer than `valid_until`.
+    pub(crate) fn holding(&self, key: &str, token: &Arc<str>, valid_until: Instant) {
+        if let Some(line) = self.lines().get_mut(key) {
+            line.holder = Some((token.clone(), valid_until));
+        }
+    }
+
+    /// Leaves the line without the baton (gave up, or went ahead without it).
+    pub(crate) fn leave(&self, key: &str, ticket: u64) {
+        let mut lines = self.lines();
+        if let Some(line) = lines.get_mut(key) {
+            line.waiting.retain(|(t, _)| *t != ticket);
+            Self::forget_if_idle(&mut lines, key);
+        }
+    }
+
+    /// Puts the baton down: hands it to the first waiter still waiting, or frees the key.
+    pub(crate) fn pass(&self, key: &str) {
+        let mut lines = self.lines();
+        let Some(line) = lines.get_mut(key) else {
+            return;
+        };
+        line.holder = None;
+        while let Some((_, sender)) = line.waiting.pop_front() {
+            // A waiter whose future was dropped no longer listens: try the next.
+            if sender.send(()).is_ok() {
+                return;
+            }
+        }
+        line.taken = false;
+        Self::forget_if_idle(&mut lines, key);
+    }
+
+    fn forget_if_idle(lines: &mut HashMap<Arc<str>, Line>, key: &str) {
+        if lines
+            .get(key)
+            .is_some_and(|line| !line.taken && line.waiting.is_empty())
+        {
+            lines.remove(key);
+        }
+    }
+}
+
+impl fmt::Debug for LocalQueues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines = self.lines();
+        f.debug_struct("LocalQueues")
+            .field("keys", &lines.len())
+            .field(
+                "waiting",
+                &lines.values().map(|l| l.waiting.len()).sum::<usize>(),
+            )
+            .finish()
+    }
+}
+
+/// The right to be this process's one contender for a key; handed to the next in line when dropped.
+pub(crate) struct Baton {
+    backend: Arc<dyn LockBackend>,
+    key: Arc<str>,
+}
+
+impl Baton {
+    pub(crate) fn new(backend: Arc<dyn LockBackend>, key: Arc<str>) -> Self {
+        Self { backend, key }
+    }
+
+    /// We hold the lock with `token` until `valid_until`: those in line wait no longer than that.
+    pub(crate) fn holding(&self, token: &Arc<str>, valid_until: Instant) {
+        if let Some(queues) = self.backend.local_queues() {
+            queues.holding(&self.key, token, valid_until);
+        }
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if let Some(queues) = self.backend.local_queues() {
+            queues.pass(&self.key);
+        }
+    }
+}
+
+impl fmt::Debug for Baton {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Baton").field("key", &self.key).finish()
+    }
+}
+
+/// A place in line. Dropped before the baton came: leaves the line. Dropped just after the baton was
+/// handed over (the waiter was cancelled at that moment): passes it on, so the line never stalls.
+pub(crate) struct InLine {
+    pub(crate) backend: Arc<dyn LockBackend>,
+    pub(crate) key: Arc<str>,
+    pub(crate) ticket: u64,
+    pub(crate) receiver: oneshot::Receiver<()>,
+}
+
+impl InLine {
+    /// The baton arrived: take it.
+    pub(crate) fn into_baton(self) -> Baton {
+        let baton = Baton::new(self.backend.clone(), self.key.clone());
+        std::mem::forget(self);
+        baton
+    }
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        let Some(queues) = self.backend.local_queues() else {
+            return;
+        };
+        match self.receiver.try_recv() {
+            Ok(Some(())) => queues.pass(&self.key),
+            _ => queues.leave(&self.key, self.ticket),
+        }
+    }
+}
+
+/// The answer to [`LocalQueues::join`].
+pub(crate) enum Turn {
+    /// The baton is ours.
+    Now,
+    /// Wait for `receiver`: it fires when the baton is handed to us.
+    Later {
+        ticket: u64,
+        receiver: oneshot::Receiver<()>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> Arc<str> {
+        Arc::from(k)
+    }
+
+    #[test]
+    fn first_comer_takes_the_baton_and_the_rest_queue_in_order() {
+        let queues = LocalQueues::new();
+        assert!(matches!(queues.join(&key("k")), Turn::Now));
+        let mut receivers = Vec::new();
+        for _ in 0..3 {
+            match queues.join(&key("k")) {
+                Turn::Later { receiver, .. } => receivers.push(receiver),
+                Turn::Now => panic!("the baton is taken"),
+            }
+        }
+        // Another key is independent.
+        assert!(matches!(queues.join(&key("other")), Turn::Now));
+        for i in 0..3 {
+            queues.pass("k");
+            assert_eq!(receivers[i].try_recv(), Ok(Some(())), "waiter {i} is next");
+            for later in &mut receivers[i + 1..] {
+                assert_eq!(later.try_recv(), Ok(None), "only one baton");
+            }
+        }
+        queues.pass("k");
+        assert!(matches!(queues.join(&key("k")), Turn::Now), "free again");
+    }
+
+    #[test]
+    fn dropped_and_departed_waiters_are_skipped() {
+        let queues = LocalQueues::new();
+        assert!(matches!(queues.join(&key("k")), Turn::Now));
+        let Turn::Later { receiver: gone, .. } = queues.join(&key("k")) else {
+            panic!()
+        };
+        let Turn::Later { ticket: left, .. } = queues.join(&key("k")) else {
+            panic!()
+        };
+        let Turn::Later {
+            receiver: mut third,
+            ..
+        } = queues.join(&key("k"))
+        else {
+            panic!()
+        };
+        drop(gone);
+        queues.leave("k", left);
+        queues.pass("k");
+        assert_eq!(third.try_recv(), Ok(Some(())));
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten() {
+        let queues = LocalQueues::new();
+        assert!(matches!(queues.join(&key("k")), Turn::Now));
+        let now = Instant::now();
+        let token: Arc<str> = Arc::from("t");
+        queues.holding("k", &token, now);
+        assert_eq!(queues.holder("k"), Some((token, now)));
+        queues.pass("k");
+        assert_eq!(queues.holder("k"), None);
+        assert_eq!(queues.lines().len(), 0);
+    }
+}
