@@ -11,6 +11,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -265,6 +266,7 @@ fn spawn_child(
         .env("REDLEASE_BENCH_ADAPTER", adapter.name())
         .env("REDLEASE_BENCH_URL", url)
         .env("REDLEASE_BENCH_KEY", key)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
     for (k, v) in extra {
         cmd.env(k, v);
@@ -435,48 +437,37 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
             format!("{:.3} ms", p(0.99)),
         ]);
 
-        // Two processes: the waiter is a child process acquiring in a loop; we hold and release.
+        // Two processes: the waiter is a child process. Each round: we hold the lock, tell the child
+        // to start waiting, release, and read back when its acquire returned.
         let key = format!("bench:s3x:{}:{}", adapter.name(), uuid::Uuid::new_v4());
         let lock = RedisLock::new(client.backend(), key.clone())
             .timeout(TTL)
             .wait_timeout(Some(Duration::from_secs(30)));
-        let child = spawn_child(
-            "waiter",
-            adapter,
-            &server.url(),
-            &key,
-            &[("REDLEASE_BENCH_ROUNDS", rounds.to_string())],
-        );
-        let mut released = Vec::new();
+        let mut child = spawn_child("waiter", adapter, &server.url(), &key, &[]);
+        let mut to_child = child.stdin.take().unwrap();
+        let mut from_child = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut samples = Vec::new();
         for _ in 0..rounds {
-            // Wait until the child released its previous hold and is waiting again.
             let guard = rt.block_on(lock.acquire()).unwrap();
+            writeln!(to_child, "go").unwrap();
+            to_child.flush().unwrap();
+            // Let the child fail its first attempt and settle into waiting.
             rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
             rt.block_on(guard.release()).unwrap();
-            released.push(unix_nanos());
-            // Give the child the lock for a moment before taking it back.
-            rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
+            let released_at = unix_nanos();
+            let mut line = String::new();
+            from_child.read_line(&mut line).unwrap();
+            let acquired_at: u128 = line
+                .trim()
+                .strip_prefix("acquired ")
+                .unwrap()
+                .parse()
+                .unwrap();
+            samples.push(acquired_at.saturating_sub(released_at));
         }
-        let out = child.wait_with_output().unwrap();
-        let acquired: Vec<u128> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("acquired ")?.parse().ok())
-            .collect();
-        let mut samples: Vec<u128> = released
-            .iter()
-            .zip(&acquired)
-            .map(|(r, a)| a.saturating_sub(*r))
-            .collect();
+        drop(to_child);
+        child.wait().unwrap();
         samples.sort();
-        if samples.is_empty() {
-            print_row(&[
-                adapter.name().into(),
-                "two processes".into(),
-                "n/a".into(),
-                "n/a".into(),
-            ]);
-            continue;
-        }
         let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
         print_row(&[
             adapter.name().into(),
@@ -520,19 +511,19 @@ fn child(role: &str) {
             println!("waits {}", waits.join(","));
         }
         "waiter" => {
-            let rounds: usize = std::env::var("REDLEASE_BENCH_ROUNDS")
-                .unwrap()
-                .parse()
-                .unwrap();
             let lock = RedisLock::new(client.backend(), key)
                 .timeout(TTL)
                 .wait_timeout(Some(Duration::from_secs(30)));
-            for _ in 0..rounds {
+            let stdin = std::io::stdin();
+            let mut out = std::io::stdout();
+            for line in stdin.lock().lines() {
+                if line.unwrap().trim() != "go" {
+                    break;
+                }
                 let guard = rt.block_on(lock.acquire()).unwrap();
-                println!("acquired {}", unix_nanos());
+                writeln!(out, "acquired {}", unix_nanos()).unwrap();
+                out.flush().unwrap();
                 rt.block_on(guard.release()).unwrap();
-                // Let the parent take it again before waiting for the next hand-off.
-                std::thread::sleep(Duration::from_millis(2));
             }
         }
         other => panic!("unknown role {other}"),

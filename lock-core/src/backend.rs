@@ -79,6 +79,30 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
         false
     }
 
+    /// Whether a release should also push a wake-up to the key's signal list (one more key in the
+    /// release script), for waiters in other processes blocked in
+    /// [`wait_for_release`](Self::wait_for_release).
+    ///
+    /// The Redis adapters answer `true` except in Redis Cluster, where a script touching two keys is
+    /// refused (`TRYAGAIN`) while their slot migrates: there, waiters poll. The default is `false`.
+    fn release_signals(&self) -> bool {
+        false
+    }
+
+    /// Waits, on a connection of its own, until a release pushes to the signal list `signal` (`BLPOP`)
+    /// or `timeout` passes: `Ok(true)` when woken. `None` when this backend cannot block without holding
+    /// up its other calls (a single shared connection, say); waiters then poll with backoff.
+    ///
+    /// Wake-ups are hints: a waiter always tries the lock again afterwards, and every wait is capped.
+    fn wait_for_release<'a>(
+        &'a self,
+        signal: &'a str,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
+        let _ = (signal, timeout);
+        None
+    }
+
     /// The per-key waiting lines of this backend's locks in this process, shared by its clones.
     ///
     /// With them, tasks contending for one key through this backend wait in FIFO order and only one of
@@ -129,6 +153,18 @@ macro_rules! forward_lock_backend {
 
             fn local_queues(&self) -> Option<&LocalQueues> {
                 (**self).local_queues()
+            }
+
+            fn wait_for_release<'a>(
+                &'a self,
+                signal: &'a str,
+                timeout: Duration,
+            ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
+                (**self).wait_for_release(signal, timeout)
+            }
+
+            fn release_signals(&self) -> bool {
+                (**self).release_signals()
             }
         }
     )*};

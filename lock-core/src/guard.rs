@@ -185,7 +185,11 @@ impl LockGuard {
     /// If this future is dropped before Redis answered, or the request fails, the release is retried in
     /// the background where the backend can spawn.
     pub async fn release(self) -> Result<bool> {
-        let released = self.eval_flag(&script::RELEASE, &[]).await?;
+        let released = self
+            .lease
+            .release()
+            .await
+            .map_err(|source| LockError::backend_failed(&self.lease.key, source))?;
         self.lease.disarm();
         Ok(released)
     }
@@ -263,18 +267,31 @@ impl fmt::Debug for LockGuard {
 pub(crate) struct Lease {
     backend: Arc<dyn LockBackend>,
     key: Arc<str>,
+    /// The list a release pushes to, waking a waiter in another process.
+    signal: Arc<str>,
     token: Arc<str>,
     armed: bool,
 }
 
 impl Lease {
-    pub(crate) fn new(backend: Arc<dyn LockBackend>, key: Arc<str>, token: Arc<str>) -> Self {
+    pub(crate) fn new(
+        backend: Arc<dyn LockBackend>,
+        key: Arc<str>,
+        signal: Arc<str>,
+        token: Arc<str>,
+    ) -> Self {
         Self {
             backend,
             key,
+            signal,
             token,
             armed: true,
         }
+    }
+
+    /// Releases the lock if it still holds our token and wakes one waiter elsewhere: one round trip.
+    pub(crate) async fn release(&self) -> std::result::Result<bool, crate::BackendError> {
+        release_and_signal(&*self.backend, &self.key, &self.signal, &self.token).await
     }
 
     /// Nothing is held under this token any more (or nothing was ever set): skip the background release.
@@ -290,12 +307,10 @@ impl Drop for Lease {
         }
         let backend = self.backend.clone();
         let key = self.key.clone();
+        let signal = self.signal.clone();
         let token = self.token.clone();
         let release = Box::pin(async move {
-            match backend
-                .eval_script(&script::RELEASE, &[&key], &[&token])
-                .await
-            {
+            match release_and_signal(&*backend, &key, &signal, &token).await {
                 Ok(_) => tracing::debug!(%key, "released a dropped lock in the background"),
                 Err(error) => tracing::warn!(
                     %key,
@@ -474,4 +489,30 @@ fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
         cause = inner.source();
     }
     text
+}
+
+/// How long a wake-up nobody took stays in the signal list.
+const SIGNAL_LINGER_MS: &str = "500";
+
+/// Releases `key` if it holds `token`, waking a waiter elsewhere where the backend sends signals.
+async fn release_and_signal(
+    backend: &dyn LockBackend,
+    key: &str,
+    signal: &str,
+    token: &str,
+) -> std::result::Result<bool, crate::BackendError> {
+    let reply = if backend.release_signals() {
+        backend
+            .eval_script(
+                &script::RELEASE_AND_SIGNAL,
+                &[key, signal],
+                &[token, SIGNAL_LINGER_MS],
+            )
+            .await?
+    } else {
+        backend
+            .eval_script(&script::RELEASE, &[key], &[token])
+            .await?
+    };
+    Ok(reply.as_int() == Some(1))
 }

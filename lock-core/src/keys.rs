@@ -81,6 +81,11 @@ fn six_digits(n: u32) -> [u8; 6] {
     digits
 }
 
+/// The list a release of the lock `key` pushes to, waking one process blocked on it (`BLPOP`).
+pub(crate) fn release_signal(key: &str) -> Result<String> {
+    companion_key("key", key, "released")
+}
+
 /// The fence counter of the lock `key`. Never deleted by the library: one small key per lock name.
 pub(crate) fn fence_counter(key: &str) -> Result<String> {
     companion_key("key", key, "fence")

@@ -174,19 +174,31 @@ impl RedisLock {
                 }
                 return Ok(guard);
             }
-            let mut delay = self.backoff.delay(attempt);
-            if let Some(deadline) = deadline {
-                let now = Instant::now();
-                if now >= deadline {
+            let now = Instant::now();
+            let left = match deadline {
+                Some(deadline) if now >= deadline => {
                     return Err(LockError::Timeout {
                         key: self.key.to_string(),
                         waited: now - started,
                     });
                 }
-                delay = delay.min(deadline - now);
+                Some(deadline) => deadline - now,
+                None => Duration::MAX,
+            };
+            // Woken by the holder's release where the backend can block on the signal list; capped,
+            // because an expiry signals nothing and a wake-up can be missed.
+            let cap = self.backoff.max().min(left);
+            let woken = match self.backend.wait_for_release(&plan.signal, cap) {
+                Some(wait) => wait.await.map_err(|error| {
+                    tracing::debug!(key = %self.key, %error, "waiting for a release signal failed");
+                }),
+                None => Err(()),
+            };
+            if woken.is_err() {
+                let delay = self.backoff.delay(attempt).min(left);
+                tracing::trace!(key = %self.key, attempt, ?delay, "lock busy, backing off");
+                self.backend.sleep(delay).await;
             }
-            tracing::trace!(key = %self.key, attempt, ?delay, "lock busy, backing off");
-            self.backend.sleep(delay).await;
             attempt = attempt.saturating_add(1);
         }
     }
@@ -322,6 +334,7 @@ impl RedisLock {
             false => None,
         };
         Ok(Plan {
+            signal: Arc::from(keys::release_signal(&self.key)?),
             ttl_ms,
             ttl_arg: ttl_ms.to_string(),
             fence_counter,
@@ -333,7 +346,12 @@ impl RedisLock {
         let ttl = Duration::from_millis(plan.ttl_ms);
         // Armed before sending: if this future is dropped mid-request, the request may still reach the
         // server, so the lease's Drop releases the token in the background.
-        let pending = Lease::new(self.backend.clone(), self.key.clone(), token.clone());
+        let pending = Lease::new(
+            self.backend.clone(),
+            self.key.clone(),
+            plan.signal.clone(),
+            token.clone(),
+        );
         let sent_at = Instant::now();
         let mut acked = None;
         let granted = match (&plan.fence_counter, &plan.replica_ack) {
@@ -389,10 +407,7 @@ impl RedisLock {
         {
             // Not safe from a failover: give it back now rather than hold a lock that may vanish.
             // Should this release fail, `pending` releases it in the background when dropped.
-            let released = self
-                .backend
-                .eval_script(&script::RELEASE, &[&self.key], &[token])
-                .await;
+            let released = pending.release().await;
             if released.is_ok() {
                 pending.disarm();
             }
@@ -433,6 +448,8 @@ const LOCAL_WAIT_RECHECK: Duration = Duration::from_millis(100);
 
 /// What `validate` worked out once per acquisition, so retries redo none of it.
 struct Plan {
+    /// The list a release pushes to (see [`LockBackend::wait_for_release`]).
+    signal: Arc<str>,
     ttl_ms: u64,
     ttl_arg: String,
     fence_counter: Option<String>,

@@ -115,6 +115,14 @@ impl MemoryBackend {
             ([key], [token]) if sha == script::IS_OWNER.sha1() => {
                 flag(held_by(&entries, key, token))
             }
+            // One process: local waiters are woken by the local queue, so the signal is not needed.
+            ([key, _signal], [token, _linger]) if sha == script::RELEASE_AND_SIGNAL.sha1() => {
+                let mine = held_by(&entries, key, token);
+                if mine {
+                    entries.remove(*key);
+                }
+                flag(mine)
+            }
             ([key], [token]) if sha == script::RELEASE.sha1() => {
                 let mine = held_by(&entries, key, token);
                 if mine {
@@ -213,6 +221,7 @@ impl MemoryBackend {
             _ if [
                 &*script::IS_OWNER,
                 &*script::RELEASE,
+                &*script::RELEASE_AND_SIGNAL,
                 &*script::EXTEND,
                 &*script::RENEW,
                 &*script::READ,

@@ -63,6 +63,25 @@ return 0"#,
     )
 });
 
+/// Like [`RELEASE`], and on success also wakes one waiter in another process: pushes to the signal list
+/// `KEYS[2]` (if it holds no wake-up already) for a client blocked on it with `BLPOP`. The list lives
+/// `ARGV[2]` milliseconds, so a wake-up nobody took (or that arrived just before its waiter started
+/// blocking) costs at most one extra attempt and never piles up.
+pub static RELEASE_AND_SIGNAL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "release_and_signal",
+        r#"if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+  if redis.call('exists', KEYS[2]) == 0 then
+    redis.call('lpush', KEYS[2], '1')
+    redis.call('pexpire', KEYS[2], ARGV[2])
+  end
+  return 1
+end
+return 0"#,
+    )
+});
+
 /// Adds `ARGV[2]` milliseconds to the remaining TTL of `KEYS[1]`, only if it holds the token `ARGV[1]`
 /// with a positive TTL. Returns 1 when extended, 0 otherwise.
 ///
@@ -219,6 +238,7 @@ mod tests {
     fn scripts_have_distinct_digests() {
         let all = [
             &*RELEASE,
+            &*RELEASE_AND_SIGNAL,
             &*EXTEND,
             &*RENEW,
             &*IS_OWNER,

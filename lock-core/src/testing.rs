@@ -124,6 +124,18 @@ impl<B: LockBackend> LockBackend for CountingBackend<B> {
     fn local_queues(&self) -> Option<&crate::LocalQueues> {
         self.inner.local_queues()
     }
+
+    fn wait_for_release<'a>(
+        &'a self,
+        signal: &'a str,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
+        self.inner.wait_for_release(signal, timeout)
+    }
+
+    fn release_signals(&self) -> bool {
+        self.inner.release_signals()
+    }
 }
 
 type Check = for<'a> fn(Arc<dyn LockBackend>, &'a dyn Probe, String) -> LocalBoxFuture<'a, ()>;
@@ -1657,5 +1669,17 @@ impl<B: LockBackend> LockBackend for FaultyBackend<B> {
 
     fn local_queues(&self) -> Option<&crate::LocalQueues> {
         self.inner.local_queues()
+    }
+
+    fn wait_for_release<'a>(
+        &'a self,
+        signal: &'a str,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
+        self.inner.wait_for_release(signal, timeout)
+    }
+
+    fn release_signals(&self) -> bool {
+        self.inner.release_signals()
     }
 }

@@ -198,6 +198,33 @@ impl DeadpoolBackend {
     }
 }
 
+impl CheckedOut {
+    /// Detaches the connection from its pool and closes it: for a connection that may still be blocked
+    /// in a command nobody waits for, which must not serve the next caller.
+    fn discard(self) {
+        match self {
+            CheckedOut::Pooled(conn) => drop(deadpool_redis::Connection::take(conn)),
+            CheckedOut::Multiplexed(conn) => drop(conn),
+            CheckedOut::Cluster(conn) => drop(deadpool_redis::cluster::Connection::take(*conn)),
+            CheckedOut::Sentinel(conn) => drop(deadpool_redis::sentinel::Connection::take(conn)),
+        }
+    }
+}
+
+/// A connection blocked in `BLPOP`: discarded if dropped before the reply came.
+struct Blocked(Option<CheckedOut>);
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.discard();
+        }
+    }
+}
+
+/// The longest a release wait blocks a connection: below redis-rs's 500 ms response timeout.
+const MAX_RELEASE_WAIT: Duration = Duration::from_millis(400);
+
 /// A connection in use by one call.
 enum CheckedOut {
     Pooled(deadpool_redis::Connection),
@@ -435,6 +462,45 @@ impl LockBackend for DeadpoolBackend {
 
     fn local_queues(&self) -> Option<&LocalQueues> {
         Some(&self.queues)
+    }
+
+    /// Off in Redis Cluster (see [`LockBackend::release_signals`]); a lone multiplexed connection still
+    /// sends them, for waiters that can block.
+    fn release_signals(&self) -> bool {
+        !matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// `BLPOP` on a connection checked out of the pool for the wait (a lone multiplexed connection
+    /// cannot block without holding up every other call on it, and a cluster sends no signals: `None`,
+    /// and waiters poll). A wait that
+    /// is cancelled or times out discards its connection rather than return it to the pool still
+    /// blocked.
+    fn wait_for_release<'a>(
+        &'a self,
+        signal: &'a str,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
+        if matches!(self.conn, Conn::Multiplexed(_) | Conn::Cluster(_)) {
+            return None;
+        }
+        let block = timeout.clamp(Duration::from_millis(1), MAX_RELEASE_WAIT);
+        Some(Box::pin(bounded(
+            self.command_timeout + block,
+            async move {
+                let mut blocked = Blocked(Some(self.connection().await?));
+                let mut blpop = redis::cmd("BLPOP");
+                blpop.arg(signal).arg(format!("{:.3}", block.as_secs_f64()));
+                let Some(conn) = blocked.0.as_mut() else {
+                    return Ok(false);
+                };
+                let reply = conn.query(&blpop).await;
+                if reply.is_ok() {
+                    // Answered: the connection is free again, back to the pool.
+                    drop(blocked.0.take());
+                }
+                reply.map(|value| !matches!(value, Value::Nil))
+            },
+        )))
     }
 
     fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {

@@ -30,6 +30,12 @@ pub(crate) fn is_noscript(error: &Error) -> bool {
 /// Whether `error` is fred giving up on a command because it met more cluster redirections than its
 /// `max_redirections` allowed (`Command::decr_check_redirections` in src/protocol/command.rs). The command
 /// did not run: each redirection is a `MOVED` or `ASK` reply instead of a result.
+/// `TRYAGAIN`: a multi-key command reached a slot in mid-migration while its keys were split between
+/// the two nodes. It did not run, and may be sent again shortly.
+pub(crate) fn is_try_again(error: &Error) -> bool {
+    error_code(error) == Some("TRYAGAIN")
+}
+
 pub(crate) fn is_redirection_limit(error: &Error) -> bool {
     *error.kind() == ErrorKind::Routing && error.details() == "Too many redirections."
 }

@@ -97,7 +97,7 @@ use async_trait::async_trait;
 use fred::clients::{Client, Pool};
 use fred::error::{Error, ErrorKind};
 use fred::interfaces::{
-    ClientLike, KeysInterface, LuaInterface, ServerInterface, TransactionInterface,
+    ClientLike, KeysInterface, ListInterface, LuaInterface, ServerInterface, TransactionInterface,
 };
 use fred::types::config::Options;
 use fred::types::{ClusterHash, CustomCommand, Expiration, SetOptions, Value};
@@ -122,6 +122,8 @@ pub struct FredBackend {
     command_timeout: Duration,
     /// Local waiting lines, shared by clones: one contender per key in this process.
     queues: Arc<LocalQueues>,
+    /// Idle connections of our own for `BLPOP`, which would hold up every other command on a shared one.
+    blockers: Arc<Blockers>,
 }
 
 /// What the backend sends its commands through.
@@ -152,7 +154,29 @@ impl FredBackend {
             inner,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             queues: Arc::default(),
+            blockers: Arc::default(),
         }
+    }
+
+    /// An idle connection of our own for a blocking wait, or a new one with the client's config.
+    async fn blocker(&self) -> Result<Blocker<'_>, BackendError> {
+        let idle = self.blockers.take();
+        let client = match idle {
+            Some(client) => client,
+            None => {
+                let client = self.client().clone_new();
+                self.bounded(async {
+                    client.init().await?;
+                    Ok(())
+                })
+                .await?;
+                client
+            }
+        };
+        Ok(Blocker {
+            client: Some(client),
+            home: &self.blockers,
+        })
     }
 
     /// Bounds every call in time: a call that has no reply within `bound` fails with a transient
@@ -191,6 +215,69 @@ impl FredBackend {
         bounded_by(self.command_timeout, call).await
     }
 }
+
+/// Idle connections for blocking waits, closed when the last clone of the backend goes.
+#[derive(Default)]
+struct Blockers(std::sync::Mutex<Vec<Client>>);
+
+impl Blockers {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self) -> Option<Client> {
+        self.idle().pop()
+    }
+}
+
+impl Drop for Blockers {
+    fn drop(&mut self) {
+        for client in self.idle().drain(..) {
+            quit_in_background(client);
+        }
+    }
+}
+
+impl std::fmt::Debug for Blockers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} idle", self.idle().len())
+    }
+}
+
+/// A connection in a blocking wait: back to the idle list when answered, closed when the wait was
+/// cancelled or timed out (it may still be blocked on the server).
+struct Blocker<'a> {
+    client: Option<Client>,
+    home: &'a Blockers,
+}
+
+impl Blocker<'_> {
+    fn done(mut self) {
+        if let Some(client) = self.client.take() {
+            self.home.idle().push(client);
+        }
+    }
+}
+
+impl Drop for Blocker<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            quit_in_background(client);
+        }
+    }
+}
+
+/// Closes `client` without blocking: fred clients run until told to quit.
+fn quit_in_background(client: Client) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = client.quit().await;
+        });
+    }
+}
+
+/// The longest a release wait blocks one of our connections.
+const MAX_RELEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs `call` within `bound`, mapping its errors.
 async fn bounded_by<T>(
@@ -278,6 +365,28 @@ async fn script_then_wait(
 /// send `ASKING` and the transaction to the node `ASK` names. `MOVED` and `ASK` both mean the command did
 /// not run, so sending it again is safe.
 async fn send_clustered(
+    client: &Client,
+    command: &'static str,
+    arguments: Vec<Value>,
+    slot: u16,
+    timeout: Duration,
+) -> Result<Value, Error> {
+    // A script touching two keys of a slot whose keys are being migrated gets `TRYAGAIN` until the
+    // migration ends; redis-rs retries it by itself, fred does not. The caller's bound ends the loop.
+    loop {
+        match send_clustered_once(client, command, arguments.clone(), slot, timeout).await {
+            Err(error) if convert::is_try_again(&error) => {
+                tokio::time::sleep(TRY_AGAIN_PAUSE).await;
+            }
+            reply => return reply,
+        }
+    }
+}
+
+/// How long to wait before re-sending a command refused with `TRYAGAIN`.
+const TRY_AGAIN_PAUSE: Duration = Duration::from_millis(20);
+
+async fn send_clustered_once(
     client: &Client,
     command: &'static str,
     arguments: Vec<Value>,
@@ -482,6 +591,38 @@ impl LockBackend for FredBackend {
 
     fn local_queues(&self) -> Option<&LocalQueues> {
         Some(&self.queues)
+    }
+
+    /// Off in Redis Cluster (see [`LockBackend::release_signals`]).
+    fn release_signals(&self) -> bool {
+        !self.client().is_clustered()
+    }
+
+    /// `BLPOP` on a connection of our own (made with the client's config on first use, then kept idle
+    /// between waits), so the shared client is never blocked. `None` in Redis Cluster, where releases
+    /// send no signal.
+    fn wait_for_release<'a>(
+        &'a self,
+        signal: &'a str,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
+        if !self.release_signals() {
+            return None;
+        }
+        let block = timeout.clamp(Duration::from_millis(1), MAX_RELEASE_WAIT);
+        Some(Box::pin(async move {
+            let blocker = self.blocker().await?;
+            let Some(client) = blocker.client.as_ref() else {
+                return Ok(false);
+            };
+            let popped: Option<(String, String)> = bounded_by(
+                self.command_timeout + block,
+                client.blpop(signal, block.as_secs_f64()),
+            )
+            .await?;
+            blocker.done();
+            Ok(popped.is_some())
+        }))
     }
 
     fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {

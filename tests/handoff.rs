@@ -1,0 +1,117 @@
+//! Hand-offs: local waiters are served in FIFO order through the in-process queue, and a waiter in
+//! another process (here: another client, so another queue) is woken by the release signal instead of
+//! polling.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
+use redlease::fred::{FredBackend, fred::prelude::*};
+use redlease::{Backoff, LockBackend, RedisLock};
+use support::RedisServer;
+
+async fn fred_client(url: &str) -> Arc<dyn LockBackend> {
+    let client = Builder::from_config(Config::from_url(url).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    Arc::new(FredBackend::from(client))
+}
+
+async fn fred_pool(url: &str) -> Arc<dyn LockBackend> {
+    let pool = Builder::from_config(Config::from_url(url).unwrap())
+        .build_pool(2)
+        .unwrap();
+    pool.init().await.unwrap();
+    Arc::new(FredBackend::from(pool))
+}
+
+fn deadpool(url: &str) -> Arc<dyn LockBackend> {
+    let pool = deadpool_redis::Config::from_url(url)
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    Arc::new(DeadpoolBackend::from(pool))
+}
+
+/// A waiter whose backoff would sleep 20 s between attempts still gets the lock soon after a release
+/// by a holder it shares no process state with: the release signal woke it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_a_waiter_elsewhere() {
+    let server = RedisServer::start();
+    let url = server.url();
+    // Two backends per input: holder and waiter share no process state, as in two processes.
+    let inputs: [(&str, [Arc<dyn LockBackend>; 2]); 3] = [
+        (
+            "fred client",
+            [fred_client(&url).await, fred_client(&url).await],
+        ),
+        ("fred pool", [fred_pool(&url).await, fred_pool(&url).await]),
+        ("deadpool pool", [deadpool(&url), deadpool(&url)]),
+    ];
+    for (name, [holder_backend, waiter_backend]) in inputs {
+        let key = format!("{}handoff", support::key_prefix());
+        let holder = RedisLock::new(holder_backend, key.clone()).timeout(Duration::from_secs(60));
+        let slow_poller = Backoff::new(Duration::from_secs(20), Duration::from_secs(20));
+        let waiter = RedisLock::new(waiter_backend, key.clone())
+            .backoff(slow_poller)
+            .wait_timeout(Some(Duration::from_secs(60)));
+        for round in 0..3 {
+            let guard = holder.acquire().await.unwrap();
+            let waiting = tokio::spawn({
+                let waiter = waiter.clone();
+                async move {
+                    let guard = waiter.acquire().await.unwrap();
+                    let at = Instant::now();
+                    guard.release().await.unwrap();
+                    at
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(guard.release().await.unwrap());
+            let released = Instant::now();
+            let acquired = waiting.await.unwrap();
+            let took = acquired.saturating_duration_since(released);
+            // Polling would take up to 20 s; the signal takes about a round trip. The bound leaves
+            // room for a loaded machine.
+            assert!(
+                took < Duration::from_secs(3),
+                "{name} round {round}: woken after {took:?}"
+            );
+        }
+    }
+}
+
+/// Tasks of one process waiting for one key get it in the order they asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_waiters_are_served_in_order() {
+    let server = RedisServer::start();
+    let url = server.url();
+    for (name, backend) in [
+        ("fred client", fred_client(&url).await),
+        ("deadpool pool", deadpool(&url)),
+    ] {
+        let lock = RedisLock::new(backend, format!("{}fifo", support::key_prefix()))
+            .timeout(Duration::from_secs(60))
+            .wait_timeout(Some(Duration::from_secs(60)));
+        let holder = lock.acquire().await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for n in 0..6 {
+            let (lock, order) = (lock.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let guard = lock.acquire().await.unwrap();
+                order.lock().unwrap().push(n);
+                guard.release().await.unwrap();
+            }));
+            // Let waiter n join the line before waiter n + 1.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(holder.release().await.unwrap());
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), (0..6).collect::<Vec<_>>(), "{name}");
+    }
+}
