@@ -113,6 +113,43 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
     }
 }
 
+/// Forwards the provided (capability) methods of [`LockBackend`] to `$target`, an expression of `$this`
+/// (`self`): for wrappers that intercept only the calls to Redis.
+macro_rules! forward_capabilities {
+    (|$this:ident| $target:expr) => {
+        fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+            let $this = self;
+            $target.sleep(duration)
+        }
+
+        fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+            let $this = self;
+            $target.spawn_detached(task)
+        }
+
+        fn local_queues(&self) -> Option<&LocalQueues> {
+            let $this = self;
+            $target.local_queues()
+        }
+
+        fn wait_for_release<'a>(
+            &'a self,
+            signal: &'a str,
+            timeout: Duration,
+        ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
+            let $this = self;
+            $target.wait_for_release(signal, timeout)
+        }
+
+        fn release_signals(&self) -> bool {
+            let $this = self;
+            $target.release_signals()
+        }
+    };
+}
+#[cfg_attr(not(feature = "testing"), allow(unused_imports))]
+pub(crate) use forward_capabilities;
+
 macro_rules! forward_lock_backend {
     ($($wrapper:ident),*) => {$(
         #[async_trait]
@@ -143,29 +180,7 @@ macro_rules! forward_lock_backend {
                     .await
             }
 
-            fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-                (**self).sleep(duration)
-            }
-
-            fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-                (**self).spawn_detached(task)
-            }
-
-            fn local_queues(&self) -> Option<&LocalQueues> {
-                (**self).local_queues()
-            }
-
-            fn wait_for_release<'a>(
-                &'a self,
-                signal: &'a str,
-                timeout: Duration,
-            ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
-                (**self).wait_for_release(signal, timeout)
-            }
-
-            fn release_signals(&self) -> bool {
-                (**self).release_signals()
-            }
+            forward_capabilities!(|this| (**this));
         }
     )*};
 }

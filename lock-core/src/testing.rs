@@ -15,6 +15,7 @@ use futures::future::{BoxFuture, LocalBoxFuture, join_all};
 
 use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::memory::MemoryBackend;
+use crate::queue::LocalQueues;
 use crate::script::Script;
 use crate::{Election, LockError, RedisLock};
 use futures::future::{Either, select};
@@ -113,29 +114,7 @@ impl<B: LockBackend> LockBackend for CountingBackend<B> {
             .await
     }
 
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        self.inner.sleep(duration)
-    }
-
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-        self.inner.spawn_detached(task)
-    }
-
-    fn local_queues(&self) -> Option<&crate::LocalQueues> {
-        self.inner.local_queues()
-    }
-
-    fn wait_for_release<'a>(
-        &'a self,
-        signal: &'a str,
-        timeout: Duration,
-    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
-        self.inner.wait_for_release(signal, timeout)
-    }
-
-    fn release_signals(&self) -> bool {
-        self.inner.release_signals()
-    }
+    crate::backend::forward_capabilities!(|this| this.inner);
 }
 
 type Check = for<'a> fn(Arc<dyn LockBackend>, &'a dyn Probe, String) -> LocalBoxFuture<'a, ()>;
@@ -1659,27 +1638,5 @@ impl<B: LockBackend> LockBackend for FaultyBackend<B> {
         .await
     }
 
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        self.inner.sleep(duration)
-    }
-
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-        self.inner.spawn_detached(task)
-    }
-
-    fn local_queues(&self) -> Option<&crate::LocalQueues> {
-        self.inner.local_queues()
-    }
-
-    fn wait_for_release<'a>(
-        &'a self,
-        signal: &'a str,
-        timeout: Duration,
-    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
-        self.inner.wait_for_release(signal, timeout)
-    }
-
-    fn release_signals(&self) -> bool {
-        self.inner.release_signals()
-    }
+    crate::backend::forward_capabilities!(|this| this.inner);
 }
