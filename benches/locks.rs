@@ -478,6 +478,21 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
     }
 }
 
+/// Only the library's S1 loop, for a profiler: `REDLEASE_BENCH_PROFILE=fred-client perf record -g ...`.
+fn profile_loop(rt: &tokio::runtime::Runtime, server: &RedisServer, adapter: Adapter) {
+    let client = rt.block_on(Client_::connect(adapter, &server.url()));
+    let lock = RedisLock::new(client.backend(), "bench:profile").timeout(TTL);
+    let n = 20_000;
+    let started = Instant::now();
+    rt.block_on(async {
+        for _ in 0..n {
+            let guard = lock.acquire().await.unwrap();
+            guard.release().await.unwrap();
+        }
+    });
+    println!("{} cycles in {:?}", n, started.elapsed());
+}
+
 /// A child process: contends (S2) or waits for hand-offs (S3), and reports on stdout.
 fn child(role: &str) {
     let adapter = Adapter::parse(&std::env::var("REDLEASE_BENCH_ADAPTER").unwrap());
@@ -537,6 +552,10 @@ fn main() {
     }
     let server = RedisServer::start();
     let rt = runtime();
+    if let Ok(adapter) = std::env::var("REDLEASE_BENCH_PROFILE") {
+        profile_loop(&rt, &server, Adapter::parse(&adapter));
+        return;
+    }
     let mut criterion = Criterion::default()
         .configure_from_args()
         .warm_up_time(Duration::from_secs(1))
