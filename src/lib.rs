@@ -9,9 +9,9 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub use lock_core::{
-    BackendError, Backoff, Election, Leadership, LockBackend, LockError, LockGuard, NodeError,
-    RedisLock, Redlock, RedlockGuard, Result, Script, ScriptValue, async_trait, memory, redlock,
-    script,
+    BackendError, Backoff, Election, Leadership, LocalQueues, LockBackend, LockError, LockGuard,
+    NodeError, RedisLock, Redlock, RedlockGuard, Result, Script, ScriptValue, async_trait, memory,
+    redlock, script,
 };
 
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use redlease::memory::MemoryBackend;
-use redlease::{LockError, LockGuard, RedisLock};
+use redlease::{Election, Leadership, LockError, LockGuard, RedisLock, Redlock, RedlockGuard};
 
 fn assert_send<T: Send>(value: T) -> T {
     value
@@ -15,6 +15,43 @@ fn types_are_send_sync_debug() {
     check::<RedisLock>();
     check::<LockGuard>();
     check::<LockError>();
+    check::<Election>();
+    check::<Leadership>();
+    check::<Redlock>();
+    check::<RedlockGuard>();
+}
+
+#[tokio::test]
+async fn election_and_redlock_futures_run_inside_spawn() {
+    let backend = MemoryBackend::new();
+    let election = Election::new(backend.clone(), "leader").id("me");
+    let term = tokio::spawn(async move {
+        let leadership = election.campaign().await?;
+        let term = leadership.term();
+        leadership.hold(async {}).await?;
+        leadership.resign().await?;
+        Ok::<_, LockError>(term)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(term > 0);
+
+    let nodes = vec![
+        MemoryBackend::new(),
+        MemoryBackend::new(),
+        MemoryBackend::new(),
+    ];
+    let redlock = Redlock::new(nodes, "quorum");
+    let released = tokio::spawn(async move {
+        let guard = redlock.acquire().await?;
+        guard.hold(async {}).await?;
+        guard.release().await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(released);
 }
 
 #[tokio::test]
