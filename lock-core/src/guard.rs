@@ -212,11 +212,17 @@ impl LockGuard {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A token-checked script's arguments: our token, then `extra_args`.
+    fn token_and<'a>(&'a self, extra_args: &[&'a str]) -> Vec<&'a str> {
+        let mut args = Vec::with_capacity(1 + extra_args.len());
+        args.push(&*self.lease.token);
+        args.extend_from_slice(extra_args);
+        args
+    }
+
     async fn eval_flag(&self, script: &Script, extra_args: &[&str]) -> Result<bool> {
         let lease = &self.lease;
-        let mut args = Vec::with_capacity(1 + extra_args.len());
-        args.push(&*lease.token);
-        args.extend_from_slice(extra_args);
+        let args = self.token_and(extra_args);
         let reply = lease
             .backend
             .eval_script(script, &[&lease.key], &args)
@@ -233,9 +239,7 @@ impl LockGuard {
             return self.eval_flag(script, extra_args).await;
         };
         let lease = &self.lease;
-        let mut args = Vec::with_capacity(1 + extra_args.len());
-        args.push(&*lease.token);
-        args.extend_from_slice(extra_args);
+        let args = self.token_and(extra_args);
         let (reply, acked) = ack
             .eval(&*lease.backend, script, &[&lease.key], &args)
             .await

@@ -117,18 +117,10 @@ impl MemoryBackend {
             }
             // One process: local waiters are woken by the local queue, so the signal is not needed.
             ([key, _signal], [token, _linger]) if sha == script::RELEASE_AND_SIGNAL.sha1() => {
-                let mine = held_by(&entries, key, token);
-                if mine {
-                    entries.remove(*key);
-                }
-                flag(mine)
+                flag(release_if_held(&mut entries, key, token))
             }
             ([key], [token]) if sha == script::RELEASE.sha1() => {
-                let mine = held_by(&entries, key, token);
-                if mine {
-                    entries.remove(*key);
-                }
-                flag(mine)
+                flag(release_if_held(&mut entries, key, token))
             }
             ([key], [token, millis])
                 if sha == script::EXTEND.sha1() || sha == script::RENEW.sha1() =>
@@ -250,6 +242,15 @@ impl MemoryBackend {
         };
         Ok(reply)
     }
+}
+
+/// Deletes `key` if it holds `token`; whether it did.
+fn release_if_held(entries: &mut HashMap<String, Entry>, key: &str, token: &str) -> bool {
+    let mine = entries.get(key).is_some_and(|e| e.value == token);
+    if mine {
+        entries.remove(key);
+    }
+    mine
 }
 
 /// Where a missing fence counter starts: the clock in microseconds, as the Lua script does with `TIME`.

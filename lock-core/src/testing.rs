@@ -17,7 +17,7 @@ use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::memory::MemoryBackend;
 use crate::queue::LocalQueues;
 use crate::script::Script;
-use crate::{Election, LockError, RedisLock};
+use crate::{Election, LockError, LockGuard, RedisLock};
 use futures::future::{Either, select};
 use std::pin::pin;
 
@@ -1389,6 +1389,32 @@ pub async fn cancelled_release_still_releases(
     assert!(released, "a cancelled release must still release the lock");
 }
 
+/// Acquires `key` with a 400 ms TTL, injects `fault` into every later call, and holds the lock for work
+/// lasting `work`: the result, how long `hold` took, whether the work was dropped early, and the guard.
+async fn hold_under_fault(
+    backend: Arc<dyn LockBackend>,
+    key: String,
+    fault: Fault,
+    work: Duration,
+) -> (Result<&'static str, LockError>, Duration, bool, LockGuard) {
+    let faulty = Arc::new(FaultyBackend::new(backend.clone()));
+    let guard = RedisLock::new(faulty.clone(), key)
+        .timeout(FAULT_TTL)
+        .acquire()
+        .await
+        .expect("acquire");
+    faulty.set_fault(fault);
+    let dropped = AtomicBool::new(false);
+    let started = Instant::now();
+    let result = guard.hold(work_for(&backend, work, &dropped)).await;
+    let took = started.elapsed();
+    faulty.set_fault(Fault::None);
+    (result, took, dropped.load(Ordering::SeqCst), guard)
+}
+
+/// The lock TTL of [`hold_under_fault`].
+const FAULT_TTL: Duration = Duration::from_millis(400);
+
 /// When renewals keep failing, `hold` reports `Lost` once the lease's validity runs out, with the
 /// failure in the reason: a renewal failure is never swallowed.
 pub async fn hold_reports_failing_renewals(
@@ -1396,18 +1422,8 @@ pub async fn hold_reports_failing_renewals(
     _: &dyn Probe,
     key: String,
 ) {
-    let faulty = Arc::new(FaultyBackend::new(backend.clone()));
-    let ttl = Duration::from_millis(400);
-    let guard = RedisLock::new(faulty.clone(), key)
-        .timeout(ttl)
-        .acquire()
-        .await
-        .expect("acquire");
-    faulty.set_fault(Fault::Error);
-    let dropped = AtomicBool::new(false);
-    let started = Instant::now();
-    let result = guard.hold(work_for(&backend, 10 * SECOND, &dropped)).await;
-    let took = started.elapsed();
+    let (result, took, dropped, guard) =
+        hold_under_fault(backend, key, Fault::Error, 10 * SECOND).await;
     match &result {
         Err(LockError::Lost { reason, .. }) => {
             assert!(
@@ -1417,9 +1433,8 @@ pub async fn hold_reports_failing_renewals(
         }
         other => panic!("expected Lost, got {other:?}"),
     }
-    assert!(took <= ttl + 2 * SECOND, "noticed after {took:?}");
-    assert!(dropped.load(Ordering::SeqCst));
-    faulty.set_fault(Fault::None);
+    assert!(took <= FAULT_TTL + 2 * SECOND, "noticed after {took:?}");
+    assert!(dropped);
     drop(guard);
 }
 
@@ -1430,25 +1445,13 @@ pub async fn hold_does_not_wait_for_a_hung_renewal(
     _: &dyn Probe,
     key: String,
 ) {
-    let hung = Arc::new(FaultyBackend::new(backend.clone()));
-    let ttl = Duration::from_millis(400);
-    let guard = RedisLock::new(hung.clone(), key)
-        .timeout(ttl)
-        .acquire()
-        .await
-        .expect("acquire");
-    hung.set_fault(Fault::Never);
-    let dropped = AtomicBool::new(false);
-    let started = Instant::now();
-    let result = guard.hold(work_for(&backend, 30 * SECOND, &dropped)).await;
-    let took = started.elapsed();
+    let (result, took, _, guard) = hold_under_fault(backend, key, Fault::Never, 30 * SECOND).await;
     assert!(matches!(result, Err(LockError::Lost { .. })), "{result:?}");
     assert!(
-        took <= ttl + 2 * SECOND,
+        took <= FAULT_TTL + 2 * SECOND,
         "waited {took:?} for a hung renewal"
     );
     assert_eq!(guard.valid_for(), Duration::ZERO);
-    hung.set_fault(Fault::None);
     drop(guard);
 }
 
