@@ -1,5 +1,5 @@
-//! The [`LockBackend`] trait: the two Redis operations the lock algorithm needs, and the few things only a
-//! runtime can offer (sleeping, spawning a background release).
+//! The [`LockBackend`] trait: the two Redis operations the lock algorithm needs, and the runtime handle
+//! the algorithm reads time, sleeps and spawns through (`now`, `sleep`, `spawn_detached`).
 
 use std::error::Error as StdError;
 use std::fmt::{self, Debug};
@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 
 use crate::queue::LocalQueues;
 use crate::script::Script;
+use crate::time::Moment;
 
 /// What a lock needs from Redis, implemented once per client.
 ///
@@ -60,6 +61,16 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
             "redlease",
             "this backend does not support waiting for replica acknowledgement (WAIT)",
         ))
+    }
+
+    /// Now, on the lease clock this backend's locks measure validity, wait deadlines and `max_hold` on.
+    ///
+    /// Together with [`sleep`](Self::sleep) and [`spawn_detached`](Self::spawn_detached) this is the
+    /// runtime handle of the lock algorithm: lock-core reads no other clock. The default,
+    /// [`Moment::now`], counts time spent suspended (`CLOCK_BOOTTIME` on Linux), as Redis's clock does;
+    /// a test or a simulation overrides the three together to run on virtual time.
+    fn now(&self) -> Moment {
+        Moment::now()
     }
 
     /// A future that completes after `duration`, on this backend's runtime.
@@ -117,6 +128,11 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
 /// (`self`): for wrappers that intercept only the calls to Redis.
 macro_rules! forward_capabilities {
     (|$this:ident| $target:expr) => {
+        fn now(&self) -> crate::time::Moment {
+            let $this = self;
+            $target.now()
+        }
+
         fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
             let $this = self;
             $target.sleep(duration)

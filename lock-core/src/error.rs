@@ -53,6 +53,27 @@ pub enum LockError {
         reason: String,
     },
 
+    /// A request was sent, but whether Redis applied it cannot be told: it may have been applied, and a
+    /// request that timed out may even be applied later. Never reported as "not applied".
+    ///
+    /// Answered by [`LockGuard::release`](crate::LockGuard::release) when the key was gone while the
+    /// guard's validity had not run out (a re-sent release of ours, or a server that lost the key), and
+    /// by [`LockGuard::fenced_set`](crate::LockGuard::fenced_set) when its request failed in transit.
+    /// Retrying is safe for both: a release is token-checked, and `fenced_set` accepts a repeat from
+    /// the same holder with the same fence.
+    #[error("outcome of {operation} on lock {key} is unknown: {reason}")]
+    InDoubt {
+        /// The lock key.
+        key: String,
+        /// Which operation, such as `"release"` or `"fenced_set"`.
+        operation: &'static str,
+        /// Why the outcome is unknown.
+        reason: String,
+        /// The backend failure that left it unknown, if one did.
+        #[source]
+        source: Option<BackendError>,
+    },
+
     /// Fewer replicas than asked acknowledged a write to the lock (`WAIT`), so a failover could lose it.
     /// An acquisition that was not replicated is released again.
     #[error("lock {key} reached {acked} of the {wanted} replicas asked for")]
@@ -113,7 +134,7 @@ impl LockError {
         match self {
             LockError::Timeout { .. } => true,
             LockError::Backend { source, .. } => source.is_transient(),
-            LockError::NotReplicated { .. } => true,
+            LockError::NotReplicated { .. } | LockError::InDoubt { .. } => true,
             LockError::Quorum { errors, .. } => errors.iter().all(|e| e.error.is_transient()),
             LockError::InvalidArgument { .. } | LockError::Lost { .. } => false,
         }
@@ -123,6 +144,10 @@ impl LockError {
     pub fn backend(&self) -> Option<&'static str> {
         match self {
             LockError::Backend { source, .. } => Some(source.backend()),
+            LockError::InDoubt {
+                source: Some(source),
+                ..
+            } => Some(source.backend()),
             _ => None,
         }
     }

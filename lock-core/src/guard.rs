@@ -3,17 +3,17 @@
 use std::fmt;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::{BoxFuture, Either, select};
 
-use crate::backend::LockBackend;
+use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::error::{LockError, Result};
 use crate::keys;
 use crate::queue::Baton;
 use crate::replication::ReplicaAck;
 use crate::script::{self, Script};
-use crate::time::{to_millis, validity_deadline};
+use crate::time::{Moment, to_millis, validity_deadline};
 
 /// One acquisition of a [`RedisLock`](crate::RedisLock): its token, and the operations that need it.
 ///
@@ -27,9 +27,9 @@ pub struct LockGuard {
     ttl: Duration,
     ttl_arg: String,
     fence: Option<u64>,
-    acquired_at: Instant,
+    acquired_at: Moment,
     max_hold: Option<Duration>,
-    valid_until: Mutex<Instant>,
+    validity: Mutex<Validity>,
     replica_ack: Option<ReplicaAck>,
     /// This process's turn for the key, handed to the next local waiter when the guard goes. Declared
     /// after `lease` so that a dropped guard starts its background release before the baton moves.
@@ -41,7 +41,7 @@ pub(crate) struct Grant {
     pub(crate) ttl: Duration,
     pub(crate) ttl_ms: u64,
     /// When the granting request was sent: validity is measured from here, not from the reply.
-    pub(crate) sent_at: Instant,
+    pub(crate) sent_at: Moment,
     pub(crate) fence: Option<u64>,
     pub(crate) max_hold: Option<Duration>,
     /// [`RedisLock::replicas`](crate::RedisLock::replicas), for `renew` and `extend`.
@@ -57,7 +57,11 @@ impl LockGuard {
             fence: grant.fence,
             acquired_at: grant.sent_at,
             max_hold: grant.max_hold,
-            valid_until: Mutex::new(validity_deadline(grant.sent_at, grant.ttl)),
+            validity: Mutex::new(Validity {
+                until: validity_deadline(grant.sent_at, grant.ttl),
+                sent_at: grant.sent_at,
+                server_expiry_ms: None,
+            }),
             replica_ack: grant.replica_ack,
             baton: None,
         }
@@ -109,7 +113,7 @@ impl LockGuard {
         Ok(reply.as_int() == Some(1))
     }
 
-    /// Runs `work` while keeping the lock: renews it (resetting the TTL, like [`renew`](Self::renew)) at
+    /// Runs `work` while keeping the lock: renews it (as [`renew`](Self::renew) does) at
     /// about a third of the TTL, with jitter, in the same future as `work`, so no task is spawned and any
     /// executor works.
     ///
@@ -132,11 +136,17 @@ impl LockGuard {
         &self.lease.key
     }
 
-    /// How long the lock is still ours by the local monotonic clock: measured from before the request
-    /// that granted or last renewed it was sent, less a drift allowance (1% of the TTL plus 2 ms). Zero
-    /// once it has run out.
+    /// How long the lock is still ours by the local lease clock (which keeps counting while the machine is
+    /// suspended): measured from before the request that granted it, or that last confirmed its TTL, was
+    /// sent, with the TTL that request left in Redis, less a drift allowance (1% of that TTL plus 2 ms).
+    /// Zero once it has run out.
+    ///
+    /// It never exceeds what Redis can have granted, whatever order replies arrive in: every write a
+    /// guard makes only ever moves the key's expiry later ([`renew`](Self::renew) and
+    /// [`extend`](Self::extend) never shorten it), so each confirmed write is a lower bound on the key's
+    /// expiry that no later write, nor a late-landing one, can undercut.
     pub fn valid_for(&self) -> Duration {
-        self.valid_until().saturating_duration_since(Instant::now())
+        self.valid_until() - self.now()
     }
 
     /// Whether the lock is still held with this guard's token.
@@ -150,64 +160,120 @@ impl LockGuard {
         self.eval_flag(&script::IS_OWNER, &[]).await
     }
 
-    /// Adds `by` to the lock's remaining TTL. `Ok(false)` when the lock is no longer ours (expired, taken
-    /// over or released): an expired lock is never re-created. A zero `by` is
-    /// [`LockError::InvalidArgument`] and nothing is sent.
+    /// Moves the lock's expiry `by` later than its expiry as this guard last confirmed it. `Ok(false)`
+    /// when the lock is no longer ours (expired, taken over or released): an expired lock is never
+    /// re-created. A zero `by` is [`LockError::InvalidArgument`] and nothing is sent.
+    ///
+    /// Idempotent under re-sends: the request carries the absolute expiry it asks for, on the server's
+    /// clock (`PEXPIREAT .. GT`), so a client that re-sends it over a new connection does not add `by`
+    /// twice. The first `extend` of a guard that has not written since its acquisition reads the key's
+    /// expiry first (one more round trip). It never shortens the TTL: when the key already lives longer
+    /// (a renewal in between, say), it is left as it is and `Ok(true)` answers that it is ours for at
+    /// least that long.
     pub async fn extend(&self, by: Duration) -> Result<bool> {
         let by_ms = to_millis("extend", by)?;
-        let extended = self
-            .eval_write(&script::EXTEND, &[&by_ms.to_string()])
-            .await?;
-        if extended {
-            let mut valid_until = self.lock_validity();
-            *valid_until += Duration::from_millis(by_ms);
-            self.tell_line(*valid_until);
-        }
-        Ok(extended)
+        let known = self.lock_validity().server_expiry_ms;
+        let base = match known {
+            Some(known) => known,
+            None => {
+                let sent_at = self.now();
+                match self.eval_expiry(&script::EXPIRY, &[]).await? {
+                    Some(read) => {
+                        self.confirm(sent_at, read);
+                        read.server_expiry_ms
+                    }
+                    None => return Ok(false),
+                }
+            }
+        };
+        let target = base.saturating_add(by_ms).to_string();
+        let sent_at = self.now();
+        let written = self.eval_write(&script::EXTEND, &[&target]).await?;
+        Ok(written.map(|w| self.confirm(sent_at, w)).is_some())
     }
 
-    /// Resets the lock's TTL to the lock's own timeout. `Ok(false)` when the lock is no longer ours; an
-    /// expired lock is never re-created.
+    /// Sets the lock's TTL to the lock's own timeout, unless it already lives longer (after an
+    /// [`extend`](Self::extend)): a renewal never shortens the lease, so the local validity never claims
+    /// more than Redis holds, whatever order replies arrive in. `Ok(false)` when the lock is no longer
+    /// ours; an expired lock is never re-created.
     pub async fn renew(&self) -> Result<bool> {
-        let sent_at = Instant::now();
-        let renewed = self.eval_write(&script::RENEW, &[&self.ttl_arg]).await?;
-        if renewed {
-            let mut valid_until = self.lock_validity();
-            *valid_until = (*valid_until).max(validity_deadline(sent_at, self.ttl));
-            self.tell_line(*valid_until);
-        }
-        Ok(renewed)
+        let sent_at = self.now();
+        let written = self.eval_write(&script::RENEW, &[&self.ttl_arg]).await?;
+        Ok(written.map(|w| self.confirm(sent_at, w)).is_some())
     }
 
-    /// Releases the lock. `Ok(true)` when it was still ours, `Ok(false)` when it had already expired or
-    /// been taken over (exclusion was not guaranteed until now).
+    /// Releases the lock. `Ok(true)` when it was still ours, `Ok(false)` when it was not: another holder
+    /// has it, or it expired by this guard's own clock (exclusion was not guaranteed until now).
+    ///
+    /// [`LockError::InDoubt`] when the key was gone although this guard's validity had not run out:
+    /// either an earlier send of this very release deleted it (a client that re-sends over a new
+    /// connection, as fred does, gets "nothing to delete" for its own success), or the server lost the
+    /// key (a failover, a restart without persistence). The outcome cannot be told apart from here, so
+    /// it is not reported as "not ours"; [`RedisLock::run`](crate::RedisLock::run) keeps the work's
+    /// result then, with a warning.
     ///
     /// If this future is dropped before Redis answered, or the request fails, the release is retried in
     /// the background where the backend can spawn.
     pub async fn release(self) -> Result<bool> {
+        let valid = !self.valid_for().is_zero();
+        let key = self.lease.key.clone();
         let released = self
             .lease
             .release()
             .await
             .map_err(|source| LockError::backend_failed(&self.lease.key, source))?;
         self.lease.disarm();
-        Ok(released)
+        match released {
+            Released::Deleted => Ok(true),
+            Released::HeldByAnother => Ok(false),
+            Released::Absent if !valid => Ok(false),
+            Released::Absent => Err(LockError::InDoubt {
+                key: key.to_string(),
+                operation: "release",
+                reason: "the key was gone while this guard's validity had not run out: a re-sent \
+                         release of ours deleted it, or the server lost it"
+                    .into(),
+                source: None,
+            }),
+        }
     }
 
-    pub(crate) fn valid_until(&self) -> Instant {
-        *self.lock_validity()
+    pub(crate) fn valid_until(&self) -> Moment {
+        self.lock_validity().until
+    }
+
+    fn now(&self) -> Moment {
+        self.lease.backend.now()
+    }
+
+    /// Records a confirmed write (or read) sent at `sent_at`: the key then lived `written.pttl` from some
+    /// moment after `sent_at`, a lower bound on its expiry that no later write of ours can undercut
+    /// (they only move it later). The validity follows the most recently *sent* confirmed request, so
+    /// a reply that arrives after a newer one's (re-ordered) changes nothing, and a key shortened
+    /// behind our back is believed as soon as a request sent after that is confirmed.
+    fn confirm(&self, sent_at: Moment, written: Written) {
+        let mut validity = self.lock_validity();
+        if sent_at < validity.sent_at {
+            return;
+        }
+        validity.sent_at = sent_at;
+        validity.until = validity_deadline(sent_at, written.pttl);
+        validity.server_expiry_ms = Some(written.server_expiry_ms);
+        let until = validity.until;
+        drop(validity);
+        self.tell_line(until);
     }
 
     /// Local tasks waiting for this key wait no longer than our lease.
-    fn tell_line(&self, valid_until: Instant) {
+    fn tell_line(&self, valid_until: Moment) {
         if let Some(baton) = &self.baton {
             baton.holding(&self.lease.token, valid_until);
         }
     }
 
-    fn lock_validity(&self) -> std::sync::MutexGuard<'_, Instant> {
-        // The critical sections only assign an Instant; a poisoned value is still meaningful.
-        self.valid_until
+    fn lock_validity(&self) -> std::sync::MutexGuard<'_, Validity> {
+        // The critical sections only assign plain values; a poisoned value is still meaningful.
+        self.validity
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -231,12 +297,25 @@ impl LockGuard {
         Ok(reply.as_int() == Some(1))
     }
 
-    /// Like `eval_flag`, for a write that must reach the replicas the lock asks for
+    /// Runs a token-checked script that answers the key's TTL and expiry ([`Written`]), or `None` when
+    /// the lock is not ours.
+    async fn eval_expiry(&self, script: &Script, extra_args: &[&str]) -> Result<Option<Written>> {
+        let lease = &self.lease;
+        let args = self.token_and(extra_args);
+        lease
+            .backend
+            .eval_script(script, &[&lease.key], &args)
+            .await
+            .and_then(|reply| Written::from_reply(script, &reply))
+            .map_err(|source| LockError::backend_failed(&lease.key, source))
+    }
+
+    /// Like `eval_expiry`, for a write that must reach the replicas the lock asks for
     /// ([`RedisLock::replicas`](crate::RedisLock::replicas)): `NotReplicated` when it was applied but too
     /// few acknowledged it.
-    async fn eval_write(&self, script: &Script, extra_args: &[&str]) -> Result<bool> {
+    async fn eval_write(&self, script: &Script, extra_args: &[&str]) -> Result<Option<Written>> {
         let Some(ack) = &self.replica_ack else {
-            return self.eval_flag(script, extra_args).await;
+            return self.eval_expiry(script, extra_args).await;
         };
         let lease = &self.lease;
         let args = self.token_and(extra_args);
@@ -244,11 +323,87 @@ impl LockGuard {
             .eval(&*lease.backend, script, &[&lease.key], &args)
             .await
             .map_err(|source| LockError::backend_failed(&lease.key, source))?;
-        let applied = reply.as_int() == Some(1);
-        if applied {
+        let written = Written::from_reply(script, &reply)
+            .map_err(|source| LockError::backend_failed(&lease.key, source))?;
+        if written.is_some() {
             ack.check(&lease.key, acked)?;
         }
-        Ok(applied)
+        Ok(written)
+    }
+}
+
+/// What a guard knows of its lease in Redis.
+#[derive(Debug, Clone, Copy)]
+struct Validity {
+    /// Until when the lock is ours by the lease clock: the lower bound the most recently sent confirmed
+    /// request gave.
+    until: Moment,
+    /// When that request was sent.
+    sent_at: Moment,
+    /// The key's expiry on the server's clock (Unix milliseconds, `PEXPIRETIME`), as last confirmed:
+    /// what [`LockGuard::extend`] adds to.
+    server_expiry_ms: Option<u64>,
+}
+
+/// The reply of a token-checked script that leaves the lock's TTL in place or moves it later
+/// ([`script::RENEW`], [`script::EXTEND`], [`script::EXPIRY`]): the key's TTL and absolute expiry right after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub(crate) pttl: Duration,
+    pub(crate) server_expiry_ms: u64,
+}
+
+impl Written {
+    /// `Some` when the script found our token (`{pttl, pexpiretime}`), `None` when it did not (`0`).
+    pub(crate) fn from_reply(
+        script: &Script,
+        reply: &ScriptValue,
+    ) -> std::result::Result<Option<Self>, BackendError> {
+        match reply {
+            ScriptValue::Int(0) => Ok(None),
+            ScriptValue::Array(items) => match items.as_slice() {
+                [ScriptValue::Int(pttl), ScriptValue::Int(expiry)] if *pttl > 0 && *expiry > 0 => {
+                    Ok(Some(Self {
+                        pttl: Duration::from_millis(pttl.unsigned_abs()),
+                        server_expiry_ms: expiry.unsigned_abs(),
+                    }))
+                }
+                _ => Err(unexpected_reply(script, reply)),
+            },
+            _ => Err(unexpected_reply(script, reply)),
+        }
+    }
+}
+
+fn unexpected_reply(script: &Script, reply: &ScriptValue) -> BackendError {
+    BackendError::permanent(
+        "redlease",
+        format!(
+            "unexpected reply from the {} script: {reply:?}",
+            script.name()
+        ),
+    )
+}
+
+/// What a release found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// The key held our token and is deleted now.
+    Deleted,
+    /// The key holds another token: someone else's lock, untouched.
+    HeldByAnother,
+    /// There was no key.
+    Absent,
+}
+
+impl Released {
+    pub(crate) fn from_reply(reply: &ScriptValue) -> std::result::Result<Self, BackendError> {
+        match reply {
+            ScriptValue::Int(1) => Ok(Released::Deleted),
+            ScriptValue::Int(0) => Ok(Released::HeldByAnother),
+            ScriptValue::Int(-1) => Ok(Released::Absent),
+            other => Err(unexpected_reply(&script::RELEASE, other)),
+        }
     }
 }
 
@@ -294,7 +449,7 @@ impl Lease {
     }
 
     /// Releases the lock if it still holds our token and wakes one waiter elsewhere: one round trip.
-    pub(crate) async fn release(&self) -> std::result::Result<bool, crate::BackendError> {
+    pub(crate) async fn release(&self) -> std::result::Result<Released, crate::BackendError> {
         release_and_signal(&*self.backend, &self.key, &self.signal, &self.token).await
     }
 
@@ -337,7 +492,9 @@ pub(crate) trait Renewable: Sync {
     /// The TTL a renewal resets the lock to.
     fn renewal_ttl(&self) -> Duration;
     /// When the granting request was sent; `max_hold` counts from here.
-    fn acquired_at(&self) -> Instant;
+    fn acquired_at(&self) -> Moment;
+    /// Now, on the backend's lease clock.
+    fn now(&self) -> Moment;
     /// The longest the lock may be held under `hold`.
     fn max_hold(&self) -> Option<Duration>;
     /// The local validity left, as `valid_for`.
@@ -370,7 +527,7 @@ async fn keep_renewed<G: Renewable + ?Sized>(guard: &G) -> LockError {
     let hold_deadline = max_hold.map(|max| guard.acquired_at().checked_add(max));
     let mut last_error: Option<LockError> = None;
     loop {
-        let now = Instant::now();
+        let now = guard.now();
         if let Some(deadline) = hold_deadline {
             // An unrepresentable deadline is no deadline.
             if deadline.is_some_and(|d| now >= d) {
@@ -403,10 +560,10 @@ async fn keep_renewed<G: Renewable + ?Sized>(guard: &G) -> LockError {
         };
         pause = pause.min(remaining);
         if let Some(Some(deadline)) = hold_deadline {
-            pause = pause.min(deadline.saturating_duration_since(now));
+            pause = pause.min(deadline - now);
         }
         guard.sleep(pause).await;
-        if hold_deadline.flatten().is_some_and(|d| Instant::now() >= d) {
+        if hold_deadline.flatten().is_some_and(|d| guard.now() >= d) {
             continue;
         }
         let remaining = guard.remaining();
@@ -457,8 +614,12 @@ impl Renewable for LockGuard {
         self.ttl
     }
 
-    fn acquired_at(&self) -> Instant {
+    fn acquired_at(&self) -> Moment {
         self.acquired_at
+    }
+
+    fn now(&self) -> Moment {
+        LockGuard::now(self)
     }
 
     fn max_hold(&self) -> Option<Duration> {
@@ -504,7 +665,7 @@ async fn release_and_signal(
     key: &str,
     signal: &str,
     token: &str,
-) -> std::result::Result<bool, crate::BackendError> {
+) -> std::result::Result<Released, crate::BackendError> {
     let reply = if backend.release_signals() {
         backend
             .eval_script(
@@ -518,5 +679,5 @@ async fn release_and_signal(
             .eval_script(&script::RELEASE, &[key], &[token])
             .await?
     };
-    Ok(reply.as_int() == Some(1))
+    Released::from_reply(&reply)
 }

@@ -4,8 +4,8 @@
 //! This crate defines:
 //!
 //! - [`LockBackend`], the small object-safe trait an adapter implements (`set_nx`, `eval_script`, and
-//!   optionally `eval_script_replicated` for replica acknowledgement and a runtime's `sleep` and
-//!   `spawn_detached`);
+//!   optionally `eval_script_replicated` for replica acknowledgement, and the runtime handle `now`,
+//!   `sleep` and `spawn_detached`);
 //! - [`RedisLock`] (configuration and acquisition) and [`LockGuard`] (one acquisition: `extend`, `renew`,
 //!   `is_owner`, `release`);
 //! - [`Redlock`] and [`RedlockGuard`]: one lock over several independent masters, held while a majority
@@ -36,8 +36,9 @@
 //! exponential backoff until the wait deadline. Every later operation is a Lua script that first checks
 //! the token, so a holder whose lock expired and was taken over can never touch the new holder's lock.
 //! A lock is a lease: if the holder pauses longer than the TTL, another holder may enter. Validity is
-//! tracked on the monotonic clock from before each request was sent, less a drift allowance, and a guard
-//! past its validity no longer claims ownership.
+//! tracked on the lease clock ([`Moment`], which keeps counting while the machine is suspended) from
+//! before each request was sent, less a drift allowance, and a guard past its validity no longer claims
+//! ownership.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -57,7 +58,7 @@ mod replication;
 pub mod script;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod time;
+pub mod time;
 
 pub use backend::{BackendError, LockBackend, ScriptValue};
 pub use backoff::Backoff;
@@ -68,6 +69,7 @@ pub use lock::RedisLock;
 pub use queue::LocalQueues;
 pub use redlock::{Redlock, RedlockGuard};
 pub use script::Script;
+pub use time::Moment;
 
 /// Re-exported so backends can implement [`LockBackend`] with the same macro version.
 pub use async_trait::async_trait;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::{Either, select};
 
@@ -12,7 +12,7 @@ use crate::error::{LockError, Result};
 use crate::guard::{Grant, Lease, LockGuard};
 use crate::queue::{Baton, InLine, Turn};
 use crate::replication::ReplicaAck;
-use crate::time::to_millis;
+use crate::time::{Moment, to_millis, ttl_millis};
 use crate::{keys, script};
 
 /// A distributed lock on one Redis key: its configuration, shared freely between tasks.
@@ -155,12 +155,14 @@ impl RedisLock {
     /// Acquires the lock, retrying with backoff until the wait deadline.
     ///
     /// Returns [`LockError::Timeout`] when the deadline passes, and a backend failure as soon as it
-    /// happens (an outage is never hidden behind retries). Dropping the returned future while a request
+    /// happens (an outage is never hidden behind retries): also the failure of a helper call made while
+    /// waiting (a blocking wait for a release signal, a check of the holder), so that a wait takes at
+    /// most the wait timeout plus one call bound. Dropping the returned future while a request
     /// is in flight releases whatever that request may have acquired, in the background where the backend
     /// can spawn, otherwise when the TTL runs out.
     pub async fn acquire(&self) -> Result<LockGuard> {
         let plan = self.validate()?;
-        let started = Instant::now();
+        let started = self.backend.now();
         // A deadline too far away to represent is no deadline.
         let deadline = self.wait_timeout.and_then(|wait| started.checked_add(wait));
         let token = self.new_token();
@@ -174,7 +176,7 @@ impl RedisLock {
                 }
                 return Ok(guard);
             }
-            let now = Instant::now();
+            let now = self.backend.now();
             let left = match deadline {
                 Some(deadline) if now >= deadline => {
                     return Err(LockError::Timeout {
@@ -189,12 +191,15 @@ impl RedisLock {
             // because an expiry signals nothing and a wake-up can be missed.
             let cap = self.backoff.max().min(left);
             let woken = match self.backend.wait_for_release(&plan.signal, cap) {
-                Some(wait) => wait.await.map_err(|error| {
-                    tracing::debug!(key = %self.key, %error, "waiting for a release signal failed");
-                }),
-                None => Err(()),
+                // A failed wait ends the acquisition with its error: swallowing it would spend one
+                // call bound silently, then the next attempt another.
+                Some(wait) => Some(
+                    wait.await
+                        .map_err(|source| LockError::backend_failed(&self.key, source))?,
+                ),
+                None => None,
             };
-            if woken.is_err() {
+            if woken.is_none() {
                 let delay = self.backoff.delay(attempt).min(left);
                 tracing::trace!(key = %self.key, attempt, ?delay, "lock busy, backing off");
                 self.backend.sleep(delay).await;
@@ -208,8 +213,8 @@ impl RedisLock {
     /// holds the lock past its lease (a hung holder must not block others: Redis decides).
     async fn wait_for_turn(
         &self,
-        started: Instant,
-        deadline: Option<Instant>,
+        started: Moment,
+        deadline: Option<Moment>,
     ) -> Result<Option<Baton>> {
         let Some(queues) = self.backend.local_queues() else {
             return Ok(None);
@@ -229,7 +234,7 @@ impl RedisLock {
             receiver,
         };
         loop {
-            let now = Instant::now();
+            let now = self.backend.now();
             let mut wait = LOCAL_WAIT_RECHECK;
             if let Some(deadline) = deadline {
                 if now >= deadline {
@@ -257,24 +262,22 @@ impl RedisLock {
             // lost its data): the first in line checks, so that a silent loss delays us one recheck.
             if let Some((token, _)) = holder
                 && queues.is_first(&self.key, ticket)
-                && !self.still_held_by(&token).await
+                && !self.still_held_by(&token).await?
             {
                 return Ok(None);
             }
         }
     }
 
-    /// Whether the key still holds `token` (a failed check counts as "no": the attempt that follows
-    /// reports the failure).
-    async fn still_held_by(&self, token: &str) -> bool {
-        match self
+    /// Whether the key still holds `token`. A failed check ends the wait with its error, rather than
+    /// spending a call bound silently before the attempt that follows spends another.
+    async fn still_held_by(&self, token: &str) -> Result<bool> {
+        let reply = self
             .backend
             .eval_script(&script::READ, &[&self.key], &[])
             .await
-        {
-            Ok(ScriptValue::Str(value)) => value == token,
-            _ => false,
-        }
+            .map_err(|source| LockError::backend_failed(&self.key, source))?;
+        Ok(matches!(reply, ScriptValue::Str(value) if value == token))
     }
 
     /// One attempt: `Ok(None)` when the lock is held by someone else.
@@ -293,8 +296,11 @@ impl RedisLock {
     /// - `Ok(value)` when the release confirmed the lock was still ours.
     /// - [`LockError::Lost`] when the release found it had expired or been taken over: exclusion was not
     ///   guaranteed, so the value is not handed out.
-    /// - A transport error during the release still returns `Ok(value)` and logs a warning naming the key:
-    ///   the work is done and the TTL frees the key, so a release failure never hides a finished result.
+    /// - A transport error during the release, or a release whose outcome cannot be told
+    ///   ([`LockError::InDoubt`]: the key was gone while the lease was still valid, as after a re-sent
+    ///   release of our own), still returns `Ok(value)` and logs a warning naming the key: the work is
+    ///   done and the TTL frees the key, so a release failure never hides a finished result, and a
+    ///   caller that retries on `Lost` never re-runs work that succeeded.
     ///   Callers who need the release outcome use [`acquire`](Self::acquire) and
     ///   [`LockGuard::release`].
     pub async fn run<F, T>(&self, body: F) -> Result<T>
@@ -328,7 +334,7 @@ impl RedisLock {
         if let Some(max_hold) = self.max_hold {
             to_millis("max_hold", max_hold)?;
         }
-        let ttl_ms = to_millis("timeout", self.timeout)?;
+        let ttl_ms = ttl_millis("timeout", self.timeout)?;
         let fence_counter = match self.fencing {
             true => Some(keys::fence_counter(&self.key)?),
             false => None,
@@ -352,7 +358,7 @@ impl RedisLock {
             plan.signal.clone(),
             token.clone(),
         );
-        let sent_at = Instant::now();
+        let sent_at = self.backend.now();
         let mut acked = None;
         let granted = match (&plan.fence_counter, &plan.replica_ack) {
             (None, None) => self

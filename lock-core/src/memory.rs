@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::queue::LocalQueues;
 use crate::script::{self, Script};
+use crate::time::Moment;
 
 const NAME: &str = "memory";
 
@@ -18,7 +19,8 @@ const NAME: &str = "memory";
 ///
 /// Locks taken through one `MemoryBackend` (and its clones, which share state) exclude each other within
 /// this process only. It runs on any executor, and passes the same conformance suite as the Redis
-/// adapters. Expiry uses the monotonic clock.
+/// adapters. Expiry runs on the lease clock ([`Moment::now`], which counts time spent suspended, as a
+/// Redis server's clock does); absolute expiries (`PEXPIRETIME`) on the system's wall clock.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
@@ -29,14 +31,14 @@ pub struct MemoryBackend {
 struct Entry {
     value: String,
     /// `None` for keys without a TTL, like fence counters.
-    expires_at: Option<Instant>,
+    expires_at: Option<Moment>,
 }
 
 impl Entry {
     fn expiring(value: &str, ttl: Duration) -> Self {
         Self {
             value: value.to_owned(),
-            expires_at: Some(Instant::now() + ttl),
+            expires_at: Some(Moment::now() + ttl),
         }
     }
 
@@ -50,7 +52,7 @@ impl Entry {
     fn pttl_millis(&self) -> i64 {
         match self.expires_at {
             Some(at) => {
-                let left = at.saturating_duration_since(Instant::now()).as_millis();
+                let left = (at - Moment::now()).as_millis();
                 i64::try_from(left).unwrap_or(i64::MAX)
             }
             None => -1,
@@ -71,7 +73,7 @@ impl MemoryBackend {
 
     /// The remaining time to live of `key`, if it exists and has one (like `PTTL`).
     pub fn ttl(&self, key: &str) -> Option<Duration> {
-        let now = Instant::now();
+        let now = Moment::now();
         self.live_entries()
             .get(key)
             .and_then(|e| e.expires_at)
@@ -94,7 +96,7 @@ impl MemoryBackend {
     fn live_entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
         // No code below panics while holding the lock; recover rather than poison every later call.
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
+        let now = Moment::now();
         entries.retain(|_, e| e.expires_at.is_none_or(|at| at > now));
         entries
     }
@@ -117,30 +119,28 @@ impl MemoryBackend {
             }
             // One process: local waiters are woken by the local queue, so the signal is not needed.
             ([key, _signal], [token, _linger]) if sha == script::RELEASE_AND_SIGNAL.sha1() => {
-                flag(release_if_held(&mut entries, key, token))
+                release_if_held(&mut entries, key, token)
             }
             ([key], [token]) if sha == script::RELEASE.sha1() => {
-                flag(release_if_held(&mut entries, key, token))
+                release_if_held(&mut entries, key, token)
             }
-            ([key], [token, millis])
-                if sha == script::EXTEND.sha1() || sha == script::RENEW.sha1() =>
-            {
+            // `PEXPIRE .. GT` and `PEXPIREAT .. GT`: only ever later.
+            ([key], [token, millis]) if sha == script::RENEW.sha1() => {
                 let millis = parse_millis(script, millis)?;
-                let expiry = entries
-                    .get_mut(*key)
-                    .filter(|e| e.value == *token)
-                    .and_then(|e| e.expires_at.as_mut());
-                match expiry {
-                    Some(at) => {
-                        *at = if sha == script::EXTEND.sha1() {
-                            *at + millis
-                        } else {
-                            Instant::now() + millis
-                        };
-                        flag(true)
-                    }
-                    None => flag(false),
-                }
+                let later = Moment::now() + millis;
+                written(entries.get_mut(*key).filter(|e| e.value == *token), |at| {
+                    *at = (*at).max(later)
+                })
+            }
+            ([key], [token, target]) if sha == script::EXTEND.sha1() => {
+                let target = parse_millis(script, target)?;
+                let later = Moment::now() + target.saturating_sub(wall_clock());
+                written(entries.get_mut(*key).filter(|e| e.value == *token), |at| {
+                    *at = (*at).max(later)
+                })
+            }
+            ([key], [token]) if sha == script::EXPIRY.sha1() => {
+                written(entries.get_mut(*key).filter(|e| e.value == *token), |_| {})
             }
             ([key], []) if sha == script::READ.sha1() => match entries.get(*key) {
                 Some(e) => ScriptValue::Str(e.value.clone()),
@@ -216,6 +216,7 @@ impl MemoryBackend {
                 &*script::RELEASE_AND_SIGNAL,
                 &*script::EXTEND,
                 &*script::RENEW,
+                &*script::EXPIRY,
                 &*script::READ,
                 &*script::ACQUIRE,
                 &*script::FENCED_ACQUIRE,
@@ -244,13 +245,43 @@ impl MemoryBackend {
     }
 }
 
-/// Deletes `key` if it holds `token`; whether it did.
-fn release_if_held(entries: &mut HashMap<String, Entry>, key: &str, token: &str) -> bool {
-    let mine = entries.get(key).is_some_and(|e| e.value == token);
-    if mine {
-        entries.remove(key);
+/// Deletes `key` if it holds `token`, answering as the release scripts do: 1 deleted, 0 another
+/// token's, -1 no key.
+fn release_if_held(entries: &mut HashMap<String, Entry>, key: &str, token: &str) -> ScriptValue {
+    ScriptValue::Int(match entries.get(key) {
+        Some(e) if e.value == token => {
+            entries.remove(key);
+            1
+        }
+        Some(_) => 0,
+        None => -1,
+    })
+}
+
+/// The token-checked TTL scripts: when `entry` (ours) has a TTL, applies `update` to its expiry and
+/// answers `{pttl, pexpiretime}`; otherwise 0.
+fn written(entry: Option<&mut Entry>, update: impl FnOnce(&mut Moment)) -> ScriptValue {
+    // As the scripts' `pttl > 0`: a key without a TTL, or with less than a millisecond left, is not
+    // renewed.
+    let Some(entry) = entry.filter(|e| e.pttl_millis() > 0) else {
+        return ScriptValue::Int(0);
+    };
+    if let Some(at) = entry.expires_at.as_mut() {
+        update(at);
     }
-    mine
+    let pttl = entry.pttl_millis();
+    let expiry = wall_clock().as_millis() + u128::from(pttl.unsigned_abs());
+    ScriptValue::Array(vec![
+        ScriptValue::Int(pttl),
+        ScriptValue::Int(i64::try_from(expiry).unwrap_or(i64::MAX)),
+    ])
+}
+
+/// The server's wall clock, for absolute expiries: time since the Unix epoch.
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Where a missing fence counter starts: the clock in microseconds, as the Lua script does with `TIME`.

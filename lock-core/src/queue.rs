@@ -10,10 +10,10 @@
 //! waiter never waits on a baton holder whose lease has run out (a hung task holding a guard), and gives
 //! up waiting at its own deadline.
 
+use crate::time::Moment;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use futures::channel::oneshot;
 
@@ -33,7 +33,7 @@ struct Line {
     /// Whether some local task holds the baton for this key.
     taken: bool,
     /// The baton holder's token and when its lease runs out, if it holds the lock (not just trying).
-    holder: Option<(Arc<str>, Instant)>,
+    holder: Option<(Arc<str>, Moment)>,
     next_ticket: u64,
     waiting: VecDeque<(u64, oneshot::Sender<()>)>,
 }
@@ -66,7 +66,7 @@ impl LocalQueues {
     }
 
     /// The baton holder's token and the end of its lease, if it holds the lock.
-    pub(crate) fn holder(&self, key: &str) -> Option<(Arc<str>, Instant)> {
+    pub(crate) fn holder(&self, key: &str) -> Option<(Arc<str>, Moment)> {
         self.lines().get(key).and_then(|line| line.holder.clone())
     }
 
@@ -79,7 +79,7 @@ impl LocalQueues {
     }
 
     /// The baton holder acquired the lock with `token`: waiters wait no longer than `valid_until`.
-    pub(crate) fn holding(&self, key: &str, token: &Arc<str>, valid_until: Instant) {
+    pub(crate) fn holding(&self, key: &str, token: &Arc<str>, valid_until: Moment) {
         if let Some(line) = self.lines().get_mut(key) {
             line.holder = Some((token.clone(), valid_until));
         }
@@ -146,7 +146,7 @@ impl Baton {
     }
 
     /// We hold the lock with `token` until `valid_until`: those in line wait no longer than that.
-    pub(crate) fn holding(&self, token: &Arc<str>, valid_until: Instant) {
+    pub(crate) fn holding(&self, token: &Arc<str>, valid_until: Moment) {
         if let Some(queues) = self.backend.local_queues() {
             queues.holding(&self.key, token, valid_until);
         }
@@ -267,7 +267,7 @@ mod tests {
     fn idle_keys_are_forgotten() {
         let queues = LocalQueues::new();
         assert!(matches!(queues.join(&key("k")), Turn::Now));
-        let now = Instant::now();
+        let now = Moment::now();
         let token: Arc<str> = Arc::from("t");
         queues.holding("k", &token, now);
         assert_eq!(queues.holder("k"), Some((token, now)));

@@ -129,18 +129,18 @@
 use std::fmt;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::{BoxFuture, Either, join_all, select};
 
 use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::backoff::Backoff;
 use crate::error::{LockError, NodeError, Result};
-use crate::guard::{Renewable, hold_renewed};
+use crate::guard::{Renewable, Written, hold_renewed};
 use crate::keys;
 use crate::lock::fenced_reply;
 use crate::script::{self, Script};
-use crate::time::{to_millis, validity_deadline};
+use crate::time::{Moment, to_millis, ttl_millis, validity_deadline};
 
 type Node = Arc<dyn LockBackend>;
 
@@ -279,7 +279,7 @@ impl Redlock {
     /// have acquired, in the background where the backends can spawn, otherwise when the TTL runs out.
     pub async fn acquire(&self) -> Result<RedlockGuard> {
         let plan = self.validate()?;
-        let started = Instant::now();
+        let started = self.nodes[0].now();
         let deadline = self.wait_timeout.and_then(|wait| started.checked_add(wait));
         let mut attempt: u32 = 0;
         loop {
@@ -293,7 +293,7 @@ impl Redlock {
                 None if by_errors => return Err(failed.into_error(&self.key, plan.quorum)),
                 None => {}
                 Some(deadline) => {
-                    let now = Instant::now();
+                    let now = self.nodes[0].now();
                     if now >= deadline {
                         return Err(if by_errors {
                             failed.into_error(&self.key, plan.quorum)
@@ -380,7 +380,7 @@ impl Redlock {
         if let Some(max_hold) = self.max_hold {
             to_millis("max_hold", max_hold)?;
         }
-        let ttl_ms = to_millis("timeout", self.timeout)?;
+        let ttl_ms = ttl_millis("timeout", self.timeout)?;
         let ttl = Duration::from_millis(ttl_ms);
         let node_timeout = match self.node_timeout {
             Some(bound) => {
@@ -418,7 +418,8 @@ impl Redlock {
         // Armed before sending: if this future is dropped mid-round, requests may still reach the
         // masters, so dropping the holdings releases the token everywhere in the background.
         let mut holdings = Holdings::new(self.nodes.clone(), self.key.clone(), token, plan.ttl);
-        let sent_at = Instant::now();
+        let clock = &self.nodes[0];
+        let sent_at = clock.now();
         let replies = join_all(self.nodes.iter().map(|node| {
             bounded(
                 node.as_ref(),
@@ -439,17 +440,21 @@ impl Redlock {
         let mut fence = None;
         if let Some(counter) = &plan.fence_counter
             && granted(&votes) >= plan.quorum
-            && Instant::now() < valid_until
+            && clock.now() < valid_until
         {
             fence = self
                 .raise_fences(&mut votes, &holdings.token, counter, plan)
                 .await;
         }
         let votes_for = granted(&votes);
-        if votes_for >= plan.quorum && Instant::now() < valid_until {
+        if votes_for >= plan.quorum && clock.now() < valid_until {
             let bounds = votes
                 .iter()
-                .map(|vote| matches!(vote, Vote::Granted(_)).then_some(valid_until))
+                .map(|vote| MasterLease {
+                    until: matches!(vote, Vote::Granted(_)).then_some(valid_until),
+                    sent_at,
+                    server_expiry_ms: None,
+                })
                 .collect();
             tracing::debug!(key = %self.key, votes = votes_for, nodes = self.nodes.len(), "redlock acquired");
             return Round::Acquired(RedlockGuard {
@@ -622,6 +627,31 @@ impl Failed {
     }
 }
 
+/// Reads each master's reply to a TTL script ([`Written`]); an unreadable reply counts as that master's
+/// failure. A master that was not asked (`Nil`) counts as not holding the lock.
+fn written_answers(
+    script: &Script,
+    answers: Vec<Result<ScriptValue, BackendError>>,
+) -> Vec<Result<Option<Written>, BackendError>> {
+    answers
+        .into_iter()
+        .map(|answer| match answer? {
+            ScriptValue::Nil => Ok(None),
+            reply => Written::from_reply(script, &reply),
+        })
+        .collect()
+}
+
+/// Which masters confirmed, for [`RedlockGuard::tally`].
+fn confirmed(
+    answers: Vec<Result<Option<Written>, BackendError>>,
+) -> Vec<Result<bool, BackendError>> {
+    answers
+        .into_iter()
+        .map(|answer| answer.map(|written| written.is_some()))
+        .collect()
+}
+
 /// Whether failed masters made the difference: no majority, but there would have been one had every
 /// failed master agreed.
 fn decided_by_errors(votes: usize, errors: usize, quorum: usize) -> bool {
@@ -753,11 +783,21 @@ pub struct RedlockGuard {
     ttl_arg: String,
     node_timeout: Duration,
     fence: Option<u64>,
-    acquired_at: Instant,
+    acquired_at: Moment,
     max_hold: Option<Duration>,
-    /// Per master: the earliest moment its copy of our lock can expire, by our clock, when it is known
-    /// to hold it.
-    bounds: Mutex<Vec<Option<Instant>>>,
+    /// Per master: what we know of its copy of our lock.
+    bounds: Mutex<Vec<MasterLease>>,
+}
+
+/// What a [`RedlockGuard`] knows of one master's copy of the lock.
+#[derive(Debug, Clone, Copy)]
+struct MasterLease {
+    /// The earliest moment it can expire, by our lease clock, when the master is known to hold it.
+    until: Option<Moment>,
+    /// When the request that gave `until` was sent: only a request sent later replaces it.
+    sent_at: Moment,
+    /// Its expiry on that master's clock (Unix milliseconds), as last confirmed: what `extend` adds to.
+    server_expiry_ms: Option<u64>,
 }
 
 impl RedlockGuard {
@@ -778,13 +818,14 @@ impl RedlockGuard {
         self.fence
     }
 
-    /// How long the lock is still ours by the local monotonic clock: until a majority of the masters
-    /// may let their copies expire, measured from before the requests that set, renewed or extended
-    /// them were sent, less the drift allowance (1% of the TTL plus 2 ms). Zero once it has run out.
+    /// How long the lock is still ours by the local lease clock: until a majority of the masters may let
+    /// their copies expire, measured from before the requests that set, renewed or extended them were
+    /// sent, with the TTL each master reported, less the drift allowance (1% of that TTL plus 2 ms).
+    /// Zero once it has run out. As for [`LockGuard`](crate::LockGuard), renewals and extensions never
+    /// shorten a master's copy, so no order of replies makes this claim more than the masters hold.
     pub fn valid_for(&self) -> Duration {
-        self.valid_until().map_or(Duration::ZERO, |until| {
-            until.saturating_duration_since(Instant::now())
-        })
+        self.valid_until()
+            .map_or(Duration::ZERO, |until| until - self.now())
     }
 
     /// Whether a majority of the masters still hold the lock with this guard's token.
@@ -795,54 +836,98 @@ impl RedlockGuard {
         if self.valid_for().is_zero() {
             return Ok(false);
         }
-        let answers = self.ask_all(&script::IS_OWNER, &[]).await;
-        self.record(&answers, |_| None);
+        let answers = self
+            .ask_all(&script::IS_OWNER, |_| Some(Vec::new()))
+            .await
+            .into_iter()
+            .map(|answer| answer.map(|reply| reply.as_int() == Some(1)))
+            .collect::<Vec<_>>();
+        // A master that denies holding the lock no longer counts towards validity.
+        let mut bounds = self.lock_bounds();
+        for (master, answer) in bounds.iter_mut().zip(&answers) {
+            if matches!(answer, Ok(false)) {
+                master.until = None;
+            }
+        }
+        drop(bounds);
         self.tally(answers, || !self.valid_for().is_zero())
     }
 
-    /// Adds `by` to the remaining TTL of the lock on every master that still holds it. `Ok(true)` when a
-    /// majority did and validity is left; `Ok(false)` when the lock is no longer ours (also without
-    /// asking, once [`valid_for`](Self::valid_for) is zero); an expired lock is never re-created. A zero
-    /// `by` is [`LockError::InvalidArgument`] and nothing is sent.
+    /// Moves the expiry of the lock `by` later on every master that still holds it, from that master's
+    /// expiry as last confirmed (one more round reads it first, for masters this guard has not written
+    /// to since acquiring). `Ok(true)` when a majority did and validity is left; `Ok(false)` when the
+    /// lock is no longer ours (also without asking, once [`valid_for`](Self::valid_for) is zero); an
+    /// expired lock is never re-created. A zero `by` is [`LockError::InvalidArgument`] and nothing is
+    /// sent.
     ///
-    /// The guard's validity grows only as far as the masters that confirmed allow: each master's copy
-    /// now lives `by` longer than it did.
+    /// As [`LockGuard::extend`](crate::LockGuard::extend): idempotent under re-sends (an absolute
+    /// expiry per master), never shortening, and the guard's validity grows only as far as the TTLs
+    /// the confirming masters report.
     pub async fn extend(&self, by: Duration) -> Result<bool> {
         let by_ms = to_millis("extend", by)?;
-        let by = Duration::from_millis(by_ms);
         if self.valid_for().is_zero() {
             return Ok(false);
         }
-        let sent_at = Instant::now();
-        let answers = self.ask_all(&script::EXTEND, &[&by_ms.to_string()]).await;
-        self.record(&answers, |old| {
-            Some(match old {
-                Some(until) => until + by,
-                // Ours without our knowing (a request that timed out was applied): its PTTL was
-                // positive when the script ran, after `sent_at`.
-                None => validity_deadline(sent_at, by),
+        let known: Vec<Option<u64>> = self
+            .lock_bounds()
+            .iter()
+            .map(|master| master.server_expiry_ms)
+            .collect();
+        let mut read = None;
+        if known.iter().any(Option::is_none) {
+            let sent_at = self.now();
+            let answers = self.ask_all(&script::EXPIRY, |_| Some(Vec::new())).await;
+            let answers = written_answers(&script::EXPIRY, answers);
+            self.record(sent_at, &answers);
+            read = Some(answers);
+        }
+        let targets: Vec<Option<String>> = self
+            .lock_bounds()
+            .iter()
+            .map(|master| {
+                master
+                    .server_expiry_ms
+                    .map(|expiry| expiry.saturating_add(by_ms).to_string())
             })
-        });
-        self.tally(answers, || !self.valid_for().is_zero())
+            .collect();
+        let sent_at = self.now();
+        let answers = self
+            .ask_all(&script::EXTEND, |node| {
+                targets[node].clone().map(|target| vec![target])
+            })
+            .await;
+        let mut answers = written_answers(&script::EXTEND, answers);
+        // A master whose expiry could not be read was not asked: its answer is the read's.
+        if let Some(read) = read {
+            for ((answer, read), target) in answers.iter_mut().zip(read).zip(&targets) {
+                if target.is_none() {
+                    *answer = read;
+                }
+            }
+        }
+        self.record(sent_at, &answers);
+        self.tally(confirmed(answers), || !self.valid_for().is_zero())
     }
 
-    /// Resets the TTL of the lock on every master that still holds it to the lock's timeout. `Ok(true)`
-    /// when a majority did and the validity of this round (measured from before sending) is left;
-    /// `Ok(false)` when the lock is no longer ours (also without asking, once
-    /// [`valid_for`](Self::valid_for) is zero: a lock whose validity ran out is not claimed back); an
-    /// expired lock is never re-created.
+    /// Sets the TTL of the lock on every master that still holds it to the lock's timeout, unless that
+    /// master's copy already lives longer. `Ok(true)` when a majority did and the validity of this round
+    /// (measured from before sending) is left; `Ok(false)` when the lock is no longer ours (also without
+    /// asking, once [`valid_for`](Self::valid_for) is zero: a lock whose validity ran out is not claimed
+    /// back); an expired lock is never re-created.
     pub async fn renew(&self) -> Result<bool> {
         if self.valid_for().is_zero() {
             return Ok(false);
         }
-        let sent_at = Instant::now();
+        let sent_at = self.now();
         let round_until = validity_deadline(sent_at, self.ttl);
-        let answers = self.ask_all(&script::RENEW, &[&self.ttl_arg]).await;
-        self.record(&answers, |old| {
-            Some(old.map_or(round_until, |until| until.max(round_until)))
-        });
-        self.tally(answers, || {
-            Instant::now() < round_until && !self.valid_for().is_zero()
+        let ttl_arg = &self.ttl_arg;
+        let answers = self
+            .ask_all(&script::RENEW, |_| Some(vec![ttl_arg.clone()]))
+            .await;
+        let answers = written_answers(&script::RENEW, answers);
+        self.record(sent_at, &answers);
+        self.tally(confirmed(answers), || {
+            self.now() < round_until && !self.valid_for().is_zero()
         })
     }
 
@@ -873,55 +958,67 @@ impl RedlockGuard {
         hold_renewed(self, work).await
     }
 
-    fn valid_until(&self) -> Option<Instant> {
-        quorum_deadline(&self.lock_bounds(), self.quorum)
+    fn valid_until(&self) -> Option<Moment> {
+        let bounds: Vec<Option<Moment>> = self
+            .lock_bounds()
+            .iter()
+            .map(|master| master.until)
+            .collect();
+        quorum_deadline(&bounds, self.quorum)
     }
 
-    fn lock_bounds(&self) -> MutexGuard<'_, Vec<Option<Instant>>> {
+    fn now(&self) -> Moment {
+        self.holdings.nodes[0].now()
+    }
+
+    fn lock_bounds(&self) -> MutexGuard<'_, Vec<MasterLease>> {
         // The critical sections only assign values; a poisoned value is still meaningful.
         self.bounds
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `script` with the token and `extra_args` on every master at once, each bounded.
+    /// Runs `script` with the token and `extra_args(node)` on every master at once, each bounded; a
+    /// master whose `extra_args` are `None` is not asked (and answers `Ok(Nil)`).
     async fn ask_all(
         &self,
         script: &Script,
-        extra_args: &[&str],
-    ) -> Vec<Result<bool, BackendError>> {
+        extra_args: impl Fn(usize) -> Option<Vec<String>>,
+    ) -> Vec<Result<ScriptValue, BackendError>> {
         let key = &*self.holdings.key;
-        let mut args = Vec::with_capacity(1 + extra_args.len());
-        args.push(&*self.holdings.token);
-        args.extend_from_slice(extra_args);
-        let args = &args;
-        join_all(self.holdings.nodes.iter().map(|node| async move {
-            let keys = [key];
-            let call = node.eval_script(script, &keys, args);
-            bounded(node.as_ref(), self.node_timeout, call)
-                .await
-                .map(|reply| reply.as_int() == Some(1))
+        let token = &*self.holdings.token;
+        join_all(self.holdings.nodes.iter().enumerate().map(|(index, node)| {
+            let extra = extra_args(index);
+            async move {
+                let Some(extra) = extra else {
+                    return Ok(ScriptValue::Nil);
+                };
+                let mut args = Vec::with_capacity(1 + extra.len());
+                args.push(token);
+                args.extend(extra.iter().map(String::as_str));
+                let keys = [key];
+                let call = node.eval_script(script, &keys, &args);
+                bounded(node.as_ref(), self.node_timeout, call).await
+            }
         }))
         .await
     }
 
-    /// Updates the per-master bounds after a round: a master that confirmed gets `confirmed(old)`
-    /// (or keeps its bound when that is `None`); one that denied holding the lock loses its bound; one
-    /// that failed keeps it.
-    fn record(
-        &self,
-        answers: &[Result<bool, BackendError>],
-        confirmed: impl Fn(Option<Instant>) -> Option<Instant>,
-    ) {
+    /// Updates the per-master leases after a round of writes (or reads) sent at `sent_at`: a master that
+    /// confirmed gets the bound its reply gives, unless a request sent later already set one (writes
+    /// never shorten a copy, so a reply that arrives late is an older, smaller bound); one that denied
+    /// holding the lock loses its bound; one that failed keeps it.
+    fn record(&self, sent_at: Moment, answers: &[Result<Option<Written>, BackendError>]) {
         let mut bounds = self.lock_bounds();
-        for (bound, answer) in bounds.iter_mut().zip(answers) {
+        for (master, answer) in bounds.iter_mut().zip(answers) {
             match answer {
-                Ok(true) => {
-                    if let Some(updated) = confirmed(*bound) {
-                        *bound = Some(updated);
-                    }
+                Ok(Some(written)) if sent_at >= master.sent_at => {
+                    master.sent_at = sent_at;
+                    master.until = Some(validity_deadline(sent_at, written.pttl));
+                    master.server_expiry_ms = Some(written.server_expiry_ms);
                 }
-                Ok(false) => *bound = None,
+                Ok(Some(_)) => {}
+                Ok(None) => master.until = None,
                 Err(_) => {}
             }
         }
@@ -967,8 +1064,12 @@ impl Renewable for RedlockGuard {
         self.ttl
     }
 
-    fn acquired_at(&self) -> Instant {
+    fn acquired_at(&self) -> Moment {
         self.acquired_at
+    }
+
+    fn now(&self) -> Moment {
+        RedlockGuard::now(self)
     }
 
     fn max_hold(&self) -> Option<Duration> {
@@ -1004,8 +1105,8 @@ impl fmt::Debug for RedlockGuard {
 
 /// The moment until which at least `quorum` masters are known to hold the lock: the `quorum`-th latest
 /// of the per-master bounds.
-fn quorum_deadline(bounds: &[Option<Instant>], quorum: usize) -> Option<Instant> {
-    let mut known: Vec<Instant> = bounds.iter().flatten().copied().collect();
+fn quorum_deadline(bounds: &[Option<Moment>], quorum: usize) -> Option<Moment> {
+    let mut known: Vec<Moment> = bounds.iter().flatten().copied().collect();
     known.sort_unstable_by(|a, b| b.cmp(a));
     quorum.checked_sub(1).and_then(|at| known.get(at).copied())
 }
@@ -1033,7 +1134,7 @@ mod tests {
 
     #[test]
     fn validity_is_held_by_the_quorum_th_latest_master() {
-        let t = Instant::now();
+        let t = Moment::now();
         let s = Duration::from_secs;
         let bounds = [
             Some(t + s(5)),
@@ -1067,7 +1168,7 @@ mod tests {
 
     #[test]
     fn a_round_longer_than_the_ttl_leaves_no_validity() {
-        let sent = Instant::now();
+        let sent = Moment::now();
         let ttl = Duration::from_millis(100);
         // 100 ms − (1 ms + 2 ms): the saturating arithmetic of time.rs, as Redlock uses it.
         assert_eq!(

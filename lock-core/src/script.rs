@@ -50,27 +50,34 @@ impl fmt::Debug for Script {
     }
 }
 
-/// Deletes `KEYS[1]` only if it holds the token `ARGV[1]`. Returns 1 when deleted, 0 otherwise.
+/// Deletes `KEYS[1]` only if it holds the token `ARGV[1]`. Returns 1 when deleted, 0 when the key holds
+/// another token, -1 when there is no key (so that a caller can tell "someone else's" from "gone", which
+/// may be its own earlier, re-sent release).
 ///
 /// Guarantees a holder never releases a lock that expired and was taken by someone else.
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "release",
-        r#"if redis.call('get', KEYS[1]) == ARGV[1] then
+        r#"local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('del', KEYS[1])
 end
-return 0"#,
+if holder then
+  return 0
+end
+return -1"#,
     )
 });
 
-/// Like [`RELEASE`], and on success also wakes one waiter in another process: pushes to the signal list
-/// `KEYS[2]` (if it holds no wake-up already) for a client blocked on it with `BLPOP`. The list lives
-/// `ARGV[2]` milliseconds, so a wake-up nobody took (or that arrived just before its waiter started
-/// blocking) costs at most one extra attempt and never piles up.
+/// Like [`RELEASE`] (same replies), and on success also wakes one waiter in another process: pushes to
+/// the signal list `KEYS[2]` (if it holds no wake-up already) for a client blocked on it with `BLPOP`. The
+/// list lives `ARGV[2]` milliseconds, so a wake-up nobody took (or that arrived just before its waiter
+/// started blocking) costs at most one extra attempt and never piles up.
 pub static RELEASE_AND_SIGNAL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "release_and_signal",
-        r#"if redis.call('get', KEYS[1]) == ARGV[1] then
+        r#"local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then
   redis.call('del', KEYS[1])
   if redis.call('exists', KEYS[2]) == 0 then
     redis.call('lpush', KEYS[2], '1')
@@ -78,39 +85,57 @@ pub static RELEASE_AND_SIGNAL: LazyLock<Script> = LazyLock::new(|| {
   end
   return 1
 end
-return 0"#,
+if holder then
+  return 0
+end
+return -1"#,
     )
 });
 
-/// Adds `ARGV[2]` milliseconds to the remaining TTL of `KEYS[1]`, only if it holds the token `ARGV[1]`
-/// with a positive TTL. Returns 1 when extended, 0 otherwise.
+/// Moves the expiry of `KEYS[1]` to the absolute time `ARGV[2]` (Unix milliseconds, server clock) if
+/// that is later than its expiry now, only if it holds the token `ARGV[1]` with a positive TTL. Returns
+/// `{pttl, pexpiretime}` after it when the token matched, 0 otherwise.
 ///
-/// Never re-creates an expired or taken-over lock, which would hide a window where exclusion was broken.
+/// Absolute, so a re-sent request sets the same expiry instead of adding twice; never shortens, so a
+/// late or re-ordered reply can never make a guard believe in more time than Redis gives; never
+/// re-creates an expired or taken-over lock, which would hide a window where exclusion was broken.
 pub static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "extend",
-        r#"if redis.call('get', KEYS[1]) == ARGV[1] then
-  local remaining = redis.call('pttl', KEYS[1])
-  if remaining > 0 then
-    return redis.call('pexpire', KEYS[1], remaining + tonumber(ARGV[2]))
-  end
+        r#"if redis.call('get', KEYS[1]) == ARGV[1] and redis.call('pttl', KEYS[1]) > 0 then
+  redis.call('pexpireat', KEYS[1], ARGV[2], 'GT')
+  return {redis.call('pttl', KEYS[1]), redis.call('pexpiretime', KEYS[1])}
 end
 return 0"#,
     )
 });
 
-/// Sets the TTL of `KEYS[1]` to `ARGV[2]` milliseconds, only if it holds the token `ARGV[1]` with a
-/// positive TTL. Returns 1 when renewed, 0 otherwise.
+/// Sets the TTL of `KEYS[1]` to `ARGV[2]` milliseconds unless it already lives longer, only if it holds
+/// the token `ARGV[1]` with a positive TTL. Returns `{pttl, pexpiretime}` after it when the token
+/// matched, 0 otherwise.
 ///
-/// Replaces rather than adds, so renewing in a loop never grows the TTL without bound; like [`EXTEND`],
+/// Renewing in a loop never grows the TTL beyond `ARGV[2]`; never shortening means every write of a
+/// guard only moves the expiry later, so the guard's validity, the latest lower bound any confirmed
+/// write gave, never exceeds the key's real expiry, whatever order replies arrive in. Like [`EXTEND`],
 /// it never re-creates a lost lock.
 pub static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "renew",
-        r#"if redis.call('get', KEYS[1]) == ARGV[1] then
-  if redis.call('pttl', KEYS[1]) > 0 then
-    return redis.call('pexpire', KEYS[1], ARGV[2])
-  end
+        r#"if redis.call('get', KEYS[1]) == ARGV[1] and redis.call('pttl', KEYS[1]) > 0 then
+  redis.call('pexpire', KEYS[1], ARGV[2], 'GT')
+  return {redis.call('pttl', KEYS[1]), redis.call('pexpiretime', KEYS[1])}
+end
+return 0"#,
+    )
+});
+
+/// Returns `{pttl, pexpiretime}` of `KEYS[1]` if it holds the token `ARGV[1]` with a positive TTL, 0
+/// otherwise: the base an [`EXTEND`] adds to, for a guard that has not written since it acquired.
+pub static EXPIRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "expiry",
+        r#"if redis.call('get', KEYS[1]) == ARGV[1] and redis.call('pttl', KEYS[1]) > 0 then
+  return {redis.call('pttl', KEYS[1]), redis.call('pexpiretime', KEYS[1])}
 end
 return 0"#,
     )
@@ -241,6 +266,7 @@ mod tests {
             &*RELEASE_AND_SIGNAL,
             &*EXTEND,
             &*RENEW,
+            &*EXPIRY,
             &*IS_OWNER,
             &*ACQUIRE,
             &*FENCED_ACQUIRE,

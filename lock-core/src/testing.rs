@@ -59,6 +59,7 @@ pub struct CountingBackend<B> {
     inner: B,
     set_nx_calls: AtomicUsize,
     script_calls: AtomicUsize,
+    last_set_nx_ttl: std::sync::Mutex<Option<Duration>>,
 }
 
 impl<B: LockBackend> CountingBackend<B> {
@@ -68,7 +69,16 @@ impl<B: LockBackend> CountingBackend<B> {
             inner,
             set_nx_calls: AtomicUsize::new(0),
             script_calls: AtomicUsize::new(0),
+            last_set_nx_ttl: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The TTL the last `set_nx` call asked for.
+    pub fn last_set_nx_ttl(&self) -> Option<Duration> {
+        *self
+            .last_set_nx_ttl
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many `set_nx` calls were made.
@@ -86,6 +96,10 @@ impl<B: LockBackend> CountingBackend<B> {
 impl<B: LockBackend> LockBackend for CountingBackend<B> {
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
         self.set_nx_calls.fetch_add(1, Ordering::SeqCst);
+        *self
+            .last_set_nx_ttl
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(ttl);
         self.inner.set_nx(key, value, ttl).await
     }
 
@@ -117,6 +131,65 @@ impl<B: LockBackend> LockBackend for CountingBackend<B> {
     crate::backend::forward_capabilities!(|this| this.inner);
 }
 
+/// A backend wrapper without the in-process waiting line: tasks locking through it each talk to Redis
+/// on their own, as tasks in different processes do. Mixed with the wrapped backend, it makes
+/// contention race in the store itself, not only in the local line.
+#[derive(Debug)]
+pub struct Unqueued<B>(pub B);
+
+#[async_trait]
+impl<B: LockBackend> LockBackend for Unqueued<B> {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        self.0.set_nx(key, value, ttl).await
+    }
+
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError> {
+        self.0.eval_script(script, keys, args).await
+    }
+
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        self.0
+            .eval_script_replicated(script, keys, args, replicas, timeout)
+            .await
+    }
+
+    fn now(&self) -> crate::Moment {
+        self.0.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.0.sleep(duration)
+    }
+
+    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+        self.0.spawn_detached(task)
+    }
+
+    fn release_signals(&self) -> bool {
+        self.0.release_signals()
+    }
+
+    fn wait_for_release<'a>(
+        &'a self,
+        signal: &'a str,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
+        self.0.wait_for_release(signal, timeout)
+    }
+}
+
 type Check = for<'a> fn(Arc<dyn LockBackend>, &'a dyn Probe, String) -> LocalBoxFuture<'a, ()>;
 
 macro_rules! checks {
@@ -141,7 +214,10 @@ checks!(
     invalid_arguments_send_nothing,
     release_checks_the_token,
     extend_adds_to_the_remaining_ttl,
-    renew_replaces_the_ttl,
+    renew_resets_a_shorter_ttl_and_never_shortens,
+    validity_never_exceeds_the_server_ttl,
+    resent_extend_adds_once,
+    resent_release_is_in_doubt_not_lost,
     expired_lock_is_never_recreated,
     is_owner_follows_the_token,
     scripts_survive_a_script_flush,
@@ -404,17 +480,23 @@ pub async fn acquire_takes_over_after_expiry(
     guard.release().await.expect("release");
 }
 
-/// 1.5 s is 1500 ms, and a sub-millisecond remainder rounds up rather than down.
+/// 1.5 s is 1500 ms, and a sub-millisecond remainder rounds up rather than down: what is sent, and what
+/// the store then holds.
 pub async fn durations_are_kept_to_the_millisecond(
     backend: Arc<dyn LockBackend>,
     probe: &dyn Probe,
     key: String,
 ) {
-    let guard = RedisLock::new(backend.clone(), key.clone())
+    let counting = Arc::new(CountingBackend::new(backend));
+    let guard = RedisLock::new(counting.clone(), key.clone())
         .timeout(Duration::from_secs_f64(1.5))
         .acquire()
         .await
         .expect("acquire");
+    assert_eq!(
+        counting.last_set_nx_ttl(),
+        Some(Duration::from_millis(1500))
+    );
     let ttl = probe.pttl(&key).await.expect("ttl");
     assert!(
         ttl > SECOND && ttl <= Duration::from_millis(1500),
@@ -422,15 +504,23 @@ pub async fn durations_are_kept_to_the_millisecond(
     );
     guard.release().await.expect("release");
 
-    // 0.5 ms must become 1 ms, not 0 (which would delete the key while reporting success).
-    let guard = RedisLock::new(backend, key.clone())
-        .timeout(Duration::from_micros(500))
+    // 1500.5 ms must become 1501 ms, not 1500: a lock is never held for less than asked.
+    let guard = RedisLock::new(counting.clone(), key.clone())
+        .timeout(Duration::from_micros(1_500_500))
         .try_acquire()
         .await
-        .expect("sub-millisecond TTL is accepted")
+        .expect("a sub-millisecond remainder is accepted")
         .expect("acquired");
-    assert_eq!(guard.key(), key);
-    drop(guard);
+    assert_eq!(
+        counting.last_set_nx_ttl(),
+        Some(Duration::from_millis(1501))
+    );
+    let ttl = probe.pttl(&key).await.expect("ttl");
+    assert!(
+        ttl > SECOND && ttl <= Duration::from_millis(1501),
+        "PTTL {ttl:?} for 1500.5 ms"
+    );
+    assert!(guard.release().await.expect("release"));
 }
 
 /// Zero TTL, empty key, zero extend and a bad backoff are `InvalidArgument` naming the argument, and
@@ -461,6 +551,15 @@ pub async fn invalid_arguments_send_nothing(
         .await;
     assert_eq!(argument(result.unwrap_err()), "timeout");
     assert!(!ran.load(Ordering::SeqCst));
+
+    // A TTL that leaves no validity after the drift allowance (1% + 2 ms) cannot make a usable lock.
+    for short in [Duration::from_millis(1), Duration::from_millis(2)] {
+        let err = lock.clone().timeout(short).acquire().await.unwrap_err();
+        assert!(
+            matches!(&err, LockError::InvalidArgument { argument: "timeout", reason } if reason.contains("at least 3ms")),
+            "{short:?}: {err}"
+        );
+    }
 
     let empty = RedisLock::new(counting.clone(), "");
     assert_eq!(argument(empty.acquire().await.unwrap_err()), "key");
@@ -552,14 +651,20 @@ pub async fn extend_adds_to_the_remaining_ttl(
     probe.del(&key).await;
 }
 
-/// `renew()` resets the TTL to the lock's timeout, however much was added before.
-pub async fn renew_replaces_the_ttl(backend: Arc<dyn LockBackend>, probe: &dyn Probe, key: String) {
+/// `renew()` sets the TTL back to the lock's timeout when less is left, never accumulates, and never
+/// shortens a longer TTL (from `extend`): every write of a guard only moves the expiry later.
+pub async fn renew_resets_a_shorter_ttl_and_never_shortens(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
     let guard = RedisLock::new(backend, key.clone())
         .timeout(10 * SECOND)
         .acquire()
         .await
         .expect("acquire");
-    assert!(guard.extend(20 * SECOND).await.expect("extend"));
+    // Time passing: the key has 2 s left.
+    probe.set(&key, guard.token(), 2 * SECOND).await;
     assert!(guard.renew().await.expect("renew"));
     let ttl = probe.pttl(&key).await.expect("ttl");
     assert!(
@@ -573,10 +678,130 @@ pub async fn renew_replaces_the_ttl(backend: Arc<dyn LockBackend>, probe: &dyn P
         probe.pttl(&key).await.expect("ttl") <= 10 * SECOND,
         "renewing never accumulates"
     );
+    assert!(guard.extend(20 * SECOND).await.expect("extend"));
+    assert!(guard.renew().await.expect("renew"));
+    let ttl = probe.pttl(&key).await.expect("ttl");
+    assert!(
+        ttl > 28 * SECOND && ttl <= 30 * SECOND,
+        "PTTL {ttl:?}: renew kept the longer TTL"
+    );
 
     probe.set(&key, "new-holder", 5 * SECOND).await;
     assert!(!guard.renew().await.expect("renew"));
     assert!(probe.pttl(&key).await.expect("ttl") <= 5 * SECOND);
+    probe.del(&key).await;
+}
+
+/// Whatever a guard does (acquire, `extend`, `renew`, in any order), its `valid_for` never claims more
+/// than the key's TTL in the store (read first, so the comparison is fair): a guard that believed in
+/// more would keep working after the key expired, while another worker holds it.
+pub async fn validity_never_exceeds_the_server_ttl(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    async fn check(guard: &LockGuard, probe: &dyn Probe, after: &str) {
+        let server = probe.pttl(guard.key()).await.expect("ttl");
+        let local = guard.valid_for();
+        assert!(
+            local <= server,
+            "after {after}: valid_for {local:?} exceeds the server's PTTL {server:?}"
+        );
+    }
+    let guard = RedisLock::new(backend, key.clone())
+        .timeout(SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    check(&guard, probe, "acquire").await;
+    assert!(guard.extend(60 * SECOND).await.expect("extend"));
+    check(&guard, probe, "extend(60 s)").await;
+    assert!(guard.renew().await.expect("renew"));
+    check(&guard, probe, "extend(60 s), renew").await;
+    assert!(guard.extend(SECOND).await.expect("extend"));
+    check(&guard, probe, "extend, renew, extend").await;
+    // Someone shortened the key behind our back (an operator, a replica that lost the last write): a
+    // renewal that confirms it brings the local validity no further than what the store now says.
+    probe
+        .set(&key, guard.token(), Duration::from_millis(500))
+        .await;
+    assert!(guard.renew().await.expect("renew"));
+    let server = probe.pttl(&key).await.expect("ttl");
+    assert!(server <= SECOND, "renew set the lock's 1 s TTL: {server:?}");
+    check(&guard, probe, "shortened behind our back, renew").await;
+    assert!(guard.release().await.expect("release"));
+}
+
+/// A client that applies a request, loses the reply and sends it again (fred re-sends over a new
+/// connection) must not turn `extend(by)` into `extend(2 × by)`.
+pub async fn resent_extend_adds_once(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let faulty = Arc::new(FaultyBackend::new(backend));
+    let guard = RedisLock::new(faulty.clone(), key.clone())
+        .timeout(10 * SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    faulty.set_fault(Fault::Resend);
+    assert!(guard.extend(20 * SECOND).await.expect("extend"));
+    assert!(guard.extend(20 * SECOND).await.expect("extend again"));
+    faulty.set_fault(Fault::None);
+    let ttl = probe.pttl(&key).await.expect("ttl");
+    assert!(
+        ttl > 48 * SECOND && ttl <= 50 * SECOND,
+        "PTTL {ttl:?} after 10 s + 20 s + 20 s, each sent twice"
+    );
+    assert!(guard.valid_for() <= ttl);
+    assert!(guard.release().await.expect("release"));
+}
+
+/// A release that was applied, whose reply was lost and which was sent again, finds no key: that is
+/// "cannot tell" ([`LockError::InDoubt`]), not "was not ours", and `run` keeps the finished work's
+/// value instead of reporting the lock lost (a caller retrying on `Lost` would run the work twice).
+pub async fn resent_release_is_in_doubt_not_lost(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let faulty = Arc::new(FaultyBackend::new(backend));
+    let lock = RedisLock::new(faulty.clone(), key.clone()).timeout(10 * SECOND);
+    let guard = lock.acquire().await.expect("acquire");
+    faulty.set_fault(Fault::Resend);
+    let released = guard.release().await;
+    assert!(
+        matches!(
+            released,
+            Err(LockError::InDoubt {
+                operation: "release",
+                ..
+            })
+        ),
+        "{released:?}"
+    );
+    assert_eq!(probe.get(&key).await, None, "released all the same");
+
+    faulty.set_fault(Fault::None);
+    let runs = AtomicUsize::new(0);
+    let value = lock
+        .run(async |_| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            // The release at the end of `run` is re-sent.
+            faulty.set_fault(Fault::Resend);
+            42
+        })
+        .await;
+    faulty.set_fault(Fault::None);
+    assert_eq!(value.expect("the work's value is kept"), 42);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(probe.get(&key).await, None);
+
+    // Not ours (another holder), or gone after our own validity ran out: still `false`.
+    let guard = lock.acquire().await.expect("acquire");
+    probe.set(&key, "new-holder", 10 * SECOND).await;
+    assert!(!guard.release().await.expect("release"));
     probe.del(&key).await;
 }
 
@@ -596,7 +821,13 @@ pub async fn expired_lock_is_never_recreated(
     assert!(!guard.renew().await.expect("renew"));
     assert!(!guard.is_owner().await.expect("is_owner"));
     assert_eq!(probe.get(&key).await, None, "an expired lock stays expired");
-    assert!(!guard.release().await.expect("release"));
+    // The key vanished while this guard's own clock says it is still valid: a release cannot tell
+    // whether it deleted it itself (a re-send) or the store lost it.
+    let released = guard.release().await;
+    assert!(
+        matches!(released, Err(LockError::InDoubt { .. })),
+        "{released:?}"
+    );
 }
 
 /// `is_owner` is true while our token is there, false once the key expired or changed hands.
@@ -614,15 +845,18 @@ pub async fn is_owner_follows_the_token(
     assert!(guard.is_owner().await.expect("is_owner"));
     assert!(guard.release().await.expect("release"));
 
-    // Past its local validity a guard answers false without asking.
-    let short = RedisLock::new(backend.clone(), key.clone())
+    // Past its local validity a guard answers false without asking: no call reaches the store.
+    let counting = Arc::new(CountingBackend::new(backend.clone()));
+    let short = RedisLock::new(counting.clone(), key.clone())
         .timeout(Duration::from_millis(100))
         .acquire()
         .await
         .expect("acquire");
     sleep(&backend, Duration::from_millis(150)).await;
     assert_eq!(short.valid_for(), Duration::ZERO);
+    let calls = counting.script_calls();
     assert!(!short.is_owner().await.expect("is_owner"));
+    assert_eq!(counting.script_calls(), calls, "is_owner asked the store");
 }
 
 /// Scripts keep working after the server forgot them (restart, failover, `SCRIPT FLUSH`) in the middle of
@@ -739,7 +973,9 @@ pub async fn run_times_out_without_running_the_body(
     probe.del(&key).await;
 }
 
-/// 8 tasks × 20 acquisitions of one key: never two holders at once, and every release confirms.
+/// 8 tasks × 20 acquisitions of one key: never two holders at once, and every release confirms. Half
+/// of the tasks lock through the backend without its in-process line ([`Unqueued`]), as other processes
+/// would, so exclusion is decided by the store, not only by the line.
 pub async fn contention_never_admits_two_holders(
     backend: Arc<dyn LockBackend>,
     _: &dyn Probe,
@@ -747,12 +983,16 @@ pub async fn contention_never_admits_two_holders(
 ) {
     const TASKS: usize = 8;
     const ROUNDS: usize = 20;
-    let lock = RedisLock::new(backend.clone(), key)
+    let queued = RedisLock::new(backend.clone(), key.clone())
+        .timeout(10 * SECOND)
+        .wait_timeout(Some(60 * SECOND));
+    let unqueued = RedisLock::new(Unqueued(backend.clone()), key)
         .timeout(10 * SECOND)
         .wait_timeout(Some(60 * SECOND));
     let held = AtomicBool::new(false);
     let acquisitions = AtomicUsize::new(0);
-    let worker = async |_task: usize| {
+    let worker = async |task: usize| {
+        let lock = if task.is_multiple_of(2) { &queued } else { &unqueued };
         for _ in 0..ROUNDS {
             let guard = lock.acquire().await.expect("acquire under contention");
             assert!(!held.swap(true, Ordering::SeqCst), "two holders at once");
@@ -1562,6 +1802,9 @@ pub enum Fault {
     /// Calls reach the store, then the reply is held back this long: the server ran the command but
     /// the caller has not heard (a slow or lost reply).
     DelayReply(Duration),
+    /// Calls reach the store twice and the caller gets the second reply: a client that applied a
+    /// command, lost the reply with its connection, and re-sent it over a new one (fred's default).
+    Resend,
 }
 
 /// A backend wrapper that injects [`Fault`]s around a real backend, for cancellation and fault tests.
@@ -1589,20 +1832,25 @@ impl<B: LockBackend> FaultyBackend<B> {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn inject<T>(
+    async fn inject<T, F: Future<Output = Result<T, BackendError>>>(
         &self,
-        call: impl Future<Output = Result<T, BackendError>>,
+        call: impl Fn() -> F,
     ) -> Result<T, BackendError> {
+        let call = || call();
         match self.fault() {
-            Fault::None => call.await,
+            Fault::Resend => {
+                let _first = call().await;
+                call().await
+            }
+            Fault::None => call().await,
             Fault::Error => Err(BackendError::transient("faulty", "injected failure")),
             Fault::Delay(delay) => {
                 self.inner.sleep(delay).await;
-                call.await
+                call().await
             }
             Fault::Never => futures::future::pending().await,
             Fault::DelayReply(delay) => {
-                let reply = call.await;
+                let reply = call().await;
                 self.inner.sleep(delay).await;
                 reply
             }
@@ -1613,7 +1861,7 @@ impl<B: LockBackend> FaultyBackend<B> {
 #[async_trait]
 impl<B: LockBackend> LockBackend for FaultyBackend<B> {
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
-        self.inject(self.inner.set_nx(key, value, ttl)).await
+        self.inject(|| self.inner.set_nx(key, value, ttl)).await
     }
 
     async fn eval_script(
@@ -1622,7 +1870,7 @@ impl<B: LockBackend> LockBackend for FaultyBackend<B> {
         keys: &[&str],
         args: &[&str],
     ) -> Result<ScriptValue, BackendError> {
-        self.inject(self.inner.eval_script(script, keys, args))
+        self.inject(|| self.inner.eval_script(script, keys, args))
             .await
     }
 
@@ -1634,10 +1882,10 @@ impl<B: LockBackend> LockBackend for FaultyBackend<B> {
         replicas: usize,
         timeout: Duration,
     ) -> Result<(ScriptValue, usize), BackendError> {
-        self.inject(
+        self.inject(|| {
             self.inner
-                .eval_script_replicated(script, keys, args, replicas, timeout),
-        )
+                .eval_script_replicated(script, keys, args, replicas, timeout)
+        })
         .await
     }
 

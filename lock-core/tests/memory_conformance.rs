@@ -1,6 +1,5 @@
 //! The in-memory backend passes the whole conformance suite, under tokio and under a non-tokio executor:
 //! lock-core needs no particular runtime.
-#![cfg(feature = "testing")]
 
 use std::sync::Arc;
 

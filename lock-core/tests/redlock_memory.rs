@@ -1,6 +1,5 @@
 //! Redlock over independent in-memory masters, with injected faults: quorum arithmetic, per-node errors,
 //! bounded rounds, release of partial locks, validity, fencing, guard operations and `hold`.
-#![cfg(feature = "testing")]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
