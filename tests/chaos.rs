@@ -49,6 +49,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use lock_core::testing::companion_keys;
 use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
 use redlease::fred::{FredBackend, fred::prelude::*};
 use redlease::{LockBackend, LockError, LockGuard, RedisLock};
@@ -523,8 +524,8 @@ impl Names {
         let key = format!("{prefix}chaos-lock");
         let resource = format!("{prefix}chaos-resource");
         Names {
-            counter: format!("{{{key}}}:redlease:fence"),
-            mark: format!("{{{resource}}}:redlease:fence-mark"),
+            counter: companion_keys(&key)[0].clone(),
+            mark: companion_keys(&resource)[2].clone(),
             key,
             resource,
         }

@@ -106,17 +106,14 @@ fn companion_keys_share_the_slot_redis_computes() {
     }
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let slots = cluster.keyslots(&refs);
-    for (chunk, slots) in names.chunks(3).zip(slots.chunks(3)) {
-        assert_eq!(
-            slots[0], slots[1],
-            "fence counter {} of {}",
-            chunk[1], chunk[0]
-        );
-        assert_eq!(
-            slots[0], slots[2],
-            "fence mark {} of {}",
-            chunk[2], chunk[0]
-        );
+    for (chunk, slots) in names.chunks(4).zip(slots.chunks(4)) {
+        for (i, what) in [
+            (1, "fence counter"),
+            (2, "release signal"),
+            (3, "fence mark"),
+        ] {
+            assert_eq!(slots[0], slots[i], "{what} {} of {}", chunk[i], chunk[0]);
+        }
     }
     println!(
         "{} keys and their companions checked in {:?}",

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use lock_core::testing::companion_keys;
 use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
 use redlease::fred::{FredBackend, fred::prelude::*};
 use redlease::{LockBackend, LockError, NodeError, Redlock, RedlockGuard};
@@ -503,7 +504,7 @@ async fn fences_increase_across_masters_with_the_real_scripts() {
     let _serial = SERIAL.lock().await;
     let mut masters = Masters::start().await;
     let lock = masters.lock().fencing(true);
-    let counter = format!("{{{}}}:redlease:fence", masters.key);
+    let [counter, ..] = companion_keys(&masters.key);
     let counter_on = |masters: &Masters, i: usize| -> u64 {
         masters
             .get_key(i, &counter)

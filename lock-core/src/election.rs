@@ -11,11 +11,27 @@ use crate::guard::LockGuard;
 use crate::lock::RedisLock;
 use crate::script;
 
+/// How long `campaign` waits after a transient failure before it tries again: up to 20 ms at first,
+/// doubling to 1 s, with full jitter.
+const CAMPAIGN_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+
 /// Candidates campaigning for one leadership, stored as a fenced lock on `key`.
 ///
-/// The leader holds the lock; its value is `{id}:{uuid}`, so anyone can ask who leads. Every term gets a
-/// fence ([`Leadership::term`]) larger than all earlier terms. A leader that stops renewing is replaced
-/// within its TTL plus one poll (at most 100 ms); one that resigns is replaced within one poll.
+/// The leader holds the lock; its value is the term's token `{id}:{uuid}`, so anyone can ask who leads.
+/// Every term gets a fence ([`Leadership::term`]) larger than all earlier terms. A leader that stops
+/// renewing is replaced within its TTL plus one poll (at most 100 ms); one that resigns is replaced
+/// within one poll.
+///
+/// # Asking "do I lead?"
+///
+/// A task leads while it holds a [`Leadership`] whose term is still current; a task without one does
+/// not lead. [`Leadership::is_current`] asks Redis whether the election key still holds that term's
+/// token, and anyone holding the token can compare it with [`leader_token`](Self::leader_token).
+///
+/// [`leader`](Self::leader) names a candidate id, which is **not** a leadership test: clones of an
+/// `Election`, tasks sharing one, and processes given the same [`id`](Self::id) all share it, so
+/// `leader() == candidate_id()` also holds for every follower with the leader's id, and for a leader
+/// whose term already passed to another campaign with that id. Every campaign has a token of its own.
 ///
 /// ```
 /// use std::time::Duration;
@@ -24,6 +40,10 @@ use crate::script;
 /// # futures::executor::block_on(async {
 /// let election = Election::new(MemoryBackend::new(), "scheduler").ttl(Duration::from_secs(10)).id("node-a");
 /// let leadership = election.campaign().await?;
+/// // "Do I lead?": this term's token is still the election key's value.
+/// assert!(leadership.is_current().await?);
+/// assert_eq!(election.leader_token().await?.as_deref(), Some(leadership.token()));
+/// // Who leads, by candidate id (shared by clones: not a test of "do I lead?").
 /// assert_eq!(election.leader().await?.as_deref(), Some("node-a"));
 /// let _ = leadership.hold(async { /* lead */ }).await;
 /// leadership.resign().await?;
@@ -57,7 +77,11 @@ impl Election {
         }
     }
 
-    /// This candidate's id, reported by [`leader`](Self::leader) while it leads.
+    /// This candidate's id, reported by [`leader`](Self::leader) while one of its campaigns leads.
+    ///
+    /// Ids name candidates, not campaigns: clones of this `Election` share it, and nothing stops two
+    /// processes from using the same one. Tell campaigns apart by their tokens
+    /// ([`Leadership::is_current`]).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Arc::from(id.into());
         self
@@ -69,20 +93,47 @@ impl Election {
         self
     }
 
-    /// The candidate id.
+    /// The candidate id, shared by every clone of this `Election`.
+    ///
+    /// `leader() == candidate_id()` says that some campaign with this id leads, not that the caller
+    /// does: see [Asking "do I lead?"](Self#asking-do-i-lead).
     pub fn candidate_id(&self) -> &str {
         &self.id
     }
 
-    /// Waits until this candidate leads, then returns its term.
+    /// Waits until this campaign leads, then returns its term.
     ///
-    /// Dropping the future stops campaigning; a term won at that moment is released in the background.
+    /// Keeps campaigning through transient failures (a server loading its data or turned read-only
+    /// during a failover, a call that timed out, a lost connection): each is logged as a warning, and
+    /// the campaign tries again after a backoff of up to 20 ms, doubling to 1 s, with jitter. It returns
+    /// an error only for a permanent failure (bad input such as an empty id or a zero TTL, a server that
+    /// refuses the commands, such as `NOPERM`). Dropping the future stops campaigning; a term won at that
+    /// moment is released in the background.
     pub async fn campaign(&self) -> Result<Leadership> {
         if self.id.is_empty() {
             return Err(LockError::invalid("id", "must not be empty"));
         }
         let lock = self.lock.clone().owner(self.id.clone());
-        let guard = lock.acquire().await?;
+        let mut failures: u32 = 0;
+        let guard = loop {
+            match lock.acquire().await {
+                Ok(guard) => break guard,
+                Err(error) if error.is_transient() => {
+                    let delay = CAMPAIGN_RETRY.delay(failures);
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(
+                        key = %lock.key(),
+                        id = %self.id,
+                        %error,
+                        failures,
+                        ?delay,
+                        "campaigning failed; trying again"
+                    );
+                    lock.backend().sleep(delay).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let term = guard.fence().ok_or_else(|| LockError::Lost {
             key: lock.key().to_owned(),
             reason: "the election lock issued no fence".into(),
@@ -94,8 +145,21 @@ impl Election {
         })
     }
 
-    /// The id of the current leader, or `None` when nobody leads.
+    /// The candidate id of the current leader, or `None` when nobody leads.
+    ///
+    /// An id is not a campaign: to ask whether a particular campaign leads, use
+    /// [`Leadership::is_current`] or compare [`leader_token`](Self::leader_token) with
+    /// [`Leadership::token`].
     pub async fn leader(&self) -> Result<Option<String>> {
+        Ok(self
+            .leader_token()
+            .await?
+            .map(|token| id_of(&token).to_owned()))
+    }
+
+    /// The token of the current term (`{id}:{uuid}`, unique to the campaign that won it), or `None`
+    /// when nobody leads. Equal to [`Leadership::token`] for exactly one campaign.
+    pub async fn leader_token(&self) -> Result<Option<String>> {
         let key = self.lock.key();
         let reply = self
             .lock
@@ -104,7 +168,7 @@ impl Election {
             .await
             .map_err(|source| LockError::backend_failed(key, source))?;
         Ok(match reply {
-            ScriptValue::Str(token) => Some(id_of(&token).to_owned()),
+            ScriptValue::Str(token) => Some(token),
             _ => None,
         })
     }
@@ -144,9 +208,27 @@ impl Leadership {
         self.term
     }
 
-    /// This leader's candidate id.
+    /// This leader's candidate id, shared with every other campaign of the same candidate: not a way to
+    /// tell campaigns apart ([`token`](Self::token) is).
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// This term's token, `{id}:{uuid}`: the election key's value while the term lasts, and unique to
+    /// this campaign, even among campaigns of one candidate id.
+    pub fn token(&self) -> &str {
+        self.guard.token()
+    }
+
+    /// Whether this term is still the current one: the election key still holds this term's
+    /// [`token`](Self::token). This is the answer to "do I lead?".
+    ///
+    /// Answers `Ok(false)` without asking Redis once the term's validity has run out (see
+    /// [`LockGuard::is_owner`]). A `true` is a snapshot: to act as leader, pass [`term`](Self::term) along
+    /// with every write so that a deposed leader's late writes can be refused, or work under
+    /// [`hold`](Self::hold).
+    pub async fn is_current(&self) -> Result<bool> {
+        self.guard.is_owner().await
     }
 
     /// The underlying lock guard (for `is_owner`, `valid_for`, `fenced_set`).
@@ -169,7 +251,234 @@ impl Leadership {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use futures::executor::block_on;
+    use futures::future::{BoxFuture, Either, select};
+
     use super::*;
+    use crate::backend::BackendError;
+    use crate::memory::MemoryBackend;
+    use crate::queue::LocalQueues;
+    use crate::script::Script;
+    use crate::{async_trait, backend::forward_capabilities};
+
+    /// Fails its first `failures` acquisition attempts (the fenced acquire script an election runs), as a
+    /// server answering `LOADING` during a failover would (transiently) or as one refusing the commands
+    /// (permanently), then passes them through. Other calls (the background release of a failed attempt,
+    /// say) pass through uncounted.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: MemoryBackend,
+        failures: AtomicUsize,
+        transient: bool,
+        calls: AtomicUsize,
+    }
+
+    impl Flaky {
+        fn new(inner: MemoryBackend, failures: usize, transient: bool) -> Arc<Self> {
+            Arc::new(Self {
+                inner,
+                failures: AtomicUsize::new(failures),
+                transient,
+                calls: AtomicUsize::new(0),
+            })
+        }
+
+        fn check(&self) -> Result<(), BackendError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let failing = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            match (failing, self.transient) {
+                (false, _) => Ok(()),
+                (true, true) => Err(BackendError::transient(
+                    "flaky",
+                    "LOADING Redis is loading the dataset in memory",
+                )),
+                (true, false) => Err(BackendError::permanent(
+                    "flaky",
+                    "NOPERM this user has no permissions to access one of the keys",
+                )),
+            }
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl LockBackend for Flaky {
+        async fn set_nx(
+            &self,
+            key: &str,
+            value: &str,
+            ttl: Duration,
+        ) -> Result<bool, BackendError> {
+            self.inner.set_nx(key, value, ttl).await
+        }
+
+        async fn eval_script(
+            &self,
+            script: &Script,
+            keys: &[&str],
+            args: &[&str],
+        ) -> Result<ScriptValue, BackendError> {
+            if script.sha1() == script::FENCED_ACQUIRE.sha1() {
+                self.check()?;
+            }
+            self.inner.eval_script(script, keys, args).await
+        }
+
+        forward_capabilities!(|this| this.inner);
+    }
+
+    /// Hole 15: a campaign keeps going through transient failures (here five `LOADING` replies in a row)
+    /// and leads once the server answers again.
+    #[test]
+    fn campaign_keeps_going_through_transient_failures() {
+        block_on(async {
+            let flaky = Flaky::new(MemoryBackend::new(), 5, true);
+            let election = Election::new(flaky.clone(), "election").id("node-a");
+            let started = Instant::now();
+            let leadership = election
+                .campaign()
+                .await
+                .expect("leads once the failures pass");
+            assert_eq!(
+                flaky.calls(),
+                6,
+                "five failed attempts, then the winning one"
+            );
+            assert!(leadership.is_current().await.unwrap());
+            assert_eq!(election.leader().await.unwrap().as_deref(), Some("node-a"));
+            // Backed off between attempts, within the documented ceilings (20, 40, 80, 160, 320 ms).
+            assert!(
+                started.elapsed() < Duration::from_millis(620 + 1500),
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(leadership.resign().await.unwrap());
+        });
+    }
+
+    /// A campaign through an outage that does not end keeps trying, with backoff, until it is dropped.
+    #[test]
+    fn campaign_backs_off_until_cancelled() {
+        block_on(async {
+            let flaky = Flaky::new(MemoryBackend::new(), usize::MAX, true);
+            let election = Election::new(flaky.clone(), "election");
+            let campaign = pin!(election.campaign());
+            let window = flaky.sleep(Duration::from_millis(600));
+            match select(campaign, window).await {
+                Either::Left((result, _)) => panic!("the campaign gave up: {result:?}"),
+                Either::Right(((), _)) => {}
+            }
+            let calls = flaky.calls();
+            assert!(calls >= 2, "tried again after failing ({calls} calls)");
+            assert!(calls < 60, "backed off between attempts ({calls} calls)");
+        });
+    }
+
+    /// A permanent failure ends the campaign at once, with that error.
+    #[test]
+    fn campaign_returns_permanent_failures() {
+        block_on(async {
+            let flaky = Flaky::new(MemoryBackend::new(), 1, false);
+            let election = Election::new(flaky.clone(), "election");
+            match election.campaign().await {
+                Err(error @ LockError::Backend { .. }) => assert!(!error.is_transient()),
+                other => panic!("expected the permanent error, got {other:?}"),
+            }
+            assert_eq!(flaky.calls(), 1);
+            // Bad input is permanent too.
+            let err = Election::new(MemoryBackend::new(), "e")
+                .id("")
+                .campaign()
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, LockError::InvalidArgument { argument: "id", .. }),
+                "{err}"
+            );
+            let err = Election::new(MemoryBackend::new(), "e")
+                .ttl(Duration::ZERO)
+                .campaign()
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    LockError::InvalidArgument {
+                        argument: "timeout",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        });
+    }
+
+    /// Hole 14: two clones campaign with one candidate id. The loser is never told it leads by the
+    /// documented check (`Leadership::is_current`, or comparing `leader_token` with the term's token),
+    /// although `leader() == candidate_id()` holds for it.
+    #[test]
+    fn clones_campaigning_are_told_apart() {
+        block_on(async {
+            let backend = MemoryBackend::new();
+            let first = Election::new(backend.clone(), "election")
+                .ttl(Duration::from_secs(30))
+                .id("node-a");
+            let second = first.clone();
+            assert_eq!(first.candidate_id(), second.candidate_id());
+
+            // The second clone leads, then its term ends without it noticing (the key is deleted, as a
+            // failover that lost it would), and the first clone wins the next term.
+            let stale = second.campaign().await.unwrap();
+            assert!(stale.is_current().await.unwrap());
+            assert!(backend.delete("election"));
+            let current = first.campaign().await.unwrap();
+            assert!(current.term() > stale.term());
+            assert_ne!(current.token(), stale.token());
+
+            // The id check cannot tell them apart...
+            assert_eq!(
+                second.leader().await.unwrap().as_deref(),
+                Some(second.candidate_id())
+            );
+            // ...the documented checks can.
+            assert!(
+                !stale.is_current().await.unwrap(),
+                "the loser does not lead"
+            );
+            assert!(current.is_current().await.unwrap(), "the winner leads");
+            let token = second.leader_token().await.unwrap();
+            assert_eq!(token.as_deref(), Some(current.token()));
+            assert_ne!(token.as_deref(), Some(stale.token()));
+
+            // Both clones campaigning at once: the one still campaigning has no term; when the leader
+            // resigns, it wins a term of its own.
+            let waiting = pin!(second.campaign());
+            let window = backend.sleep(Duration::from_millis(300));
+            let waiting = match select(waiting, window).await {
+                Either::Left((won, _)) => panic!("two clones led at once: {won:?}"),
+                Either::Right(((), waiting)) => waiting,
+            };
+            let resigned = current.token().to_owned();
+            assert!(current.resign().await.unwrap());
+            let next = waiting.await.unwrap();
+            assert_ne!(next.token(), resigned);
+            assert!(next.is_current().await.unwrap());
+            assert!(!stale.is_current().await.unwrap());
+            assert!(next.resign().await.unwrap());
+            assert_eq!(first.leader_token().await.unwrap(), None);
+            assert_eq!(first.leader().await.unwrap(), None);
+        });
+    }
 
     #[test]
     fn ids_are_read_back_from_tokens() {

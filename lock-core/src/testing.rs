@@ -1463,11 +1463,13 @@ fn odd_resource(key: &str) -> String {
     format!("{key}:res}}{{")
 }
 
-/// The companion keys lock-core derives for `key` (its fence counter, and its fence mark when `key` is a
-/// fenced resource), for tests that check them against a server's own slot computation.
-pub fn companion_keys(key: &str) -> Vec<String> {
-    vec![
+/// The companion keys lock-core derives for `key`, in this order: its fence counter, its release-signal
+/// list, and its fence mark when `key` is a fenced resource. For tests that look at them in a server or
+/// check them against a server's own slot computation.
+pub fn companion_keys(key: &str) -> [String; 3] {
+    [
         crate::keys::fence_counter(key).expect("a fence counter for every key"),
+        crate::keys::release_signal(key).expect("a release signal for every key"),
         crate::keys::fence_mark(key).expect("a fence mark for every key"),
     ]
 }

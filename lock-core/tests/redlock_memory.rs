@@ -7,13 +7,17 @@ use std::time::{Duration, Instant};
 
 use futures::future::{Either, select};
 use lock_core::memory::MemoryBackend;
-use lock_core::testing::{CountingBackend, Fault, FaultyBackend};
+use lock_core::testing::{CountingBackend, Fault, FaultyBackend, companion_keys};
 use lock_core::{LockBackend, LockError, NodeError, Redlock, RedlockGuard};
 
 /// Room for a noisy 2-core machine on top of the bounds under test.
 const SLACK: Duration = Duration::from_millis(1500);
 const KEY: &str = "redlock:test";
-const COUNTER: &str = "{redlock:test}:redlease:fence";
+/// The fence counter of `KEY`, as lock-core names it.
+fn counter_key() -> String {
+    let [counter, ..] = companion_keys(KEY);
+    counter
+}
 
 /// `n` independent masters: the stores (to inspect and tamper with), and fault injectors around them.
 struct Cluster {
@@ -70,7 +74,7 @@ impl Cluster {
 
     fn counter(&self, node: usize) -> u64 {
         self.stores[node]
-            .get(COUNTER)
+            .get(&counter_key())
             .expect("counter exists")
             .parse()
             .unwrap()
@@ -489,7 +493,11 @@ async fn fences_increase_across_holders_even_when_counters_diverge() {
 
     // Masters 0 and 1 run ahead (say they served many acquisitions the others missed).
     for node in [0, 1] {
-        cluster.stores[node].set(COUNTER, &(f1 + 1000).to_string(), Duration::from_secs(60));
+        cluster.stores[node].set(
+            &counter_key(),
+            &(f1 + 1000).to_string(),
+            Duration::from_secs(60),
+        );
     }
     let ahead = lock.acquire().await.unwrap();
     let f2 = ahead.fence().unwrap();
@@ -516,7 +524,7 @@ async fn fences_increase_across_holders_even_when_counters_diverge() {
     // which has passed every fence by now.
     sleep(Duration::from_millis(5)).await;
     for node in [2, 3, 4] {
-        cluster.stores[node].delete(COUNTER);
+        cluster.stores[node].delete(&counter_key());
     }
     cluster.fault(&[0], Fault::Error);
     let after_loss = lock.acquire().await.unwrap();
