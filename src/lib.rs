@@ -11,7 +11,7 @@
 pub use lock_core::{
     BackendError, Backoff, Election, Leadership, LocalQueues, LockBackend, LockError, LockGuard,
     NodeError, RedisLock, Redlock, RedlockGuard, Result, Script, ScriptValue, async_trait, memory,
-    redlock, script,
+    redlock, run_id_from_info, script,
 };
 
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or

@@ -1738,7 +1738,13 @@ fn check(history: &History) -> Report {
     let expected = last
         .filter(|(epoch, _, _)| *epoch == last_lifetime)
         .map(|(_, fence, value)| (value.to_owned(), fence.to_string()));
-    let actual = history.final_value.clone().zip(history.final_mark.clone());
+    // The mark is `<fence>:<token of the writer>`; the value names the writer already.
+    let final_fence = history.final_mark.as_deref().map(|mark| {
+        mark.split_once(':')
+            .map_or(mark, |(fence, _)| fence)
+            .to_owned()
+    });
+    let actual = history.final_value.clone().zip(final_fence);
     if actual != expected {
         v.push(format!(
             "the final resource and mark {actual:?} are not the last write of the history \

@@ -122,6 +122,34 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
     fn local_queues(&self) -> Option<&LocalQueues> {
         None
     }
+
+    /// Identifies this backend value, and everything sharing its state, within this process: two
+    /// backends answering the same number send to the same store, so [`Redlock`](crate::Redlock)
+    /// refuses them as two of its masters ([`LockError::InvalidArgument`](crate::LockError)).
+    ///
+    /// The default is the address of the value, so the same backend listed twice (clones of one `Arc`,
+    /// say) is recognised. Backends whose clones share their connections or their data answer the
+    /// address of what the clones share (both Redis adapters, [`MemoryBackend`](crate::memory::MemoryBackend)),
+    /// and wrappers that forward calls to an inner backend (`Arc`, `Box`, the testing wrappers) answer
+    /// the inner backend's. Two separately built clients of one server are told apart only by
+    /// [`server_id`](Self::server_id).
+    fn instance_id(&self) -> usize {
+        std::ptr::from_ref(self).cast::<()>().addr()
+    }
+
+    /// Asks the server for its identity: Redis's `run_id` (from `INFO server`), which is random per
+    /// server process. [`Redlock`](crate::Redlock) asks each master once, at first contact, and refuses
+    /// two masters that turn out to be one server
+    /// ([`LockError::InvalidArgument`](crate::LockError)), whatever clients reach it.
+    ///
+    /// `None`, the default, when this backend cannot tell (the in-memory backend, a Redis Cluster
+    /// client, whose commands may land on any node); then only [`instance_id`](Self::instance_id)
+    /// tells masters apart. A permanent error (a user whose ACL forbids `INFO`, say) is taken as "cannot
+    /// tell" too; a transient one is asked again at the next acquisition. Implementations bound the
+    /// call like every other.
+    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
+        None
+    }
 }
 
 /// Forwards the provided (capability) methods of [`LockBackend`] to `$target`, an expression of `$this`
@@ -160,6 +188,16 @@ macro_rules! forward_capabilities {
         fn release_signals(&self) -> bool {
             let $this = self;
             $target.release_signals()
+        }
+
+        fn instance_id(&self) -> usize {
+            let $this = self;
+            $target.instance_id()
+        }
+
+        fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
+            let $this = self;
+            $target.server_id()
         }
     };
 }
@@ -202,6 +240,14 @@ macro_rules! forward_lock_backend {
 }
 
 forward_lock_backend!(Arc, Box);
+
+/// The server's `run_id` in the reply to `INFO server` (a line `run_id:<40 hex digits>`), for
+/// adapters implementing [`LockBackend::server_id`]. `None` when the reply has no such line.
+pub fn run_id_from_info(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|line| line.trim_end().strip_prefix("run_id:"))
+        .filter(|id| !id.is_empty())
+}
 
 /// A script's reply, in the shapes lock scripts use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,6 +368,33 @@ mod tests {
         let err = BackendError::permanent("deadpool", "ERR wrong type");
         assert_eq!(err.to_string(), "permanent failure in backend deadpool");
         assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn run_id_is_read_from_info_server() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:3f1c0a9e2b7d4c5e6f708192a3b4c5d6e7f80912\r\ntcp_port:6379\r\n";
+        assert_eq!(
+            run_id_from_info(info),
+            Some("3f1c0a9e2b7d4c5e6f708192a3b4c5d6e7f80912")
+        );
+        assert_eq!(run_id_from_info("# Server\r\nrun_id:\r\n"), None);
+        assert_eq!(run_id_from_info("redis_version:7.0.15"), None);
+    }
+
+    #[test]
+    fn instance_ids_see_through_wrappers() {
+        let a = Arc::new(crate::memory::MemoryBackend::new());
+        let b = crate::memory::MemoryBackend::new();
+        let wrapped: Arc<dyn LockBackend> = Arc::new(a.clone());
+        let boxed: Box<dyn LockBackend> = Box::new(a.clone());
+        assert_eq!(wrapped.instance_id(), a.instance_id());
+        assert_eq!(boxed.instance_id(), a.instance_id());
+        assert_eq!(
+            (*a).clone().instance_id(),
+            a.instance_id(),
+            "clones share the store"
+        );
+        assert_ne!(b.instance_id(), a.instance_id());
     }
 
     #[test]

@@ -101,6 +101,28 @@ pub enum LockError {
         /// Each failed node, by its index in the node list, with its cause.
         errors: Vec<NodeError>,
     },
+
+    /// The clocks of two Redlock masters disagree by more than fencing allows
+    /// ([`Redlock::MAX_CLOCK_SKEW`](crate::Redlock::MAX_CLOCK_SKEW)), so a fence could later go
+    /// backwards: the round was refused and its partial locks released. Transient, in that it passes
+    /// once the masters' clocks agree again (fix their time synchronisation); see
+    /// [Fencing across masters](crate::redlock#fencing-across-masters).
+    #[error(
+        "lock {key}: the clocks of masters {ahead} and {behind} differ by {skew:?}, more than the {bound:?} fencing allows"
+    )]
+    ClockSkew {
+        /// The lock key.
+        key: String,
+        /// The master whose clock is ahead, by its index in the node list.
+        ahead: usize,
+        /// The master whose clock is behind, by its index in the node list.
+        behind: usize,
+        /// By how much they differ at least (the difference of their clocks, less the time the round
+        /// took, which could explain part of it).
+        skew: Duration,
+        /// The largest difference allowed.
+        bound: Duration,
+    },
 }
 
 /// One node's failure in a quorum operation.
@@ -136,6 +158,7 @@ impl LockError {
             LockError::Backend { source, .. } => source.is_transient(),
             LockError::NotReplicated { .. } | LockError::InDoubt { .. } => true,
             LockError::Quorum { errors, .. } => errors.iter().all(|e| e.error.is_transient()),
+            LockError::ClockSkew { .. } => true,
             LockError::InvalidArgument { .. } | LockError::Lost { .. } => false,
         }
     }

@@ -77,18 +77,28 @@ impl LockGuard {
     /// protected resource and let the resource refuse a fence lower than the highest it has seen: then a
     /// holder that paused past its TTL cannot overwrite the work of the holder after it. For a resource in
     /// Redis, [`fenced_set`](Self::fenced_set) does exactly that.
+    ///
+    /// A fence is the server's clock in microseconds, or the fence before it plus one if that is larger,
+    /// so it is never issued twice for a key: not after the lock expired or was deleted, not after a
+    /// restart that lost the counter, and not after a failover to a replica that missed the last
+    /// fences, as long as the server's wall clock (the new primary's, after a failover) did not go back
+    /// by more than the time since those fences were issued, and fewer than a million fences per second
+    /// are issued for the key. See [`RedisLock::fencing`](crate::RedisLock::fencing).
     pub fn fence(&self) -> Option<u64> {
         self.fence
     }
 
-    /// Sets the string key `resource` to `value` only if this guard's fence is at least the highest fence
-    /// that ever wrote `resource`, atomically. `Ok(false)` when a newer holder has written since.
+    /// Sets the string key `resource` to `value` only if this guard's fence is greater than the highest
+    /// fence that ever wrote `resource`, or equal to it and written by this guard; atomically.
+    /// `Ok(false)` when another holder has written with a fence at least as large.
     ///
-    /// The highest fence is kept in a companion key in `resource`'s cluster slot
-    /// (`{resource}:redlease:fence-mark`; `resource:redlease:fence-mark` when `resource` has a hash tag;
-    /// `resource:redlease:fence-mark:NNNNNN`, numbered to land in its slot, when it has a `}` but no hash
-    /// tag); `resource` itself stays a plain string, readable with `GET`.
-    /// A guard without a fence is [`LockError::InvalidArgument`] and nothing is sent.
+    /// The highest fence is kept, with the token of the guard that wrote it, in a companion key in
+    /// `resource`'s cluster slot (`{resource}:redlease:fence-mark`; `resource:redlease:fence-mark` when
+    /// `resource` has a hash tag; `resource:redlease:fence-mark:NNNNNN`, numbered to land in its slot,
+    /// when it has a `}` but no hash tag), as `"<fence>:<token>"`; `resource` itself stays a plain
+    /// string, readable with `GET`. So a holder may write again with its own fence, while a fence that
+    /// repeated (see [`fence`](Self::fence) for when it cannot) never lets a second holder overwrite
+    /// the first. A guard without a fence is [`LockError::InvalidArgument`] and nothing is sent.
     pub async fn fenced_set(&self, resource: &str, value: &str) -> Result<bool> {
         let Some(fence) = self.fence else {
             return Err(LockError::invalid(
@@ -106,7 +116,7 @@ impl LockGuard {
             .eval_script(
                 &script::FENCED_SET,
                 &[resource, &mark],
-                &[value, &fence.to_string()],
+                &[value, &fence.to_string(), &self.lease.token],
             )
             .await
             .map_err(|source| LockError::backend_failed(&self.lease.key, source))?;

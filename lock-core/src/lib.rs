@@ -60,7 +60,7 @@ pub mod script;
 pub mod testing;
 pub mod time;
 
-pub use backend::{BackendError, LockBackend, ScriptValue};
+pub use backend::{BackendError, LockBackend, ScriptValue, run_id_from_info};
 pub use backoff::Backoff;
 pub use election::{Election, Leadership};
 pub use error::{LockError, NodeError, Result};

@@ -98,6 +98,27 @@ impl RedisLock {
     /// never deleted: one small key per lock name. A key that contains `}` without a hash tag (such as
     /// `a{}b`), which Redis hashes whole, gets a numbered suffix instead (`a{}b:redlease:fence:NNNNNN`),
     /// chosen so that the name hashes to the key's slot.
+    ///
+    /// # What is guaranteed, and under which assumption
+    ///
+    /// Each fence is `max(counter + 1, server clock in µs)` (the server's `TIME`), computed in the
+    /// acquiring script, and becomes the counter. While the counter survives, fences strictly increase.
+    /// When it goes back or vanishes, because a failover promoted a replica that missed the last
+    /// increments (asynchronous replication, without [`replicas`](Self::replicas)) or a restart lost
+    /// the data, the clock overtakes every fence issued before, **provided** that:
+    ///
+    /// - the server's wall clock (after a failover, the new primary's) is not behind the clock that
+    ///   issued the lost fences by more than the time that passed since they were issued: a failover
+    ///   takes seconds, so a primary and its replicas kept within milliseconds by NTP are safe, while a
+    ///   clock stepped back (by hand, or a replica whose clock is far behind) is not; and
+    /// - fewer than 10⁶ fences per second are issued for the key, so the counter never runs ahead of
+    ///   the clock.
+    ///
+    /// Under these assumptions a fence is never issued twice for a key, and
+    /// [`fenced_set`](LockGuard::fenced_set) accepts a fence equal to the highest one that wrote only
+    /// from the holder that wrote it (a token is kept beside the fence), so that even a repeated fence
+    /// never lets two holders write in turn. Fences are large numbers (microseconds since 1970, about
+    /// 2⁵¹), exact in a double and in every store's 64-bit integers.
     pub fn fencing(mut self, enabled: bool) -> Self {
         self.fencing = enabled;
         self
@@ -472,10 +493,11 @@ pub(crate) fn fenced_reply(reply: &ScriptValue) -> Result<Option<u64>, BackendEr
     };
     match reply {
         ScriptValue::Array(items) => match items.as_slice() {
-            [ScriptValue::Int(1), ScriptValue::Int(fence)] => {
+            // A third element, the server's clock, is for Redlock.
+            [ScriptValue::Int(1), ScriptValue::Int(fence), ..] => {
                 u64::try_from(*fence).map(Some).map_err(|_| unexpected())
             }
-            [ScriptValue::Int(0), _] => Ok(None),
+            [ScriptValue::Int(0), ..] => Ok(None),
             _ => Err(unexpected()),
         },
         _ => Err(unexpected()),

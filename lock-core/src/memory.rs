@@ -20,11 +20,14 @@ const NAME: &str = "memory";
 /// Locks taken through one `MemoryBackend` (and its clones, which share state) exclude each other within
 /// this process only. It runs on any executor, and passes the same conformance suite as the Redis
 /// adapters. Expiry runs on the lease clock ([`Moment::now`], which counts time spent suspended, as a
-/// Redis server's clock does); absolute expiries (`PEXPIRETIME`) on the system's wall clock.
+/// Redis server's clock does); absolute expiries (`PEXPIRETIME`) and the fenced acquire script's `TIME`
+/// on the system's wall clock (see [`with_clock_offset`](Self::with_clock_offset)).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
     queues: Arc<LocalQueues>,
+    /// Added to the system clock where a script reads `TIME`, in microseconds.
+    clock_offset_micros: i64,
 }
 
 #[derive(Debug)]
@@ -64,6 +67,19 @@ impl MemoryBackend {
     /// An empty backend.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty backend whose server clock (what a script reads with `TIME`: the fenced acquire's
+    /// clock) runs `offset_micros` microseconds ahead of the system clock (behind, when negative).
+    ///
+    /// For tests and simulations of masters whose wall clocks disagree, such as a
+    /// [`Redlock`](crate::Redlock) master whose clock is ten minutes ahead. Expiry is unaffected: TTLs
+    /// run on the monotonic clock, as Redis's do on a server whose wall clock is merely set wrong.
+    pub fn with_clock_offset(offset_micros: i64) -> Self {
+        Self {
+            clock_offset_micros: offset_micros,
+            ..Self::default()
+        }
     }
 
     /// The current value of `key`, if it exists and has not expired (like `GET`).
@@ -159,27 +175,32 @@ impl MemoryBackend {
             }
             ([key, counter], [token, millis]) if sha == script::FENCED_ACQUIRE.sha1() => {
                 let millis = parse_millis(script, millis)?;
-                match entries.get(*key) {
+                let now = self.server_clock_micros();
+                let (granted, reply) = match entries.get(*key) {
                     Some(holder) if holder.value == *token => {
                         let fence =
                             parse_int(script, entries.get(*counter).map(|c| c.value.as_str()))?;
                         entries.insert((*key).to_owned(), Entry::expiring(token, millis));
-                        ScriptValue::Array(vec![flag(true), ScriptValue::Int(fence)])
+                        (true, fence)
                     }
-                    Some(holder) => ScriptValue::Array(vec![
-                        flag(false),
-                        ScriptValue::Int(holder.pttl_millis()),
-                    ]),
+                    Some(holder) => (false, holder.pttl_millis()),
                     None => {
-                        let fence = match entries.get(*counter) {
-                            Some(c) => parse_int(script, Some(&c.value))? + 1,
-                            None => clock_seed() + 1,
+                        // As the script: max(counter + 1, TIME in µs).
+                        let counter_value = match entries.get(*counter) {
+                            Some(c) => parse_int(script, Some(&c.value))?,
+                            None => 0,
                         };
+                        let fence = counter_value.saturating_add(1).max(now);
                         entries.insert((*counter).to_owned(), Entry::persistent(fence.to_string()));
                         entries.insert((*key).to_owned(), Entry::expiring(token, millis));
-                        ScriptValue::Array(vec![flag(true), ScriptValue::Int(fence)])
+                        (true, fence)
                     }
-                }
+                };
+                ScriptValue::Array(vec![
+                    flag(granted),
+                    ScriptValue::Int(reply),
+                    ScriptValue::Int(now),
+                ])
             }
             ([key, counter], [token, fence]) if sha == script::FENCE_RAISE.sha1() => {
                 let fence = parse_int(script, Some(*fence))?;
@@ -196,17 +217,32 @@ impl MemoryBackend {
                     flag(false)
                 }
             }
-            ([resource, mark], [value, fence]) if sha == script::FENCED_SET.sha1() => {
+            ([resource, mark], [value, fence, token]) if sha == script::FENCED_SET.sha1() => {
                 let fence = parse_int(script, Some(*fence))?;
-                let newest = entries.get(*mark).map(|m| m.value.as_str());
-                if newest.is_some() && parse_int(script, newest)? > fence {
+                // As the script: the mark is "<fence>:<token>"; a bare fence (an older mark) has no
+                // holder, so only a greater fence passes it.
+                let refused = match entries.get(*mark) {
+                    None => false,
+                    Some(m) => {
+                        let (newest, holder) = match m.value.split_once(':') {
+                            Some((newest, holder)) => (newest, Some(holder)),
+                            None => (m.value.as_str(), None),
+                        };
+                        let newest = parse_int(script, Some(newest))?;
+                        newest > fence || (newest == fence && holder != Some(*token))
+                    }
+                };
+                if refused {
                     flag(false)
                 } else {
                     entries.insert(
                         (*resource).to_owned(),
                         Entry::persistent((*value).to_owned()),
                     );
-                    entries.insert((*mark).to_owned(), Entry::persistent(fence.to_string()));
+                    entries.insert(
+                        (*mark).to_owned(),
+                        Entry::persistent(format!("{fence}:{token}")),
+                    );
                     flag(true)
                 }
             }
@@ -284,6 +320,18 @@ fn wall_clock() -> Duration {
         .unwrap_or_default()
 }
 
+impl MemoryBackend {
+    /// The server clock a script reads with `TIME`, in microseconds since 1970: `clock_seed` plus
+    /// this backend's offset.
+    ///
+    /// The wall clock, deliberately, as Redis's `TIME` is: fences are compared with fences issued before
+    /// a restart or failover, which only a clock that outlives the process can do. (`clock_seed` reads
+    /// `SystemTime`; it is to be read through lock-core's clock abstraction once there is one.)
+    fn server_clock_micros(&self) -> i64 {
+        clock_seed().saturating_add(self.clock_offset_micros)
+    }
+}
+
 /// Where a missing fence counter starts: the clock in microseconds, as the Lua script does with `TIME`.
 fn clock_seed() -> i64 {
     let micros = std::time::SystemTime::now()
@@ -347,6 +395,11 @@ impl LockBackend for MemoryBackend {
     /// Either way the caller never blocks and no runtime is needed.
     fn local_queues(&self) -> Option<&LocalQueues> {
         Some(&self.queues)
+    }
+
+    /// Clones share one store, so they answer one identity.
+    fn instance_id(&self) -> usize {
+        Arc::as_ptr(&self.entries).cast::<()>().addr()
     }
 
     fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {

@@ -70,7 +70,12 @@
 //!
 //! # Why it excludes, and when it does not
 //!
-//! Two majorities of the same `N` masters always share a master. A master holds one value per key, and
+//! Two majorities of the same `N` masters always share a master, provided the `N` are `N` different
+//! servers: a server listed twice would vote twice (its answer to our own re-sent write is "granted"),
+//! so `acquire` refuses such a list with [`LockError::InvalidArgument`], recognising the same backend by
+//! [`LockBackend::instance_id`] before sending anything, and the same server reached through different
+//! clients by its `run_id` ([`LockBackend::server_id`]) the first time a round reaches it, before its
+//! vote is counted. A master holds one value per key, and
 //! a key is only set when absent (`NX`) and only deleted or extended by the token that set it. So while
 //! our key lives on a majority, no other client can collect a majority. Our validity ends before any
 //! copy in our majority can expire, as long as the masters' clocks and ours run at about the same rate
@@ -101,13 +106,18 @@
 //! # Fencing across masters
 //!
 //! With [`Redlock::fencing`], every acquisition also gets a fence that strictly increases across the
-//! holders of the key. Each master keeps its own counter (the fenced acquire script of `RedisLock`
-//! increments it atomically with setting the lock), so the counters differ between masters. A round then
-//! works like this:
+//! holders of the key. Each master keeps its own counter, and the fenced acquire script of `RedisLock`
+//! issues each master's fence atomically with setting the lock, as `max(counter + 1, the master's clock
+//! in µs)` (see [`RedisLock::fencing`](crate::RedisLock::fencing)); the counters differ between masters.
+//! A round then works like this:
 //!
-//! 1. every master that grants the lock answers with its incremented counter;
-//! 2. the fence is the **maximum** of the answers of the granting masters;
-//! 3. before the acquisition succeeds, the counters of the granting masters are raised to at least that
+//! 1. every master that answers the round reports its clock (`TIME`, returned by the same script, so it
+//!    costs no round trip), and one that grants the lock also its fence;
+//! 2. when two of those clocks differ by more than [`Redlock::MAX_CLOCK_SKEW`] (1 s) beyond what the
+//!    round's own duration can explain, the round is refused with [`LockError::ClockSkew`]: its partial
+//!    locks are released and `acquire` returns that error at once;
+//! 3. otherwise the fence is the **maximum** of the fences of the granting masters;
+//! 4. before the acquisition succeeds, the counters of the granting masters are raised to at least that
 //!    fence, on each only while it still holds our token (a second, bounded round); a majority must
 //!    confirm, or the round fails like any other.
 //!
@@ -115,23 +125,55 @@
 //! confirmed `A`'s raise and the majority that granted `B` share a master `m`. On `m`, `A`'s key was
 //! present when `A` raised the counter to `A`'s fence, and `B`'s key could only be set once `A`'s was
 //! gone, so after the raise (had `B` been granted on `m` *before* `A`, `B`'s validity would have ended
-//! before `A`'s began, so `B` would not be the later holder). `m` then incremented a counter already at
-//! least `A`'s fence, and `B`'s fence, the maximum over its granting masters, is larger. The raise step
-//! is what makes this sound: taking the maximum over a majority alone is not, because a majority whose
-//! counters lag (say a master that was down during many acquisitions) can answer below an earlier fence.
+//! before `A`'s began, so `B` would not be the later holder). If `m` kept its data, it then issued
+//! `B`'s fence from a counter already at least `A`'s fence, and `B`'s fence, the maximum over its
+//! granting masters, is larger. The raise step is what makes this sound: taking the maximum over a
+//! majority alone is not, because a majority whose counters lag (say a master that was down during many
+//! acquisitions) can answer below an earlier fence.
 //!
-//! The argument holds under the same assumptions as the exclusion itself, plus one about data loss: a
-//! master that lost its counter restarts it from its clock in microseconds, which exceeds every fence
-//! issued before as long as that clock does not go backwards and fewer than a million acquisitions per
-//! second were made. The fence does not change on `renew` or `extend`. Counters are never deleted: one
-//! small key per lock name on each master.
+//! If `m` lost the raise (it restarted without its data, or failed over to a replica that had not
+//! received it), its counter went back, and `B`'s fence is only known to be at least `m`'s clock. Here
+//! the clocks matter, because `A`'s fence may have come from **another** master's clock: the maximum
+//! and the raise copy a fence from master to master. With one master ten minutes ahead, `A`'s fence is
+//! ten minutes of microseconds above `m`'s clock, and `m`, having lost the copy, would issue lower
+//! fences for ten minutes. The argument needs:
+//!
+//! - (a) any two masters' wall clocks differ by at most [`Redlock::MAX_CLOCK_SKEW`];
+//! - (b) no master's wall clock goes back;
+//! - (c) fewer than 10⁶ fences per second are issued for the key, so that no counter runs ahead of the
+//!   clocks: every fence issued by a time `t` is then at most the largest of the masters' clocks at
+//!   `t` (a fence is a master's clock or an earlier fence plus one, and copies only move fences between
+//!   masters);
+//! - (d) a master that lost writes takes part in no round until more than `MAX_CLOCK_SKEW` after the
+//!   last write it lost. The limits above already ask a master that restarts empty to
+//!   stay down for at least the TTL, which implies this for any TTL of at least 1 s; a failover
+//!   detected after more than a second (Sentinel's default is 30 s) does too.
+//!
+//! Then, with `A`'s raise on `m` at time `t`: `A`'s fence ≤ the largest clock at `t` (c) ≤ `m`'s clock
+//! at `t` + `MAX_CLOCK_SKEW` (a) < `m`'s clock when it grants `B` (b, d) ≤ `B`'s fence. So fences
+//! never go backwards, across any number of masters that lose data, as long as a majority is not lost
+//! at once within the validity (which breaks the exclusion too). Because fences are microsecond clock
+//! readings, a bound on the clocks' disagreement is a bound on how far a fence can run ahead of any
+//! master's clock, which is why one second suffices; NTP keeps servers within milliseconds of each other,
+//! so the bound leaves ample room, while a clock that is minutes off is caught.
+//!
+//! Assumption (a) is checked where it can be: every fenced round compares the clocks of all the masters
+//! that answer it (granting or not), which is every live master in the normal case, since each round
+//! goes to all of them. A master whose clock is off therefore makes every fenced round it answers fail
+//! with `ClockSkew` until its clock is corrected or it is taken out of the list: fencing stops rather
+//! than issue a fence that could later go backwards. (b) and (c) cannot be checked: use slewing time
+//! synchronisation, not stepping, on the masters. Without fencing none of this applies: exclusion needs
+//! bounded clock *drift* only.
+//!
+//! The fence does not change on `renew` or `extend`. Counters are never deleted: one small key per lock
+//! name on each master.
 
 use std::fmt;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, Either, join_all, select};
+use futures::future::{BoxFuture, Either, join, join_all, select};
 
 use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::backoff::Backoff;
@@ -165,6 +207,19 @@ pub struct Redlock {
     backoff: Backoff,
     max_hold: Option<Duration>,
     fencing: bool,
+    /// Per master: its server's identity once learnt (see [`LockBackend::server_id`]), shared by clones.
+    server_ids: Arc<Mutex<Vec<ServerId>>>,
+}
+
+/// What is known of a master's server identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ServerId {
+    /// Not asked yet, or the last answer was a transient failure.
+    Unknown,
+    /// The server's `run_id`.
+    Known(String),
+    /// The backend cannot tell (or refused to, permanently): only `instance_id` tells it apart.
+    Unavailable,
 }
 
 impl Redlock {
@@ -174,19 +229,33 @@ impl Redlock {
     pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
     /// The largest default per-node timeout: 200 ms (the default is a tenth of the TTL, capped here).
     pub const MAX_DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(200);
+    /// The largest difference between two masters' wall clocks that a fenced round accepts: 1 s. A
+    /// fenced round whose masters' clocks (`TIME`) certainly differ by more is refused with
+    /// [`LockError::ClockSkew`]; see [Fencing across masters](self#fencing-across-masters) for why a
+    /// bound is needed and why this one is enough.
+    pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(1);
 
     /// A lock on `key` over the independent masters `nodes` (one backend per master), with a 30 s TTL
     /// and a 30 s acquisition deadline.
     ///
     /// Pass a `Vec<Arc<dyn LockBackend>>` to mix clients. A master is named by its index in `nodes` in
-    /// errors. Nothing is checked or sent until the lock is used: an empty list or an empty key is
-    /// reported by `acquire` as [`LockError::InvalidArgument`].
+    /// errors. Nothing is checked or sent until the lock is used: an empty list, an empty key, or a
+    /// master listed twice is reported by `acquire` as [`LockError::InvalidArgument`]. A master counts
+    /// as listed twice when two entries are the same backend (by
+    /// [`LockBackend::instance_id`]: the same value, its clones, or wrappers around it), or, from the
+    /// first round that reaches them, the same server (by [`LockBackend::server_id`], Redis's
+    /// `run_id`, whatever clients reach it): counted twice, one server could make a majority with
+    /// fewer than half of the real masters. The run ids are asked for alongside the first round's
+    /// requests (no extra round trip) and kept by this `Redlock` and its clones: build one per key and
+    /// clone it, rather than one per acquisition.
     pub fn new<B: LockBackend>(nodes: impl IntoIterator<Item = B>, key: impl Into<String>) -> Self {
         let nodes: Vec<Node> = nodes
             .into_iter()
             .map(|node| Arc::new(node) as Node)
             .collect();
+        let server_ids = vec![ServerId::Unknown; nodes.len()];
         Self {
+            server_ids: Arc::new(Mutex::new(server_ids)),
             nodes: nodes.into(),
             key: Arc::from(key.into()),
             timeout: Self::DEFAULT_TIMEOUT,
@@ -285,6 +354,7 @@ impl Redlock {
         loop {
             let failed = match self.round(&plan).await {
                 Round::Acquired(guard) => return Ok(guard),
+                Round::Refused(error) => return Err(error),
                 Round::Failed(failed) => failed,
             };
             let by_errors = failed.decided_by_errors(plan.quorum);
@@ -327,6 +397,7 @@ impl Redlock {
         let plan = self.validate()?;
         match self.round(&plan).await {
             Round::Acquired(guard) => Ok(Some(guard)),
+            Round::Refused(error) => Err(error),
             Round::Failed(failed) if failed.decided_by_errors(plan.quorum) => {
                 Err(failed.into_error(&self.key, plan.quorum))
             }
@@ -342,10 +413,11 @@ impl Redlock {
     ///   acquired: `body` never runs;
     /// - [`LockError::Lost`] as soon as the lock is lost while `body` runs, with `body` dropped;
     /// - `Ok(value)` when the release confirmed a majority still held the lock;
-    /// - [`LockError::Lost`] when the release found it had expired or been taken over (the value is
-    ///   withheld, since exclusion was not guaranteed);
-    /// - `Ok(value)` and a logged warning when the release failed on too many masters: the work is done,
-    ///   and the TTL frees the key.
+    /// - [`LockError::Lost`] when the release found it had expired or been taken over, or the validity
+    ///   had run out by the time `body` finished, whatever the masters answered (the value is withheld,
+    ///   since exclusion was not guaranteed);
+    /// - `Ok(value)` and a logged warning when, with validity left, the release failed on too many
+    ///   masters to tell: the work is done, and the TTL frees the key.
     pub async fn run<F, T>(&self, body: F) -> Result<T>
     where
         F: AsyncFnOnce(&RedlockGuard) -> T,
@@ -376,6 +448,7 @@ impl Redlock {
         if self.key.is_empty() {
             return Err(LockError::invalid("key", "must not be empty"));
         }
+        self.refuse_duplicate_masters()?;
         self.backoff.validate()?;
         if let Some(max_hold) = self.max_hold {
             to_millis("max_hold", max_hold)?;
@@ -412,30 +485,94 @@ impl Redlock {
         })
     }
 
+    /// A master listed twice: the same backend by [`LockBackend::instance_id`], or the same server by
+    /// the run ids learnt so far.
+    fn refuse_duplicate_masters(&self) -> Result<()> {
+        let instances: Vec<usize> = self.nodes.iter().map(|node| node.instance_id()).collect();
+        if let Some((first, second)) = first_duplicate(&instances) {
+            return Err(LockError::invalid(
+                "nodes",
+                format!(
+                    "masters {first} and {second} are the same backend; list each master once (one \
+                     master counted twice could make a majority on its own)"
+                ),
+            ));
+        }
+        duplicate_servers(&self.lock_server_ids())
+    }
+
+    fn lock_server_ids(&self) -> MutexGuard<'_, Vec<ServerId>> {
+        // The critical sections only assign values; a poisoned value is still meaningful.
+        self.server_ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// One acquisition round over every master, with the release of its partial locks when it fails.
     async fn round(&self, plan: &Plan) -> Round {
         let token: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         // Armed before sending: if this future is dropped mid-round, requests may still reach the
         // masters, so dropping the holdings releases the token everywhere in the background.
         let mut holdings = Holdings::new(self.nodes.clone(), self.key.clone(), token, plan.ttl);
+        // Masters met for the first time are asked who they are, alongside the acquisition.
+        let unidentified: Vec<bool> = self
+            .lock_server_ids()
+            .iter()
+            .map(|id| *id == ServerId::Unknown)
+            .collect();
         let clock = &self.nodes[0];
         let sent_at = clock.now();
-        let replies = join_all(self.nodes.iter().map(|node| {
-            bounded(
+        let replies = join_all(self.nodes.iter().zip(unidentified).map(|(node, ask)| {
+            let acquire = bounded(
                 node.as_ref(),
                 plan.node_timeout,
                 self.acquire_on(node.as_ref(), &holdings.token, plan),
-            )
+            );
+            let identify = async move {
+                match ask.then(|| node.server_id()) {
+                    None => Identified::NotAsked,
+                    Some(None) => Identified::Unavailable,
+                    Some(Some(call)) => {
+                        Identified::Answer(bounded(node.as_ref(), plan.node_timeout, call).await)
+                    }
+                }
+            };
+            join(acquire, identify)
         }))
         .await;
+        let round_took = clock.now() - sent_at;
+        let mut clocks = Vec::with_capacity(replies.len());
+        let mut identities = Vec::with_capacity(replies.len());
         let mut votes: Vec<Vote> = replies
             .into_iter()
-            .map(|reply| match reply {
-                Ok(Some(fence)) => Vote::Granted(fence),
-                Ok(None) => Vote::Refused,
-                Err(error) => Vote::Failed(error),
+            .map(|(reply, identified)| {
+                identities.push(identified);
+                match reply {
+                    Ok(Reply { granted, clock }) => {
+                        clocks.push(clock);
+                        match granted {
+                            Some(fence) => Vote::Granted(fence),
+                            None => Vote::Refused,
+                        }
+                    }
+                    Err(error) => {
+                        clocks.push(None);
+                        Vote::Failed(error)
+                    }
+                }
             })
             .collect();
+        // A master listed twice must not vote twice: refuse the round before counting.
+        if let Err(duplicate) = self.learn_server_ids(identities, &mut votes) {
+            release_everywhere(&mut holdings, plan.node_timeout).await;
+            return Round::Refused(duplicate);
+        }
+        if plan.fence_counter.is_some()
+            && let Some(skew) = clock_skew(&self.key, &clocks, round_took)
+        {
+            release_everywhere(&mut holdings, plan.node_timeout).await;
+            return Round::Refused(skew);
+        }
         let valid_until = validity_deadline(sent_at, plan.ttl);
         let mut fence = None;
         if let Some(counter) = &plan.fence_counter
@@ -486,18 +623,46 @@ impl Redlock {
         })
     }
 
-    /// The acquisition request to one master: `Some(fence)` when granted, `None` when refused.
+    /// Records what the masters met for the first time said about their identity, and checks that no
+    /// server is listed twice. A master that could not say, for now (a transient failure), does not
+    /// count in this round: it could be another master listed twice.
+    fn learn_server_ids(&self, identities: Vec<Identified>, votes: &mut [Vote]) -> Result<()> {
+        let mut ids = self.lock_server_ids();
+        for ((node, identified), vote) in identities.into_iter().enumerate().zip(votes) {
+            match identified {
+                Identified::NotAsked => {}
+                Identified::Unavailable => ids[node] = ServerId::Unavailable,
+                Identified::Answer(Ok(id)) => ids[node] = ServerId::Known(id),
+                Identified::Answer(Err(error)) if !error.is_transient() => {
+                    tracing::debug!(key = %self.key, node, %error, "a master cannot say which server it is; only its backend value tells it apart");
+                    ids[node] = ServerId::Unavailable;
+                }
+                Identified::Answer(Err(error)) => {
+                    if !matches!(vote, Vote::Failed(_)) {
+                        *vote = Vote::Failed(error);
+                    }
+                }
+            }
+        }
+        duplicate_servers(&ids)
+    }
+
+    /// The acquisition request to one master: granted (with its fence when fencing) or refused, and,
+    /// when fencing, the master's clock.
     async fn acquire_on(
         &self,
         node: &dyn LockBackend,
         token: &str,
         plan: &Plan,
-    ) -> Result<Option<Option<u64>>, BackendError> {
+    ) -> Result<Reply, BackendError> {
         match &plan.fence_counter {
-            None => Ok(node
-                .set_nx(&self.key, token, plan.ttl)
-                .await?
-                .then_some(None)),
+            None => Ok(Reply {
+                granted: node
+                    .set_nx(&self.key, token, plan.ttl)
+                    .await?
+                    .then_some(None),
+                clock: None,
+            }),
             Some(counter) => {
                 let reply = node
                     .eval_script(
@@ -506,7 +671,21 @@ impl Redlock {
                         &[token, &plan.ttl_arg],
                     )
                     .await?;
-                Ok(fenced_reply(&reply)?.map(Some))
+                let granted = fenced_reply(&reply)?.map(Some);
+                let clock = match &reply {
+                    ScriptValue::Array(items) => match items.as_slice() {
+                        [_, _, ScriptValue::Int(now)] => Some(*now),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                match clock {
+                    Some(_) => Ok(Reply { granted, clock }),
+                    None => Err(BackendError::permanent(
+                        LAYER,
+                        format!("the fenced acquire script answered no server clock: {reply:?}"),
+                    )),
+                }
             }
         }
     }
@@ -603,7 +782,87 @@ fn granted(votes: &[Vote]) -> usize {
 
 enum Round {
     Acquired(RedlockGuard),
+    /// Refused whatever the votes: a master listed twice, or masters whose clocks disagree.
+    Refused(LockError),
     Failed(Failed),
+}
+
+/// A master's answer to an acquisition request.
+struct Reply {
+    /// `Some(fence)` when granted (with the master's fence when fencing), `None` when refused.
+    granted: Option<Option<u64>>,
+    /// The master's clock (`TIME`) in microseconds, from the fenced acquire script.
+    clock: Option<i64>,
+}
+
+/// What a master said about its identity in a round.
+enum Identified {
+    /// Already known (or known to be unavailable): not asked.
+    NotAsked,
+    /// Its backend cannot tell.
+    Unavailable,
+    Answer(Result<String, BackendError>),
+}
+
+/// The first two positions holding the same value, if any.
+fn first_duplicate<T: PartialEq>(items: &[T]) -> Option<(usize, usize)> {
+    items.iter().enumerate().find_map(|(second, item)| {
+        items[..second]
+            .iter()
+            .position(|earlier| earlier == item)
+            .map(|first| (first, second))
+    })
+}
+
+/// `InvalidArgument` when two masters are known to be one server.
+fn duplicate_servers(ids: &[ServerId]) -> Result<()> {
+    let known: Vec<Option<&str>> = ids
+        .iter()
+        .map(|id| match id {
+            ServerId::Known(id) => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let duplicate = known.iter().enumerate().find_map(|(second, id)| {
+        let id = (*id)?;
+        known[..second]
+            .iter()
+            .position(|earlier| *earlier == Some(id))
+            .map(|first| (first, second, id))
+    });
+    match duplicate {
+        None => Ok(()),
+        Some((first, second, id)) => Err(LockError::invalid(
+            "nodes",
+            format!(
+                "masters {first} and {second} are the same server (run_id {id}); list each master \
+                 once (one master counted twice could make a majority on its own)"
+            ),
+        )),
+    }
+}
+
+/// [`LockError::ClockSkew`] when the clocks of the masters that answered a fenced round certainly
+/// differ by more than [`Redlock::MAX_CLOCK_SKEW`]: by more than the bound plus the round's duration
+/// (each master read its clock somewhere within the round, so the round's duration can explain that
+/// much of the difference).
+fn clock_skew(key: &str, clocks: &[Option<i64>], round_took: Duration) -> Option<LockError> {
+    let answered = || {
+        clocks
+            .iter()
+            .enumerate()
+            .filter_map(|(node, clock)| clock.map(|clock| (node, clock)))
+    };
+    let (ahead, latest) = answered().max_by_key(|&(_, clock)| clock)?;
+    let (behind, earliest) = answered().min_by_key(|&(_, clock)| clock)?;
+    let skew = Duration::from_micros(latest.abs_diff(earliest)).saturating_sub(round_took);
+    (skew > Redlock::MAX_CLOCK_SKEW).then(|| LockError::ClockSkew {
+        key: key.to_owned(),
+        ahead,
+        behind,
+        skew,
+        bound: Redlock::MAX_CLOCK_SKEW,
+    })
 }
 
 /// A round that did not acquire: how many masters granted, and which failed.
@@ -933,13 +1192,20 @@ impl RedlockGuard {
 
     /// Releases the lock on every master. `Ok(true)` when a majority still held it and its validity had
     /// not run out (exclusion was guaranteed until now), `Ok(false)` when it had expired or been taken
-    /// over.
+    /// over: also whenever its validity had already run out, whatever the masters answered or failed to,
+    /// since then exclusion was not guaranteed, whoever still holds the keys. An error
+    /// ([`LockError::Quorum`]) only when the validity was left and failed masters decided: then it
+    /// cannot be told whether the lock was still ours.
     ///
     /// Masters that failed to answer are released again in the background where their backends can
     /// spawn; the TTL frees them otherwise.
     pub async fn release(mut self) -> Result<bool> {
         let valid = !self.valid_for().is_zero();
         let answers = release_everywhere(&mut self.holdings, self.node_timeout).await;
+        if !valid {
+            // Known lost: no answer can make exclusion have held.
+            return Ok(false);
+        }
         let answers = answers
             .into_iter()
             .map(|answer| answer.unwrap_or(Ok(false)))

@@ -176,32 +176,39 @@ return 1"#,
 });
 
 /// Acquires `KEYS[1]` for the token `ARGV[1]` with a TTL of `ARGV[2]` milliseconds and issues a fence
-/// from the counter `KEYS[2]`, atomically. Returns `{1, fence}` when acquired (also when the key already
-/// holds our token: a re-sent request, which resets the TTL so that, as with [`ACQUIRE`], every
-/// acquisition writes), `{0, pttl}` when someone else holds it.
+/// from the counter `KEYS[2]`, atomically. Returns `{1, fence, now}` when acquired (also when the key
+/// already holds our token: a re-sent request, which resets the TTL so that, as with [`ACQUIRE`], every
+/// acquisition writes, and answers the fence issued then), `{0, pttl, now}` when someone else holds it;
+/// `now` is the server's clock (`TIME`) in microseconds, which [`Redlock`](crate::Redlock) compares
+/// across masters.
 ///
-/// Fences strictly increase across every acquisition of the key, also after the lock expired or was
-/// deleted: the counter is never deleted. When the counter is missing (first use, or a server that lost
-/// its data) it starts from the server's clock in microseconds, so fences issued after a restart that lost
-/// the counter still exceed the ones issued before it.
+/// Every fence is `max(counter + 1, now)`, and becomes the counter. So fences strictly increase while
+/// the counter survives, and when the counter went back or vanished (a failover to a replica that missed
+/// the last increments, a restart that lost the data), the clock overtakes every fence issued before,
+/// provided the server's clock did not go back by more than the time since those fences were issued and
+/// fewer than a million fences per second were issued for the key (so the counter never ran ahead of the
+/// clock). The counter is never deleted. Microseconds since 1970 (about 2^51 today) are exact in Lua's
+/// doubles, and stored with `%.0f` so that they never turn into exponent notation.
 pub static FENCED_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "fenced_acquire",
-        r#"local holder = redis.call('get', KEYS[1])
+        r#"local t = redis.call('time')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local holder = redis.call('get', KEYS[1])
 if holder == ARGV[1] then
   redis.call('pexpire', KEYS[1], ARGV[2])
-  return {1, tonumber(redis.call('get', KEYS[2]))}
+  return {1, tonumber(redis.call('get', KEYS[2])), now}
 end
 if holder then
-  return {0, redis.call('pttl', KEYS[1])}
+  return {0, redis.call('pttl', KEYS[1]), now}
 end
-if redis.call('exists', KEYS[2]) == 0 then
-  local now = redis.call('time')
-  redis.call('set', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+local fence = tonumber(redis.call('get', KEYS[2]) or '0') + 1
+if fence < now then
+  fence = now
 end
-local fence = redis.call('incr', KEYS[2])
+redis.call('set', KEYS[2], string.format('%.0f', fence))
 redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {1, fence}"#,
+return {1, fence, now}"#,
     )
 });
 
@@ -226,18 +233,32 @@ return 0"#,
     )
 });
 
-/// Sets the resource `KEYS[1]` to `ARGV[1]` only if the fence `ARGV[2]` is at least the highest fence
-/// that ever wrote it (kept in `KEYS[2]`), and records the fence. Returns 1 when written, 0 when a newer
-/// fence has written since.
+/// Sets the resource `KEYS[1]` to `ARGV[1]` for the holder with the fence `ARGV[2]` and the token
+/// `ARGV[3]`, and records both in the mark `KEYS[2]` (as `"<fence>:<token>"`), atomically. Returns 1
+/// when written, 0 when refused.
+///
+/// A write is accepted when its fence is greater than the mark's, or equal to it **and** from the same
+/// holder (the same token: a holder writing again). An equal fence from another holder is refused: a
+/// fence can only repeat if the assumptions of [`FENCED_ACQUIRE`] were broken, and then the holder that
+/// wrote first keeps the resource. A mark written by an older version (a bare fence, without a token)
+/// accepts only greater fences. `KEYS[1]` stays a plain string.
 pub static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "fenced_set",
         r#"local mark = redis.call('get', KEYS[2])
-if mark and tonumber(mark) > tonumber(ARGV[2]) then
-  return 0
+if mark then
+  local ours = tonumber(ARGV[2])
+  local at = string.find(mark, ':', 1, true)
+  local newest, holder = tonumber(mark), false
+  if at then
+    newest, holder = tonumber(string.sub(mark, 1, at - 1)), string.sub(mark, at + 1)
+  end
+  if newest > ours or (newest == ours and holder ~= ARGV[3]) then
+    return 0
+  end
 end
 redis.call('set', KEYS[1], ARGV[1])
-redis.call('set', KEYS[2], ARGV[2])
+redis.call('set', KEYS[2], ARGV[2] .. ':' .. ARGV[3])
 return 1"#,
     )
 });

@@ -1,14 +1,16 @@
 //! Redlock over independent in-memory masters, with injected faults: quorum arithmetic, per-node errors,
 //! bounded rounds, release of partial locks, validity, fencing, guard operations and `hold`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::{Either, select};
+use futures::future::{BoxFuture, Either, select};
 use lock_core::memory::MemoryBackend;
 use lock_core::testing::{CountingBackend, Fault, FaultyBackend, companion_keys};
-use lock_core::{LockBackend, LockError, NodeError, Redlock, RedlockGuard};
+use lock_core::{
+    BackendError, LockBackend, LockError, NodeError, Redlock, RedlockGuard, Script, ScriptValue,
+};
 
 /// Room for a noisy 2-core machine on top of the bounds under test.
 const SLACK: Duration = Duration::from_millis(1500);
@@ -27,7 +29,11 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: usize) -> Self {
-        let stores: Vec<MemoryBackend> = (0..n).map(|_| MemoryBackend::new()).collect();
+        Self::of((0..n).map(|_| MemoryBackend::new()).collect())
+    }
+
+    /// Masters with the given stores (say, with their clocks set apart).
+    fn of(stores: Vec<MemoryBackend>) -> Self {
         let faults = stores
             .iter()
             .map(|store| Arc::new(FaultyBackend::new(store.clone())))
@@ -491,17 +497,21 @@ async fn fences_increase_across_holders_even_when_counters_diverge() {
     let f1 = first.fence().expect("fencing is on");
     first.release().await.unwrap();
 
-    // Masters 0 and 1 run ahead (say they served many acquisitions the others missed).
+    // Masters 0 and 1 run ahead (say they served many acquisitions the others missed): by 300 ms of
+    // microseconds, more than this test takes to get to the next acquisition, so their counters are
+    // still ahead of every clock then.
+    let lead = 300_000;
     for node in [0, 1] {
         cluster.stores[node].set(
             &counter_key(),
-            &(f1 + 1000).to_string(),
+            &(f1 + lead).to_string(),
             Duration::from_secs(60),
         );
     }
     let ahead = lock.acquire().await.unwrap();
     let f2 = ahead.fence().unwrap();
-    assert_eq!(f2, f1 + 1001, "the largest answer of the granting masters");
+    // The largest answer of the granting masters: a counter ahead, or a clock that passed it.
+    assert!(f2 > f1 + lead, "{f2} after {f1} + {lead}");
     // Every granting master's counter was raised to the fence before the acquisition succeeded.
     for node in 0..5 {
         assert!(cluster.counter(node) >= f2, "node {node}");
@@ -522,7 +532,7 @@ async fn fences_increase_across_holders_even_when_counters_diverge() {
 
     // Masters that lost their counters (restarted empty) restart them from the clock in microseconds,
     // which has passed every fence by now.
-    sleep(Duration::from_millis(5)).await;
+    sleep(Duration::from_micros(lead) + Duration::from_millis(50)).await;
     for node in [2, 3, 4] {
         cluster.stores[node].delete(&counter_key());
     }
@@ -534,8 +544,10 @@ async fn fences_increase_across_holders_even_when_counters_diverge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_configurations_send_nothing() {
-    let counted = Arc::new(CountingBackend::new(MemoryBackend::new()));
-    let nodes = || vec![counted.clone(); 3];
+    let counted: Vec<Arc<CountingBackend<MemoryBackend>>> = (0..3)
+        .map(|_| Arc::new(CountingBackend::new(MemoryBackend::new())))
+        .collect();
+    let nodes = || counted.clone();
     let empty: Vec<MemoryBackend> = Vec::new();
     let cases: Vec<(Redlock, &str)> = vec![
         (Redlock::new(empty, KEY), "nodes"),
@@ -577,7 +589,11 @@ async fn invalid_configurations_send_nothing() {
             }
         }
     }
-    assert_eq!(counted.script_calls() + counted.set_nx_calls(), 0);
+    let sent: usize = counted
+        .iter()
+        .map(|node| node.script_calls() + node.set_nx_calls())
+        .sum();
+    assert_eq!(sent, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -796,4 +812,395 @@ fn runs_without_tokio() {
 /// A sleep that needs no runtime, through a backend's default timer.
 fn futures_timer_sleep(duration: Duration) -> futures::future::BoxFuture<'static, ()> {
     MemoryBackend::new().sleep(duration)
+}
+
+/// A master's data as a restart without persistence leaves it: the lock key and the fence counter gone.
+fn lose_data(store: &MemoryBackend) {
+    store.delete(KEY);
+    store.delete(&fence_counter());
+}
+
+/// The fence counter of [`KEY`], as lock-core names it.
+fn fence_counter() -> String {
+    lock_core::testing::companion_keys(KEY)[0].clone()
+}
+
+/// With master 0's clock ten minutes ahead, a round it grants in would take its clock as the fence and
+/// copy it onto master 1; once master 0 is gone and master 1 rejoins empty, the next holder's fence
+/// would come from the correct clocks, ten minutes of microseconds lower, and the deposed holder's
+/// writes would win. The round with master 0 is refused instead, and fences never go backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_clock_is_ahead_never_makes_a_fence_go_backwards() {
+    let ten_minutes: i64 = 600_000_000;
+    let cluster = Cluster::of(vec![
+        MemoryBackend::with_clock_offset(ten_minutes),
+        MemoryBackend::new(),
+        MemoryBackend::new(),
+    ]);
+    let lock = cluster.lock().fencing(true);
+    let mut fences = Vec::new();
+
+    // Master 2 is down while A acquires: only 0 (ahead) and 1 answer.
+    cluster.fault(&[2], Fault::Error);
+    let a = match lock.acquire().await {
+        Ok(guard) => {
+            fences.push(guard.fence().expect("fencing is on"));
+            Ok(guard.release().await)
+        }
+        Err(error) => Err(error),
+    };
+    assert!(
+        cluster.occupied().is_empty(),
+        "nothing is left held: {:?}",
+        cluster.occupied()
+    );
+
+    // Master 0 goes away; master 1 rejoins empty (after staying down longer than the TTL and
+    // MAX_CLOCK_SKEW); master 2 is back.
+    cluster.fault(&[2], Fault::None);
+    cluster.fault(&[0], Fault::Error);
+    lose_data(&cluster.stores[1]);
+    let b = lock.acquire().await.expect("masters 1 and 2 agree");
+    fences.push(b.fence().expect("fencing is on"));
+    assert!(b.release().await.unwrap());
+    assert!(
+        fences.windows(2).all(|pair| pair[0] < pair[1]),
+        "fences went backwards: {fences:?}"
+    );
+
+    // The round that master 0 answered was refused, naming the masters and the skew.
+    match a {
+        Err(LockError::ClockSkew {
+            key,
+            ahead,
+            behind,
+            skew,
+            bound,
+        }) => {
+            assert_eq!(key, KEY);
+            assert_eq!((ahead, behind), (0, 1));
+            assert!(skew > Duration::from_secs(599), "{skew:?}");
+            assert!(skew <= Duration::from_secs(600), "{skew:?}");
+            assert_eq!(bound, Redlock::MAX_CLOCK_SKEW);
+        }
+        other => panic!("expected ClockSkew, got {other:?}"),
+    }
+
+    // While master 0's clock is off, every fenced round it answers is refused (at once, not retried
+    // until the deadline), and leaves nothing behind; a lock without fencing is unaffected.
+    cluster.fault(&[0], Fault::None);
+    let started = Instant::now();
+    let err = lock.acquire().await.unwrap_err();
+    assert!(started.elapsed() < SLACK, "{:?}", started.elapsed());
+    assert!(
+        matches!(err, LockError::ClockSkew { ahead: 0, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    let message = err.to_string();
+    assert!(
+        message.contains("masters 0 and") && message.contains("fencing allows"),
+        "{message}"
+    );
+    let err = lock.try_acquire().await.unwrap_err();
+    assert!(matches!(err, LockError::ClockSkew { .. }), "{err:?}");
+    assert!(cluster.occupied().is_empty());
+    let plain = cluster
+        .lock()
+        .acquire()
+        .await
+        .expect("no fencing, no clocks");
+    assert_eq!(plain.fence(), None);
+    assert!(plain.release().await.unwrap());
+}
+
+/// Clocks within [`Redlock::MAX_CLOCK_SKEW`] of each other are accepted, and fences increase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_within_the_skew_bound_issue_fences() {
+    let cluster = Cluster::of(vec![
+        MemoryBackend::with_clock_offset(400_000),
+        MemoryBackend::new(),
+        MemoryBackend::with_clock_offset(-400_000),
+    ]);
+    let lock = cluster.lock().fencing(true);
+    let mut last = 0;
+    for _ in 0..3 {
+        let guard = lock
+            .acquire()
+            .await
+            .expect("800 ms apart is within the bound");
+        let fence = guard.fence().unwrap();
+        assert!(fence > last, "{fence} after {last}");
+        last = fence;
+        assert!(guard.release().await.unwrap());
+    }
+}
+
+/// One free master listed twice and one busy master: counted twice, the free one alone would make a
+/// majority of three. The same backend (the same `Arc`, clones of one store, wrappers around one
+/// store) listed twice is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_listed_twice_is_refused_before_anything_is_sent() {
+    let a = Arc::new(CountingBackend::new(MemoryBackend::new()));
+    let busy = MemoryBackend::new();
+    busy.set(KEY, "someone-else", Duration::from_secs(30));
+    let b = Arc::new(CountingBackend::new(busy.clone()));
+    let lock = Redlock::new(vec![a.clone(), a.clone(), b.clone()], KEY)
+        .wait_timeout(Some(Duration::from_millis(100)));
+    for result in [
+        lock.acquire().await.map(|_| ()),
+        lock.try_acquire().await.map(|_| ()),
+        lock.clone().fencing(true).acquire().await.map(|_| ()),
+    ] {
+        match result {
+            Err(LockError::InvalidArgument {
+                argument: "nodes",
+                reason,
+            }) => assert!(
+                reason.contains("masters 0 and 1 are the same backend"),
+                "{reason}"
+            ),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+    let sent: usize = [&a, &b]
+        .iter()
+        .map(|node| node.set_nx_calls() + node.script_calls())
+        .sum();
+    assert_eq!(sent, 0, "nothing is sent");
+
+    // Clones of one in-memory store are one store; wrappers see through to the store they wrap.
+    let store = MemoryBackend::new();
+    let other = || Arc::new(MemoryBackend::new()) as Arc<dyn LockBackend>;
+    let cases: Vec<(Vec<Arc<dyn LockBackend>>, &str)> = vec![
+        (
+            vec![Arc::new(store.clone()), other(), Arc::new(store.clone())],
+            "masters 0 and 2",
+        ),
+        (
+            vec![
+                other(),
+                Arc::new(FaultyBackend::new(store.clone())),
+                Arc::new(CountingBackend::new(Arc::new(store.clone()))),
+            ],
+            "masters 1 and 2",
+        ),
+    ];
+    for (nodes, expected) in cases {
+        let err = Redlock::new(nodes, KEY).acquire().await.unwrap_err();
+        assert!(
+            matches!(&err, LockError::InvalidArgument { argument: "nodes", reason } if reason.contains(expected)),
+            "{expected}: {err:?}"
+        );
+    }
+    assert_eq!(store.get(KEY), None);
+
+    // Distinct masters are fine.
+    let guard = Redlock::new(
+        vec![
+            a.clone(),
+            Arc::new(CountingBackend::new(MemoryBackend::new())),
+            b,
+        ],
+        KEY,
+    )
+    .acquire()
+    .await
+    .expect("a and the new master are a majority");
+    assert!(guard.release().await.unwrap());
+}
+
+/// A backend that answers a server identity (as the Redis adapters answer `run_id`), over an in-memory
+/// store, without forwarding the store's instance id: two of them over one store are two backend
+/// values reaching one "server".
+#[derive(Debug)]
+struct Named {
+    store: MemoryBackend,
+    id: Mutex<Result<&'static str, BackendError>>,
+    asked: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+impl Named {
+    fn new(store: &MemoryBackend, id: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            store: store.clone(),
+            id: Mutex::new(Ok(id)),
+            asked: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn answer(&self, id: Result<&'static str, BackendError>) {
+        *self.id.lock().unwrap() = id;
+    }
+}
+
+#[lock_core::async_trait]
+impl LockBackend for Named {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.store.set_nx(key, value, ttl).await
+    }
+
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.store.eval_script(script, keys, args).await
+    }
+
+    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let answer = match &*self.id.lock().unwrap() {
+            Ok(id) => Ok((*id).to_owned()),
+            Err(error) if error.is_transient() => {
+                Err(BackendError::transient("named", "no answer"))
+            }
+            Err(_) => Err(BackendError::permanent("named", "NOPERM no INFO for you")),
+        };
+        Some(Box::pin(async move { answer }))
+    }
+}
+
+/// One server reached through two different backends (two clients of one Redis) is recognised by its
+/// identity the first time a round reaches it, before its vote counts; later acquisitions are refused
+/// without sending anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_listed_twice_is_refused_at_first_contact() {
+    let shared = MemoryBackend::new();
+    let busy = MemoryBackend::new();
+    busy.set(KEY, "someone-else", Duration::from_secs(30));
+    let nodes = [
+        Named::new(&shared, "run-a"),
+        Named::new(&shared, "run-a"),
+        Named::new(&busy, "run-b"),
+    ];
+    let lock = Redlock::new(nodes.to_vec(), KEY).wait_timeout(Some(Duration::from_millis(100)));
+    for fencing in [false, true] {
+        let err = lock.clone().fencing(fencing).acquire().await.unwrap_err();
+        assert!(
+            matches!(&err, LockError::InvalidArgument { argument: "nodes", reason }
+                if reason.contains("masters 0 and 1 are the same server (run_id run-a)")),
+            "{err:?}"
+        );
+        assert_eq!(
+            shared.get(KEY),
+            None,
+            "the round's partial lock was released"
+        );
+        assert_eq!(busy.get(KEY).as_deref(), Some("someone-else"));
+    }
+    // Known now: refused before anything is sent, and nobody is asked again.
+    let calls: usize = nodes.iter().map(|n| n.calls.load(Ordering::SeqCst)).sum();
+    let err = lock.try_acquire().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LockError::InvalidArgument {
+                argument: "nodes",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        nodes
+            .iter()
+            .map(|n| n.calls.load(Ordering::SeqCst))
+            .sum::<usize>(),
+        calls
+    );
+    assert!(nodes.iter().all(|n| n.asked.load(Ordering::SeqCst) == 1));
+
+    // Three servers: each is asked once, at first contact.
+    let (s0, s1, s2) = (
+        MemoryBackend::new(),
+        MemoryBackend::new(),
+        MemoryBackend::new(),
+    );
+    let nodes = [
+        Named::new(&s0, "run-0"),
+        Named::new(&s1, "run-1"),
+        Named::new(&s2, "run-2"),
+    ];
+    // Master 2 cannot tell for now (a transient failure): it could be another master listed twice, so
+    // its grant does not count in that round, and it is asked again in the next.
+    nodes[2].answer(Err(BackendError::transient("named", "x")));
+    let lock = Redlock::new(nodes.to_vec(), KEY).wait_timeout(Some(Duration::ZERO));
+    s1.set(KEY, "someone-else", Duration::from_secs(30));
+    let err = lock.acquire().await.unwrap_err();
+    assert!(
+        matches!(&err, LockError::Quorum { votes: 1, errors, .. } if failed_nodes(errors) == [2]),
+        "{err:?}"
+    );
+    assert_eq!(s2.get(KEY), None, "released");
+    s1.delete(KEY);
+    // A permanent refusal (an ACL without INFO) means the backend cannot tell: it counts.
+    nodes[2].answer(Err(BackendError::permanent("named", "x")));
+    let guard = lock.acquire().await.expect("three distinct masters");
+    assert!(guard.release().await.unwrap());
+    let guard = lock.acquire().await.expect("three distinct masters");
+    assert!(guard.release().await.unwrap());
+    let asked: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.asked.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(asked, [1, 1, 2]);
+}
+
+/// A release once the validity has run out reports the lock lost (`Ok(false)`), whatever the masters
+/// answer or fail to: exclusion was not guaranteed. And `run` withholds the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_after_the_validity_ran_out_is_lost_whatever_the_masters_answer() {
+    let cluster = Cluster::new(5);
+    let ttl = Duration::from_millis(100);
+    let lock = cluster.lock().timeout(ttl);
+
+    // The keys expired; the masters that could say so are too few, the other three fail.
+    let guard = lock.acquire().await.unwrap();
+    sleep(ttl + Duration::from_millis(50)).await;
+    assert_eq!(guard.valid_for(), Duration::ZERO);
+    cluster.fault(&[0, 1, 2], Fault::Error);
+    match guard.release().await {
+        Ok(false) => {}
+        other => panic!("a lock whose validity ran out is known lost, got {other:?}"),
+    }
+    cluster.fault(&[0, 1, 2], Fault::None);
+
+    // The keys are still there behind the guard's back (say the masters' clocks ran slow): still
+    // lost, and still cleaned up where the masters answer.
+    let guard = lock.acquire().await.unwrap();
+    for store in &cluster.stores {
+        store.set(KEY, guard.token(), Duration::from_secs(30));
+    }
+    sleep(ttl + Duration::from_millis(50)).await;
+    cluster.fault(&[0, 1, 2], Fault::Error);
+    let token = guard.token().to_owned();
+    match guard.release().await {
+        Ok(false) => {}
+        other => panic!("a lock whose validity ran out is known lost, got {other:?}"),
+    }
+    assert_eq!(cluster.holders(&token), [0, 1, 2], "3 and 4 released");
+    cluster.fault(&[0, 1, 2], Fault::None);
+    for store in &cluster.stores {
+        store.delete(KEY);
+    }
+
+    // A body that pauses past the validity (blocking its thread, as a stopped VM would) and finishes
+    // before the renewal loop notices; then three masters fail the release.
+    let result = lock
+        .run(async |_: &RedlockGuard| {
+            std::thread::sleep(ttl + Duration::from_millis(50));
+            cluster.fault(&[0, 1, 2], Fault::Error);
+            "done"
+        })
+        .await;
+    assert!(
+        matches!(&result, Err(LockError::Lost { key, .. }) if key == KEY),
+        "{result:?}"
+    );
 }

@@ -512,6 +512,41 @@ impl LockBackend for DeadpoolBackend {
             Err(_) => false,
         }
     }
+
+    /// Clones share the pool or connection (and this backend's state), so they answer one identity.
+    fn instance_id(&self) -> usize {
+        Arc::as_ptr(&self.queues).cast::<()>().addr()
+    }
+
+    /// The `run_id` from `INFO server`, bounded by the command timeout. `None` for a cluster pool,
+    /// where `INFO` may reach any node.
+    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
+        if matches!(self.conn, Conn::Cluster(_)) {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let mut info = redis::cmd("INFO");
+            info.arg("server");
+            let reply = bounded(self.command_timeout, async {
+                self.connection().await?.query(&info).await
+            })
+            .await?;
+            let text = match reply {
+                Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Value::VerbatimString { text, .. } => text,
+                Value::SimpleString(text) => text,
+                other => {
+                    return Err(BackendError::permanent(
+                        BACKEND,
+                        format!("unexpected reply to INFO server: {other:?}"),
+                    ));
+                }
+            };
+            lock_core::run_id_from_info(&text)
+                .map(str::to_owned)
+                .ok_or_else(|| BackendError::permanent(BACKEND, "INFO server answered no run_id"))
+        }))
+    }
 }
 
 /// Whether the server answered `NOSCRIPT`: redis-rs parses that code into

@@ -100,7 +100,7 @@ use fred::interfaces::{
     ClientLike, KeysInterface, ListInterface, LuaInterface, ServerInterface, TransactionInterface,
 };
 use fred::types::config::Options;
-use fred::types::{ClusterHash, CustomCommand, Expiration, SetOptions, Value};
+use fred::types::{ClusterHash, CustomCommand, Expiration, InfoKind, SetOptions, Value};
 use fred::util::redis_keyslot;
 use futures::future::BoxFuture;
 use lock_core::Script;
@@ -596,6 +596,27 @@ impl LockBackend for FredBackend {
     /// Off in Redis Cluster (see [`LockBackend::release_signals`]).
     fn release_signals(&self) -> bool {
         !self.client().is_clustered()
+    }
+
+    /// Clones share the client (and this backend's state), so they answer one identity.
+    fn instance_id(&self) -> usize {
+        Arc::as_ptr(&self.queues).cast::<()>().addr()
+    }
+
+    /// The `run_id` from `INFO server`, bounded by the command timeout. `None` in Redis Cluster, where
+    /// `INFO` may reach any node.
+    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
+        if self.client().is_clustered() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let info: String = self
+                .bounded(self.client().info(Some(InfoKind::Server)))
+                .await?;
+            lock_core::run_id_from_info(&info)
+                .map(str::to_owned)
+                .ok_or_else(|| BackendError::permanent(BACKEND, "INFO server answered no run_id"))
+        }))
     }
 
     /// `BLPOP` on a connection of our own (made with the client's config on first use, then kept idle
