@@ -92,13 +92,19 @@ impl LockGuard {
     /// fence that ever wrote `resource`, or equal to it and written by this guard; atomically.
     /// `Ok(false)` when another holder has written with a fence at least as large.
     ///
-    /// The highest fence is kept, with the token of the guard that wrote it, in a companion key in
-    /// `resource`'s cluster slot (`{resource}:redlease:fence-mark`; `resource:redlease:fence-mark` when
-    /// `resource` has a hash tag; `resource:redlease:fence-mark:NNNNNN`, numbered to land in its slot,
-    /// when it has a `}` but no hash tag), as `"<fence>:<token>"`; `resource` itself stays a plain
-    /// string, readable with `GET`. So a holder may write again with its own fence, while a fence that
+    /// The highest fence is kept, with the token of the guard that wrote it, as `"<fence>:<token>"`, in
+    /// a companion key named after `resource` and in its cluster slot: `resource:redlease:fence-mark`
+    /// when `resource` has a hash tag, otherwise `resource:redlease:fence-mark:` followed by six digits
+    /// chosen to land in its slot (for `locks:res`, `locks:res:redlease:fence-mark:{DDDDDD}`), so an ACL
+    /// key pattern that covers `resource` covers its mark; `resource` itself stays a plain string,
+    /// readable with `GET`. So a holder may write again with its own fence, while a fence that
     /// repeated (see [`fence`](Self::fence) for when it cannot) never lets a second holder overwrite
     /// the first. A guard without a fence is [`LockError::InvalidArgument`] and nothing is sent.
+    ///
+    /// A transient failure (a timeout, a dropped connection) is [`LockError::InDoubt`]: the write may
+    /// have been applied, or may still land later; it is never reported as "not written". Retrying with
+    /// the same guard is safe (an equal fence from the same holder is accepted), and a later write by a
+    /// newer holder always wins over a late one of ours, whose fence is smaller.
     pub async fn fenced_set(&self, resource: &str, value: &str) -> Result<bool> {
         let Some(fence) = self.fence else {
             return Err(LockError::invalid(
@@ -119,7 +125,20 @@ impl LockGuard {
                 &[value, &fence.to_string(), &self.lease.token],
             )
             .await
-            .map_err(|source| LockError::backend_failed(&self.lease.key, source))?;
+            .map_err(|source| {
+                // A request that failed in transit (a timeout, a dropped connection) may have been
+                // applied, or may still be: never report it as "not written".
+                if source.is_transient() {
+                    LockError::InDoubt {
+                        key: self.lease.key.to_string(),
+                        operation: "fenced_set",
+                        reason: format!("the write to {resource} may have been applied"),
+                        source: Some(source),
+                    }
+                } else {
+                    LockError::backend_failed(&self.lease.key, source)
+                }
+            })?;
         Ok(reply.as_int() == Some(1))
     }
 

@@ -93,11 +93,13 @@ impl RedisLock {
     /// increases across every acquisition of this key, so a resource can reject writes from a holder
     /// whose lock has since passed to someone else. See [`LockGuard::fenced_set`].
     ///
-    /// The fence comes from a counter key beside the lock key (`{key}:redlease:fence`, or
-    /// `key:redlease:fence` when the key already has a hash tag), in the same cluster slot. The counter is
-    /// never deleted: one small key per lock name. A key that contains `}` without a hash tag (such as
-    /// `a{}b`), which Redis hashes whole, gets a numbered suffix instead (`a{}b:redlease:fence:NNNNNN`),
-    /// chosen so that the name hashes to the key's slot.
+    /// The fence comes from a counter key beside the lock key, named after it and in its cluster slot:
+    /// `key:redlease:fence` when the key has a hash tag (`{user:1}:lock` → `{user:1}:lock:redlease:fence`),
+    /// otherwise `key:redlease:fence:` followed by six digits chosen so that the name hashes to the key's
+    /// slot (`locks:x` → `locks:x:redlease:fence:{DDDDDD}`, `a{b` → `a{b:redlease:fence:DDDDDD}`,
+    /// `a{}b` → `a{}b:redlease:fence:DDDDDD`). The name starts with the key, so an ACL key pattern that
+    /// covers the key covers its counter, and distinct keys never share a counter. The counter is never
+    /// deleted: one small key per lock name.
     ///
     /// # What is guaranteed, and under which assumption
     ///

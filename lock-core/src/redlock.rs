@@ -312,7 +312,7 @@ impl Redlock {
     /// and why.
     ///
     /// Each master keeps a counter beside the lock key (named as for
-    /// [`RedisLock::fencing`](crate::RedisLock::fencing), e.g. `{key}:redlease:fence`), never deleted.
+    /// [`RedisLock::fencing`](crate::RedisLock::fencing), e.g. `key:redlease:fence:{DDDDDD}`), never deleted.
     pub fn fencing(mut self, enabled: bool) -> Self {
         self.fencing = enabled;
         self

@@ -236,6 +236,7 @@ checks!(
     fences_strictly_increase,
     fenced_acquire_recognises_own_write,
     fenced_set_rejects_stale_fences,
+    fenced_set_failure_is_in_doubt,
     fencing_works_for_keys_with_odd_braces,
     election_hands_over_on_resign,
     election_replaces_a_silent_leader,
@@ -1349,6 +1350,39 @@ pub async fn fenced_acquire_recognises_own_write(
     }
     assert_eq!(probe.get(&key).await.as_deref(), Some("ours"));
     probe.del(&key).await;
+}
+
+/// A `fenced_set` whose request failed in transit is [`LockError::InDoubt`] (it may have been applied,
+/// or may land later), never "not written"; retrying with the same guard is accepted.
+pub async fn fenced_set_failure_is_in_doubt(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let faulty = Arc::new(FaultyBackend::new(backend));
+    let guard = RedisLock::new(faulty.clone(), key.clone())
+        .fencing(true)
+        .acquire()
+        .await
+        .expect("acquire");
+    let resource = format!("{key}:resource");
+    faulty.set_fault(Fault::Error);
+    let result = guard.fenced_set(&resource, "v").await;
+    faulty.set_fault(Fault::None);
+    match result {
+        Err(
+            error @ LockError::InDoubt {
+                operation: "fenced_set",
+                source: Some(_),
+                ..
+            },
+        ) => assert!(error.is_transient()),
+        other => panic!("expected InDoubt, got {other:?}"),
+    }
+    assert!(guard.fenced_set(&resource, "v").await.expect("retry"));
+    assert_eq!(probe.get(&resource).await.as_deref(), Some("v"));
+    assert!(guard.release().await.expect("release"));
+    probe.del(&resource).await;
 }
 
 /// `fenced_set` writes a plain string when our fence is the newest, refuses a stale holder's write, and
