@@ -458,6 +458,9 @@ pub(crate) struct Lease {
     /// The list a release pushes to, waking a waiter in another process.
     signal: Arc<str>,
     token: Arc<str>,
+    /// How long a background release keeps retrying: the lock's TTL, after which the key has expired
+    /// anyway (unless extended).
+    horizon: Duration,
     armed: bool,
 }
 
@@ -467,12 +470,14 @@ impl Lease {
         key: Arc<str>,
         signal: Arc<str>,
         token: Arc<str>,
+        horizon: Duration,
     ) -> Self {
         Self {
             backend,
             key,
             signal,
             token,
+            horizon,
             armed: true,
         }
     }
@@ -488,27 +493,95 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Releases the token in the background, where the backend can spawn: for a guard dropped without
+    /// `release`, an acquisition abandoned mid-request, or a lease `hold` reported lost (a renewal
+    /// queued in the client before the loss may still land and reset the TTL: the release, queued
+    /// after it, undoes that).
+    ///
+    /// A failed attempt is retried with backoff (50 ms doubling to 1 s, jittered) until Redis answers
+    /// or the lease would have expired anyway (`horizon` after the first attempt), so one failure during
+    /// an outage does not leave the key held for its whole TTL once the server is back. Permanent errors
+    /// are not retried.
+    pub(crate) fn release_in_background(&self, horizon: Duration, why: &'static str) {
+        let (backend, key, signal, token) = (
+            self.backend.clone(),
+            self.key.clone(),
+            self.signal.clone(),
+            self.token.clone(),
+        );
+        retry_in_background(
+            self.backend.clone(),
+            self.key.clone(),
+            horizon,
+            why,
+            move || {
+                let (backend, key, signal, token) =
+                    (backend.clone(), key.clone(), signal.clone(), token.clone());
+                Box::pin(async move {
+                    release_and_signal(&*backend, &key, &signal, &token)
+                        .await
+                        .map(drop)
+                })
+            },
+        );
+    }
+}
+
+/// Runs `attempt` in the background on `backend`'s runtime until it succeeds, retrying transient
+/// failures with backoff (50 ms doubling to 1 s, jittered) for at most `horizon`. Logs the outcome for
+/// `key`, saying `why` it ran; a backend that cannot spawn leaves it to the lock's TTL.
+pub(crate) fn retry_in_background<F>(
+    backend: Arc<dyn LockBackend>,
+    key: Arc<str>,
+    horizon: Duration,
+    why: &'static str,
+    attempt: F,
+) where
+    F: Fn() -> BoxFuture<'static, std::result::Result<(), BackendError>> + Send + 'static,
+{
+    let runtime = backend.clone();
+    let task_key = key.clone();
+    let task = Box::pin(async move {
+        let key = task_key;
+        let give_up_at = backend.now() + horizon;
+        let mut pause = BACKGROUND_RETRY_FIRST;
+        loop {
+            match attempt().await {
+                Ok(()) => {
+                    tracing::debug!(%key, why, "released a lock in the background");
+                    return;
+                }
+                Err(error) if error.is_transient() && backend.now() + pause < give_up_at => {
+                    tracing::debug!(%key, why, %error, ?pause, "background release failed; retrying");
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        %key,
+                        why,
+                        %error,
+                        "background release failed; the lock's TTL will free it"
+                    );
+                    return;
+                }
+            }
+            backend.sleep(jittered(pause)).await;
+            pause = (pause * 2).min(BACKGROUND_RETRY_MAX);
+        }
+    });
+    if !runtime.spawn_detached(task) {
+        tracing::debug!(%key, why, "no runtime to release a lock in the background; its TTL will free it");
+    }
+}
+
+/// The first pause between attempts of a background release, and the longest.
+const BACKGROUND_RETRY_FIRST: Duration = Duration::from_millis(50);
+const BACKGROUND_RETRY_MAX: Duration = Duration::from_secs(1);
+
 impl Drop for Lease {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let backend = self.backend.clone();
-        let key = self.key.clone();
-        let signal = self.signal.clone();
-        let token = self.token.clone();
-        let release = Box::pin(async move {
-            match release_and_signal(&*backend, &key, &signal, &token).await {
-                Ok(_) => tracing::debug!(%key, "released a dropped lock in the background"),
-                Err(error) => tracing::warn!(
-                    %key,
-                    %error,
-                    "background release of a dropped lock failed; its TTL will free it"
-                ),
-            }
-        });
-        if !self.backend.spawn_detached(release) {
-            tracing::debug!(key = %self.key, "no runtime to release a dropped lock; its TTL will free it");
+        if self.armed {
+            self.release_in_background(self.horizon, "dropped without release");
         }
     }
 }
@@ -532,6 +605,9 @@ pub(crate) trait Renewable: Sync {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
     /// One renewal, as `renew`.
     fn renew_once(&self) -> BoxFuture<'_, Result<bool>>;
+    /// Releases the lock in the background once `hold` reported it lost, so that a renewal still queued
+    /// in the client cannot keep a lease its holder was told it lost.
+    fn release_lost(&self);
 }
 
 /// Runs `work` while `guard` is renewed, dropping it as soon as the lock is lost (see
@@ -550,6 +626,13 @@ pub(crate) async fn hold_renewed<G: Renewable + ?Sized, F: Future>(
 
 /// Renews the lock until it is lost; returns why.
 async fn keep_renewed<G: Renewable + ?Sized>(guard: &G) -> LockError {
+    let lost = keep_renewed_until_lost(guard).await;
+    guard.release_lost();
+    lost
+}
+
+/// The renewal loop of [`keep_renewed`].
+async fn keep_renewed_until_lost<G: Renewable + ?Sized>(guard: &G) -> LockError {
     let key = guard.renewal_key();
     let ttl = guard.renewal_ttl();
     let max_hold = guard.max_hold();
@@ -665,6 +748,11 @@ impl Renewable for LockGuard {
 
     fn renew_once(&self) -> BoxFuture<'_, Result<bool>> {
         Box::pin(self.renew())
+    }
+
+    fn release_lost(&self) {
+        self.lease
+            .release_in_background(self.ttl, "hold reported the lease lost");
     }
 }
 

@@ -380,6 +380,7 @@ impl RedisLock {
             self.key.clone(),
             plan.signal.clone(),
             token.clone(),
+            ttl,
         );
         let sent_at = self.backend.now();
         let mut acked = None;

@@ -178,7 +178,7 @@ use futures::future::{BoxFuture, Either, join, join_all, select};
 use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::backoff::Backoff;
 use crate::error::{LockError, NodeError, Result};
-use crate::guard::{Renewable, Written, hold_renewed};
+use crate::guard::{Renewable, Written, hold_renewed, retry_in_background};
 use crate::keys;
 use crate::lock::fenced_reply;
 use crate::script::{self, Script};
@@ -994,35 +994,33 @@ impl Holdings {
     }
 }
 
-impl Drop for Holdings {
-    fn drop(&mut self) {
+impl Holdings {
+    /// Releases the token in the background on every master for which `which(index)` holds, each
+    /// retried with backoff until that master answers or the TTL has passed (see
+    /// [`retry_in_background`]).
+    fn release_in_background(&self, why: &'static str, which: impl Fn(usize) -> bool) {
         for (index, node) in self.nodes.iter().enumerate() {
-            if !self.armed[index] {
+            if !which(index) {
                 continue;
             }
-            let releaser = node.clone();
-            let key = self.key.clone();
-            let token = self.token.clone();
-            let bound = self.ttl;
-            let release = Box::pin(async move {
-                let (keys, args) = ([&*key], [&*token]);
-                let call = releaser.eval_script(&script::RELEASE, &keys, &args);
-                match bounded(releaser.as_ref(), bound, call).await {
-                    Ok(_) => {
-                        tracing::debug!(%key, node = index, "released a dropped redlock in the background")
-                    }
-                    Err(error) => tracing::warn!(
-                        %key,
-                        node = index,
-                        %error,
-                        "background release of a dropped redlock failed; its TTL will free it"
-                    ),
-                }
+            let (releaser, key, token, bound) =
+                (node.clone(), self.key.clone(), self.token.clone(), self.ttl);
+            retry_in_background(node.clone(), self.key.clone(), self.ttl, why, move || {
+                let (releaser, key, token) = (releaser.clone(), key.clone(), token.clone());
+                Box::pin(async move {
+                    let (keys, args) = ([&*key], [&*token]);
+                    let call = releaser.eval_script(&script::RELEASE, &keys, &args);
+                    bounded(releaser.as_ref(), bound, call).await.map(drop)
+                })
             });
-            if !node.spawn_detached(release) {
-                tracing::debug!(key = %self.key, node = index, "no runtime to release a dropped redlock; its TTL will free it");
-            }
         }
+    }
+}
+
+impl Drop for Holdings {
+    fn drop(&mut self) {
+        let armed = std::mem::take(&mut self.armed);
+        self.release_in_background("dropped without release", |index| armed[index]);
     }
 }
 
@@ -1352,6 +1350,11 @@ impl Renewable for RedlockGuard {
 
     fn renew_once(&self) -> BoxFuture<'_, Result<bool>> {
         Box::pin(self.renew())
+    }
+
+    fn release_lost(&self) {
+        self.holdings
+            .release_in_background("hold reported the lease lost", |_| true);
     }
 }
 

@@ -244,6 +244,8 @@ checks!(
     cancelled_release_still_releases,
     dropped_run_releases_the_lock,
     hold_reports_failing_renewals,
+    background_release_retries_through_an_outage,
+    a_lease_reported_lost_is_released_once_the_store_answers,
     hold_does_not_wait_for_a_hung_renewal,
     unacknowledged_writes_are_not_counted,
 );
@@ -522,6 +524,63 @@ pub async fn durations_are_kept_to_the_millisecond(
         "PTTL {ttl:?} for 1500.5 ms"
     );
     assert!(guard.release().await.expect("release"));
+}
+
+/// A guard dropped during an outage is released once the store answers again: the background release
+/// retries with backoff, not once into the same outage (the key would otherwise stay held for its TTL).
+pub async fn background_release_retries_through_an_outage(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let faulty = Arc::new(FaultyBackend::new(backend.clone()));
+    let guard = RedisLock::new(faulty.clone(), key.clone())
+        .timeout(10 * SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    faulty.set_fault(Fault::Error);
+    drop(guard);
+    // Several attempts fail during the outage (50 ms, 100 ms, 200 ms apart, jittered).
+    sleep(&backend, Duration::from_millis(400)).await;
+    assert!(probe.get(&key).await.is_some(), "the outage kept the key");
+    faulty.set_fault(Fault::None);
+    let released = eventually(&backend, 5 * SECOND, async || {
+        probe.get(&key).await.is_none()
+    })
+    .await;
+    assert!(released, "the background release gave up during the outage");
+}
+
+/// When `hold` reports a lease lost because renewals failed, a renewal queued in the client may still
+/// land once the store answers and reset the TTL: the lease is released in the background as soon as
+/// the store answers again, so a holder told it lost the lock does not keep it for another TTL.
+pub async fn a_lease_reported_lost_is_released_once_the_store_answers(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let faulty = Arc::new(FaultyBackend::new(backend.clone()));
+    let guard = RedisLock::new(faulty.clone(), key.clone())
+        .timeout(FAULT_TTL)
+        .acquire()
+        .await
+        .expect("acquire");
+    faulty.set_fault(Fault::Error);
+    let result = guard.hold(futures::future::pending::<()>()).await;
+    assert!(matches!(result, Err(LockError::Lost { .. })), "{result:?}");
+    // Stand in for the late renewal: the key holds our token again, with a fresh TTL, while the store
+    // is still unreachable for us.
+    probe.set(&key, guard.token(), 10 * SECOND).await;
+    sleep(&backend, Duration::from_millis(100)).await;
+    assert_eq!(probe.get(&key).await.as_deref(), Some(guard.token()));
+    faulty.set_fault(Fault::None);
+    let released = eventually(&backend, 5 * SECOND, async || {
+        probe.get(&key).await.is_none()
+    })
+    .await;
+    assert!(released, "a lease reported lost kept its key");
+    drop(guard);
 }
 
 /// Zero TTL, empty key, zero extend and a bad backoff are `InvalidArgument` naming the argument, and
