@@ -49,7 +49,9 @@ pub(crate) struct Grant {
 }
 
 impl LockGuard {
-    pub(crate) fn new(lease: Lease, grant: Grant) -> Self {
+    pub(crate) fn new(mut lease: Lease, grant: Grant) -> Self {
+        // Granted: no acquiring request of this token is in flight any more.
+        lease.in_flight = false;
         Self {
             lease,
             ttl: grant.ttl,
@@ -461,6 +463,9 @@ pub(crate) struct Lease {
     /// How long a background release keeps retrying: the lock's TTL, after which the key has expired
     /// anyway (unless extended).
     horizon: Duration,
+    /// An acquiring request of this token may still be in flight: one that timed out or was cancelled
+    /// can still land later, after a first release found nothing to delete.
+    in_flight: bool,
     armed: bool,
 }
 
@@ -478,6 +483,7 @@ impl Lease {
             signal,
             token,
             horizon,
+            in_flight: true,
             armed: true,
         }
     }
@@ -510,11 +516,16 @@ impl Lease {
             self.signal.clone(),
             self.token.clone(),
         );
+        let until = match self.in_flight {
+            true => Until::Horizon,
+            false => Until::Answered,
+        };
         retry_in_background(
             self.backend.clone(),
             self.key.clone(),
             horizon,
             why,
+            until,
             move || {
                 let (backend, key, signal, token) =
                     (backend.clone(), key.clone(), signal.clone(), token.clone());
@@ -528,14 +539,25 @@ impl Lease {
     }
 }
 
-/// Runs `attempt` in the background on `backend`'s runtime until it succeeds, retrying transient
-/// failures with backoff (50 ms doubling to 1 s, jittered) for at most `horizon`. Logs the outcome for
-/// `key`, saying `why` it ran; a backend that cannot spawn leaves it to the lock's TTL.
+/// How long a background release goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// Until the store answers once (or the horizon passes).
+    Answered,
+    /// Until the horizon passes, answered or not: a request that may still land is released again.
+    Horizon,
+}
+
+/// Runs `attempt` in the background on `backend`'s runtime until it succeeds (or, with
+/// [`Until::Horizon`], repeatedly until `horizon` has passed), retrying transient failures with backoff
+/// (50 ms doubling to 1 s, jittered) for at most `horizon`. Logs the outcome for `key`, saying `why` it
+/// ran; a backend that cannot spawn leaves it to the lock's TTL.
 pub(crate) fn retry_in_background<F>(
     backend: Arc<dyn LockBackend>,
     key: Arc<str>,
     horizon: Duration,
     why: &'static str,
+    until: Until,
     attempt: F,
 ) where
     F: Fn() -> BoxFuture<'static, std::result::Result<(), BackendError>> + Send + 'static,
@@ -548,6 +570,7 @@ pub(crate) fn retry_in_background<F>(
         let mut pause = BACKGROUND_RETRY_FIRST;
         loop {
             match attempt().await {
+                Ok(()) if until == Until::Horizon && backend.now() + pause < give_up_at => {}
                 Ok(()) => {
                     tracing::debug!(%key, why, "released a lock in the background");
                     return;
@@ -580,7 +603,14 @@ const BACKGROUND_RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.armed {
+        if self.armed && self.in_flight {
+            // The acquiring request failed or was cancelled: it may land after the first release, so
+            // releasing goes on (with backoff, at most a second apart) for the whole horizon.
+            self.release_in_background(
+                self.horizon,
+                "an acquisition failed or was cancelled mid-request",
+            );
+        } else if self.armed {
             self.release_in_background(self.horizon, "dropped without release");
         }
     }

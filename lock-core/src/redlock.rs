@@ -178,7 +178,7 @@ use futures::future::{BoxFuture, Either, join, join_all, select};
 use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::backoff::Backoff;
 use crate::error::{LockError, NodeError, Result};
-use crate::guard::{Renewable, Written, hold_renewed, retry_in_background};
+use crate::guard::{Renewable, Until, Written, hold_renewed, retry_in_background};
 use crate::keys;
 use crate::lock::fenced_reply;
 use crate::script::{self, Script};
@@ -1005,14 +1005,21 @@ impl Holdings {
             }
             let (releaser, key, token, bound) =
                 (node.clone(), self.key.clone(), self.token.clone(), self.ttl);
-            retry_in_background(node.clone(), self.key.clone(), self.ttl, why, move || {
-                let (releaser, key, token) = (releaser.clone(), key.clone(), token.clone());
-                Box::pin(async move {
-                    let (keys, args) = ([&*key], [&*token]);
-                    let call = releaser.eval_script(&script::RELEASE, &keys, &args);
-                    bounded(releaser.as_ref(), bound, call).await.map(drop)
-                })
-            });
+            retry_in_background(
+                node.clone(),
+                self.key.clone(),
+                self.ttl,
+                why,
+                Until::Answered,
+                move || {
+                    let (releaser, key, token) = (releaser.clone(), key.clone(), token.clone());
+                    Box::pin(async move {
+                        let (keys, args) = ([&*key], [&*token]);
+                        let call = releaser.eval_script(&script::RELEASE, &keys, &args);
+                        bounded(releaser.as_ref(), bound, call).await.map(drop)
+                    })
+                },
+            );
         }
     }
 }
