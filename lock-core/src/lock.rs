@@ -150,6 +150,13 @@ impl RedisLock {
     /// `WAIT` makes a failover that promotes an acknowledging replica keep the lock; it is not
     /// consensus: a replica that acknowledged can still lose the write in a later failure, and Sentinel
     /// may promote a replica that did not acknowledge unless `replicas` covers all of them.
+    ///
+    /// **Clock offset between primary and replicas.** Redis 7 replicates `PX` and `PEXPIRE` as absolute
+    /// `PXAT`/`PEXPIREAT`, so a promoted replica expires the lock by its *own* wall clock: a replica whose
+    /// clock is 5 s ahead of the primary's frees the lock 5 s early, although `WAIT` confirmed the write.
+    /// The guarantee therefore needs the servers' wall clocks to agree within the drift allowance the
+    /// guard keeps (1% of the TTL plus 2 ms): keep them synchronised (NTP) and pick a TTL for which 1%
+    /// exceeds their worst offset. The same holds behind Sentinel.
     pub fn replicas(mut self, replicas: usize, timeout: Duration) -> Self {
         self.replicas = Some((replicas, timeout));
         self

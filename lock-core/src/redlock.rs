@@ -31,7 +31,7 @@
 //!
 //! One acquisition round, for a TTL `T`:
 //!
-//! 1. Note the monotonic time `t0`, then send `SET key token NX PX T` (a fresh random token per round)
+//! 1. Note the time `t0` on the lease clock, then send `SET key token NX PX T` (a fresh random token per round)
 //!    to every master at once, each request bounded by the per-node timeout
 //!    ([`Redlock::node_timeout`], by default a tenth of the TTL and at most 200 ms), so a hung master
 //!    costs at most that bound and never stretches the round. Requests are joined in the same future
