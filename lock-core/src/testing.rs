@@ -188,6 +188,14 @@ impl<B: LockBackend> LockBackend for Unqueued<B> {
     ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
         self.0.wait_for_release(signal, timeout)
     }
+
+    fn instance_id(&self) -> usize {
+        self.0.instance_id()
+    }
+
+    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
+        self.0.server_id()
+    }
 }
 
 type Check = for<'a> fn(Arc<dyn LockBackend>, &'a dyn Probe, String) -> LocalBoxFuture<'a, ()>;
