@@ -1,0 +1,1 @@
+//! The checker, fed hand-written broken histories: each invariant must be reported.

@@ -1,0 +1,936 @@
+//! The recorded history of a run, stamped with true (virtual) time, and the checker of its invariants.
+//!
+//! The simulated servers record every change of a lock key, every fence they issue and every
+//! `fenced_set` they accept, and every loss of data (a failover to a lagging replica, a restart); the
+//! workload records what the clients believed (`valid_for` read at an instant, turned into a true-time
+//! interval with the client's clock rate), what each operation returned, and when guards ended. The
+//! checker then judges the history alone, so it can be fed hand-written broken histories.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::executor::Instant;
+
+/// One thing that happened, at a true instant.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub at: Instant,
+    pub what: What,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum What {
+    /// A server's lock key after a write (or a restore): its token and true expiry, or absent.
+    KeyState {
+        server: usize,
+        key: String,
+        holder: Option<(String, Instant)>,
+    },
+    /// A server issued a new fence for `key` (the counter moved; a re-sent acquisition answered by the
+    /// fence issued before is not a new one).
+    FenceIssued {
+        server: usize,
+        key: String,
+        token: String,
+        fence: u64,
+    },
+    /// A server accepted a `fenced_set` (write number `seq` on that server).
+    FencedWrite {
+        server: usize,
+        resource: String,
+        token: String,
+        fence: u64,
+        value: String,
+        seq: u64,
+    },
+    /// A server went back to the state after its write number `to_seq`: the writes numbered
+    /// `to_seq + 1 ..= from_seq` are lost. `covered`: a failover to a replica the lock waited for
+    /// (`replicas`), which keeps every write the lock counted on.
+    Rollback {
+        server: usize,
+        to_seq: u64,
+        from_seq: u64,
+        covered: bool,
+    },
+    /// A server stops answering until `until`.
+    Down { server: usize, until: Instant },
+    /// A client process is paused (its tasks are not polled) until `until`.
+    Pause { process: usize, until: Instant },
+    /// An acquiring request for `token` left, from task `task`.
+    AcquireSent {
+        process: usize,
+        task: u64,
+        key: String,
+        token: String,
+    },
+    /// An operation handed out a guard.
+    Acquired {
+        process: usize,
+        key: String,
+        token: String,
+        fence: Option<u64>,
+        /// Fences of Redlock guards are checked in the order guards were handed out.
+        redlock: bool,
+    },
+    /// A client read `valid_for() > 0`: it believes it holds `key` with `token` until `until` (true
+    /// time), on a `quorum` of `servers`.
+    Belief {
+        process: usize,
+        key: String,
+        token: String,
+        until: Instant,
+        servers: Vec<usize>,
+        quorum: usize,
+    },
+    /// The workload stopped using the guard of `token` (release sent, dropped, resigned): no belief
+    /// outlives this.
+    GuardEnd { key: String, token: String },
+    /// Work under `hold` (or a `run` body) began at `start` and ended now: finished (`lost: false`) or
+    /// was reported lost.
+    Work {
+        process: usize,
+        key: String,
+        token: String,
+        start: Instant,
+        lost: bool,
+        servers: Vec<usize>,
+        quorum: usize,
+    },
+    /// An operation ended.
+    Op(Op),
+}
+
+/// An operation as the workload saw it.
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub process: usize,
+    pub task: u64,
+    pub kind: &'static str,
+    pub key: String,
+    pub start: Instant,
+    pub outcome: Outcome,
+    pub detail: Detail,
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `Ok(true)`, `Ok(Some(_))`, `Ok(value)`.
+    Ok,
+    /// `Ok(false)`, `Ok(None)`: not ours, busy.
+    Refused,
+    Timeout,
+    Lost,
+    InDoubt,
+    NotReplicated,
+    /// Any other error, transient or not.
+    Failed {
+        transient: bool,
+    },
+    /// Dropped by the workload before it completed.
+    Cancelled,
+}
+
+/// What some checks need beyond the outcome.
+#[derive(Debug, Clone)]
+pub enum Detail {
+    None,
+    /// A waiting acquisition (`acquire`, `run`, `campaign`): its wait (`None`: for ever), the client's
+    /// per-call bound (plus any replica wait), and how long it took on the client's clock.
+    Wait {
+        wait: Option<Duration>,
+        bound: Duration,
+        took: Duration,
+    },
+    FencedSet {
+        token: String,
+        value: String,
+    },
+    /// `extend(by)` (by in true time), with the key's true expiry on the server before and after.
+    Extend {
+        token: String,
+        by: Duration,
+        ttl: Duration,
+        before: Option<Instant>,
+        after: Option<Instant>,
+    },
+}
+
+/// The history of one run, shared by everything that records.
+#[derive(Debug, Clone, Default)]
+pub struct History(Arc<Mutex<Vec<Event>>>);
+
+impl History {
+    pub fn record(&self, at: Instant, what: What) {
+        self.0.lock().unwrap().push(Event { at, what });
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// What the checker needs to know of the run beyond its history.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Liveness is checked for what starts at or after this instant (faults stopped, and what they
+    /// left behind has expired); `None`: not at all.
+    pub quiet_from: Option<Instant>,
+    /// How long a token may stay on the server after nobody holds it any more (release round trips,
+    /// the background release's retries).
+    pub orphan_grace: Duration,
+    /// How long a key may stay free while a waiter waits for it.
+    pub stall_grace: Duration,
+    /// How long past its wait and one call bound an acquisition may take (clock rate, rounding).
+    pub wait_slack: Duration,
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub at: Instant,
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{:?}] {}: {}", self.at, self.invariant, self.detail)
+    }
+}
+
+/// The names of the invariants, as violations report them.
+pub mod invariant {
+    /// A client believed it held a key the servers did not hold for it.
+    pub const BELIEF_NOT_HELD: &str = "belief-not-held";
+    /// Two clients believed they held one key at the same instant.
+    pub const TWO_HOLDERS: &str = "two-holders";
+    /// A server issued a fence not greater than one it issued before for the key.
+    pub const FENCE_NOT_INCREASING: &str = "fence-not-increasing";
+    /// A later Redlock holder got a fence not greater than an earlier holder's.
+    pub const REDLOCK_FENCE_ORDER: &str = "redlock-fence-order";
+    /// A `fenced_set` was accepted after a write with a larger fence (or an equal one from another
+    /// holder) that was not lost.
+    pub const STALE_FENCED_WRITE: &str = "stale-fenced-write";
+    /// `fenced_set` said "not written" of a write that was (or later was) applied, or `Ok(true)` of
+    /// one that was not.
+    pub const FENCED_SET_OUTCOME: &str = "fenced-set-outcome";
+    /// `hold` (or `run`) let work finish as if the lock had been held throughout, though it was lost.
+    pub const MISSED_LOSS: &str = "missed-loss";
+    /// A waiter whose deadline allowed it did not get a key that stayed free.
+    pub const STALL: &str = "stall";
+    /// A key stayed held by a token nobody held any more.
+    pub const ORPHAN: &str = "orphan";
+    /// An acquisition waited longer than its wait plus one call bound.
+    pub const WAIT_OVERRUN: &str = "wait-overrun";
+    /// `campaign` returned a transient error instead of campaigning on.
+    pub const CAMPAIGN_GAVE_UP: &str = "campaign-gave-up";
+    /// `extend(by)` moved the expiry further than `by` past the expiry it started from.
+    pub const EXTEND_OVERGRANT: &str = "extend-overgrant";
+    /// Tasks or backends outlived the run.
+    pub const LEAK: &str = "leak";
+}
+
+/// A server's lock key over time.
+#[derive(Debug, Default)]
+struct Timeline {
+    /// (from, holder and its expiry), in time order; each state holds until the next.
+    states: Vec<(Instant, Option<(String, Instant)>)>,
+}
+
+impl Timeline {
+    /// The index of the state in effect at `t`.
+    fn index_at(&self, t: Instant) -> Option<usize> {
+        let n = self.states.partition_point(|(from, _)| *from <= t);
+        n.checked_sub(1)
+    }
+
+    /// The token holding the key at `t` (expiry applied).
+    fn holder_at(&self, t: Instant) -> Option<&str> {
+        let (_, holder) = &self.states[self.index_at(t)?];
+        match holder {
+            Some((token, expires)) if *expires > t => Some(token),
+            _ => None,
+        }
+    }
+
+    /// Instants in `[from, to)` where the holder may change: state changes and expiries.
+    fn breakpoints(&self, from: Instant, to: Instant, into: &mut Vec<Instant>) {
+        let first = self.index_at(from).unwrap_or(0);
+        for (at, holder) in &self.states[first..] {
+            if *at >= to {
+                break;
+            }
+            if *at > from {
+                into.push(*at);
+            }
+            if let Some((_, expires)) = holder
+                && *expires > from
+                && *expires < to
+            {
+                into.push(*expires);
+            }
+        }
+    }
+
+    /// The first moment in `[from, to)` that starts a stretch of at least `length` with no holder, if
+    /// any.
+    fn free_stretch(&self, from: Instant, to: Instant, length: Duration) -> Option<Instant> {
+        let mut points = vec![from];
+        self.breakpoints(from, to, &mut points);
+        points.push(to);
+        points.sort();
+        let mut free_since: Option<Instant> = None;
+        for window in points.windows(2) {
+            let (a, b) = (window[0], window[1]);
+            if a == b {
+                continue;
+            }
+            if self.holder_at(a).is_none() {
+                let since = *free_since.get_or_insert(a);
+                if b - since >= length {
+                    return Some(since);
+                }
+            } else {
+                free_since = None;
+            }
+        }
+        None
+    }
+}
+
+/// Everything the checks look things up in, built once from the history.
+struct Index<'a> {
+    timelines: HashMap<(usize, &'a str), Timeline>,
+    /// Per server: (at, lost range) of rollbacks not covered by replica acknowledgement.
+    rollbacks: HashMap<usize, Vec<(Instant, u64, u64, bool)>>,
+    downs: HashMap<usize, Vec<(Instant, Instant)>>,
+    pauses: HashMap<usize, Vec<(Instant, Instant)>>,
+    guard_ends: HashMap<&'a str, Instant>,
+    /// Per (server, token): when the server first held the token.
+    first_held: HashMap<(usize, &'a str), Instant>,
+}
+
+impl<'a> Index<'a> {
+    fn new(history: &'a [Event]) -> Self {
+        let mut index = Index {
+            timelines: HashMap::new(),
+            rollbacks: HashMap::new(),
+            downs: HashMap::new(),
+            pauses: HashMap::new(),
+            guard_ends: HashMap::new(),
+            first_held: HashMap::new(),
+        };
+        for event in history {
+            match &event.what {
+                What::KeyState {
+                    server,
+                    key,
+                    holder,
+                } => {
+                    if let Some((token, _)) = holder {
+                        index
+                            .first_held
+                            .entry((*server, token.as_str()))
+                            .or_insert(event.at);
+                    }
+                    index
+                        .timelines
+                        .entry((*server, key.as_str()))
+                        .or_default()
+                        .states
+                        .push((event.at, holder.clone()));
+                }
+                What::Rollback {
+                    server,
+                    to_seq,
+                    from_seq,
+                    covered,
+                } => index
+                    .rollbacks
+                    .entry(*server)
+                    .or_default()
+                    .push((event.at, *to_seq, *from_seq, *covered)),
+                What::Down { server, until } => {
+                    index
+                        .downs
+                        .entry(*server)
+                        .or_default()
+                        .push((event.at, *until));
+                }
+                What::Pause { process, until } => {
+                    index
+                        .pauses
+                        .entry(*process)
+                        .or_default()
+                        .push((event.at, *until));
+                }
+                What::GuardEnd { token, .. } => {
+                    index.guard_ends.entry(token.as_str()).or_insert(event.at);
+                }
+                _ => {}
+            }
+        }
+        index
+    }
+
+    fn holds(&self, server: usize, key: &str, token: &str, t: Instant) -> bool {
+        self.timelines
+            .get(&(server, key))
+            .and_then(|timeline| timeline.holder_at(t))
+            == Some(token)
+    }
+
+    fn down(&self, server: usize, t: Instant) -> bool {
+        self.downs
+            .get(&server)
+            .is_some_and(|downs| downs.iter().any(|(from, to)| *from <= t && t < *to))
+    }
+
+    fn paused(&self, process: usize, from: Instant, to: Instant) -> bool {
+        self.pauses
+            .get(&process)
+            .is_some_and(|pauses| pauses.iter().any(|(a, b)| *a < to && from < *b))
+    }
+
+    /// Whether a server of `servers` lost data (a rollback replicas did not cover) between the moment it
+    /// first held `token` (or `from`, if earlier) and `to`: then a belief may be broken by the documented
+    /// limits of asynchronous replication.
+    fn data_lost(&self, servers: &[usize], token: &str, from: Instant, to: Instant) -> bool {
+        servers.iter().any(|server| {
+            let since = self
+                .first_held
+                .get(&(*server, token))
+                .map_or(from, |first| (*first).min(from));
+            self.rollbacks.get(server).is_some_and(|rollbacks| {
+                rollbacks
+                    .iter()
+                    .any(|(at, _, _, covered)| !covered && *at >= since && *at <= to)
+            })
+        })
+    }
+
+    /// The first instant in `[from, to)` where fewer than `quorum` of `servers` hold `key` for `token`
+    /// (a server that is down counts as holding: it grants nothing to anyone meanwhile).
+    fn first_gap(
+        &self,
+        servers: &[usize],
+        quorum: usize,
+        key: &str,
+        token: &str,
+        from: Instant,
+        to: Instant,
+    ) -> Option<(Instant, Vec<Option<String>>)> {
+        if from >= to {
+            return None;
+        }
+        let mut points = vec![from];
+        for server in servers {
+            if let Some(timeline) = self.timelines.get(&(*server, key)) {
+                timeline.breakpoints(from, to, &mut points);
+            }
+            if let Some(downs) = self.downs.get(server) {
+                for (a, b) in downs {
+                    for p in [*a, *b] {
+                        if p > from && p < to {
+                            points.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        points.sort();
+        points.dedup();
+        for p in points {
+            let holding = servers
+                .iter()
+                .filter(|s| self.holds(**s, key, token, p) || self.down(**s, p))
+                .count();
+            if holding < quorum {
+                let seen = servers
+                    .iter()
+                    .map(|s| {
+                        self.timelines
+                            .get(&(*s, key))
+                            .and_then(|t| t.holder_at(p))
+                            .map(str::to_owned)
+                    })
+                    .collect();
+                return Some((p, seen));
+            }
+        }
+        None
+    }
+}
+
+fn violation(at: Instant, invariant: &'static str, detail: String) -> Violation {
+    Violation {
+        at,
+        invariant,
+        detail,
+    }
+}
+
+/// Checks every invariant over `history`.
+pub fn check(history: &[Event], params: &Params) -> Vec<Violation> {
+    let index = Index::new(history);
+    let mut found = Vec::new();
+    check_beliefs(history, &index, &mut found);
+    check_fences(history, &mut found);
+    check_fenced_writes(history, &index, &mut found);
+    check_work(history, &index, &mut found);
+    check_operations(history, &index, params, &mut found);
+    if let Some(quiet_from) = params.quiet_from {
+        check_orphans(history, &index, params, quiet_from, &mut found);
+    }
+    found.sort_by_key(|v| v.at);
+    found
+}
+
+/// A belief interval, cut at the end of its guard.
+struct Believed<'a> {
+    process: usize,
+    key: &'a str,
+    token: &'a str,
+    from: Instant,
+    to: Instant,
+    servers: &'a [usize],
+    quorum: usize,
+}
+
+/// (a) Every belief is backed by the servers (a quorum of them, for Redlock) for its whole interval,
+/// and no two tokens are believed in at one instant, except where lost data excuses it.
+fn check_beliefs(history: &[Event], index: &Index, found: &mut Vec<Violation>) {
+    let mut beliefs: Vec<Believed> = Vec::new();
+    for event in history {
+        let What::Belief {
+            process,
+            key,
+            token,
+            until,
+            servers,
+            quorum,
+        } = &event.what
+        else {
+            continue;
+        };
+        let to = match index.guard_ends.get(token.as_str()) {
+            Some(end) if *end >= event.at => (*until).min(*end),
+            _ => *until,
+        };
+        if to <= event.at {
+            continue;
+        }
+        beliefs.push(Believed {
+            process: *process,
+            key,
+            token,
+            from: event.at,
+            to,
+            servers,
+            quorum: *quorum,
+        });
+    }
+    let excused = |b: &Believed| index.data_lost(b.servers, b.token, b.from, b.to);
+    for belief in &beliefs {
+        if excused(belief) {
+            continue;
+        }
+        if let Some((at, seen)) = index.first_gap(
+            belief.servers,
+            belief.quorum,
+            belief.key,
+            belief.token,
+            belief.from,
+            belief.to,
+        ) {
+            found.push(violation(
+                at,
+                invariant::BELIEF_NOT_HELD,
+                format!(
+                    "process {} believed at {:?} that it held {} with {} until {:?}, but at {at:?} the \
+                     servers held {seen:?}",
+                    belief.process, belief.from, belief.key, belief.token, belief.to
+                ),
+            ));
+        }
+    }
+    // Two holders: sweep each key's intervals in order of start.
+    let mut by_key: BTreeMap<&str, Vec<&Believed>> = BTreeMap::new();
+    for belief in &beliefs {
+        by_key.entry(belief.key).or_default().push(belief);
+    }
+    for (key, mut list) in by_key {
+        list.sort_by_key(|b| b.from);
+        let mut reported = 0;
+        for (i, a) in list.iter().enumerate() {
+            for b in &list[i + 1..] {
+                if b.from >= a.to {
+                    break;
+                }
+                if a.token != b.token && !excused(a) && !excused(b) && reported < 3 {
+                    reported += 1;
+                    found.push(violation(
+                        b.from,
+                        invariant::TWO_HOLDERS,
+                        format!(
+                            "{key}: process {} believed in {} over [{:?}, {:?}) and process {} in {} \
+                             over [{:?}, {:?})",
+                            a.process, a.token, a.from, a.to, b.process, b.token, b.from, b.to
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// (b) Fences per key and server strictly increase in the order they were issued, across lost data;
+/// Redlock fences strictly increase in the order guards were handed out.
+fn check_fences(history: &[Event], found: &mut Vec<Violation>) {
+    let mut last: HashMap<(usize, &str), (u64, &str)> = HashMap::new();
+    let mut redlock_last: HashMap<&str, (u64, &str)> = HashMap::new();
+    for event in history {
+        match &event.what {
+            What::FenceIssued {
+                server,
+                key,
+                token,
+                fence,
+            } => {
+                if let Some((previous, by)) = last.get(&(*server, key.as_str()))
+                    && fence <= previous
+                {
+                    found.push(violation(
+                        event.at,
+                        invariant::FENCE_NOT_INCREASING,
+                        format!(
+                            "server {server} issued fence {fence} for {key} to {token} after fence \
+                             {previous} to {by}"
+                        ),
+                    ));
+                }
+                last.insert((*server, key), (*fence, token));
+            }
+            What::Acquired {
+                key,
+                token,
+                fence: Some(fence),
+                redlock: true,
+                ..
+            } => {
+                if let Some((previous, by)) = redlock_last.get(key.as_str())
+                    && fence <= previous
+                {
+                    found.push(violation(
+                        event.at,
+                        invariant::REDLOCK_FENCE_ORDER,
+                        format!(
+                            "Redlock {key}: {token} got fence {fence} after {by} had fence {previous}"
+                        ),
+                    ));
+                }
+                redlock_last.insert(key, (*fence, token));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// (b) `fenced_set`: the writes that survived, per resource, have increasing fences (equal only from
+/// the same holder); and each call's outcome tells the truth about its write.
+fn check_fenced_writes(history: &[Event], index: &Index, found: &mut Vec<Violation>) {
+    let lost = |server: usize, seq: u64, at: Instant| {
+        index.rollbacks.get(&server).is_some_and(|rollbacks| {
+            rollbacks
+                .iter()
+                .any(|(r_at, to, from, _)| *r_at >= at && seq > *to && seq <= *from)
+        })
+    };
+    let mut mark: HashMap<(usize, &str), (u64, &str, Instant)> = HashMap::new();
+    let mut written: HashMap<&str, Instant> = HashMap::new();
+    for event in history {
+        let What::FencedWrite {
+            server,
+            resource,
+            token,
+            fence,
+            value,
+            seq,
+        } = &event.what
+        else {
+            continue;
+        };
+        written.entry(value.as_str()).or_insert(event.at);
+        if lost(*server, *seq, event.at) {
+            continue;
+        }
+        if let Some((newest, holder, at)) = mark.get(&(*server, resource.as_str()))
+            && (newest > fence || (newest == fence && holder != token))
+        {
+            found.push(violation(
+                event.at,
+                invariant::STALE_FENCED_WRITE,
+                format!(
+                    "{resource} on server {server}: {token} wrote with fence {fence} after {holder} \
+                     had written with fence {newest} at {at:?}"
+                ),
+            ));
+        }
+        mark.insert((*server, resource), (*fence, token, event.at));
+    }
+    for event in history {
+        let What::Op(Op {
+            kind: "fenced_set",
+            outcome,
+            detail: Detail::FencedSet { value, token },
+            start,
+            ..
+        }) = &event.what
+        else {
+            continue;
+        };
+        let applied = written.get(value.as_str());
+        let wrong = match outcome {
+            Outcome::Ok => applied.is_none_or(|at| *at > event.at),
+            Outcome::Refused | Outcome::Failed { .. } => applied.is_some(),
+            _ => false,
+        };
+        if wrong {
+            found.push(violation(
+                event.at,
+                invariant::FENCED_SET_OUTCOME,
+                format!(
+                    "fenced_set by {token} (started {start:?}) answered {outcome:?}, but its write was \
+                     applied at {applied:?}"
+                ),
+            ));
+        }
+    }
+}
+
+/// (d) Work that `hold` or `run` let finish ran while the lock was held throughout, unless its process
+/// paused meanwhile or lost data excuses it.
+fn check_work(history: &[Event], index: &Index, found: &mut Vec<Violation>) {
+    for event in history {
+        let What::Work {
+            process,
+            key,
+            token,
+            start,
+            lost: false,
+            servers,
+            quorum,
+        } = &event.what
+        else {
+            continue;
+        };
+        if index.paused(*process, *start, event.at)
+            || index.data_lost(servers, token, *start, event.at)
+        {
+            continue;
+        }
+        // The instant the work finished counts: the lock must still be held then.
+        let end = event.at + Duration::from_nanos(1);
+        if let Some((at, seen)) = index.first_gap(servers, *quorum, key, token, *start, end) {
+            found.push(violation(
+                event.at,
+                invariant::MISSED_LOSS,
+                format!(
+                    "process {process}: work under {key} ({token}) from {start:?} finished at {:?} as \
+                     if held throughout, but at {at:?} the servers held {seen:?}",
+                    event.at
+                ),
+            ));
+        }
+    }
+}
+
+/// Per-operation contracts: bounded waits, campaigns that never give up on a transient error, extends
+/// that do not over-grant, and (after faults stopped) waiters that are not starved of a free key.
+fn check_operations(history: &[Event], index: &Index, params: &Params, found: &mut Vec<Violation>) {
+    for event in history {
+        let What::Op(op) = &event.what else { continue };
+        match (&op.detail, op.kind) {
+            (_, "campaign") if matches!(op.outcome, Outcome::Failed { transient: true }) => {
+                found.push(violation(
+                    event.at,
+                    invariant::CAMPAIGN_GAVE_UP,
+                    format!(
+                        "process {}: campaign for {} (started {:?}) returned a transient error",
+                        op.process, op.key, op.start
+                    ),
+                ));
+            }
+            (Detail::Wait { wait, bound, took }, _) => {
+                if let Some(wait) = wait
+                    && *took > *wait + *bound + params.wait_slack
+                    && !index.paused(op.process, op.start, event.at)
+                    && op.outcome != Outcome::Cancelled
+                    && op.kind == "acquire"
+                {
+                    found.push(violation(
+                        event.at,
+                        invariant::WAIT_OVERRUN,
+                        format!(
+                            "process {}: {} of {} with wait {wait:?} and call bound {bound:?} took \
+                             {took:?} ({:?})",
+                            op.process, op.kind, op.key, op.outcome
+                        ),
+                    ));
+                }
+                if let (Some(quiet_from), Some(wait), Outcome::Timeout) =
+                    (params.quiet_from, wait, op.outcome)
+                    && op.start >= quiet_from
+                {
+                    let deadline = op.start + *wait;
+                    let until = deadline.saturating_sub(params.stall_grace);
+                    if until <= op.start + params.stall_grace {
+                        continue;
+                    }
+                    for ((_, key), timeline) in &index.timelines {
+                        if *key != op.key {
+                            continue;
+                        }
+                        if let Some(since) =
+                            timeline.free_stretch(op.start, until, params.stall_grace)
+                        {
+                            found.push(violation(
+                                event.at,
+                                invariant::STALL,
+                                format!(
+                                    "process {}: {} of {} waited from {:?} until {deadline:?} and \
+                                     timed out, though the key was free from {since:?} for at least \
+                                     {:?}",
+                                    op.process, op.kind, op.key, op.start, params.stall_grace
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            (
+                Detail::Extend {
+                    token,
+                    by,
+                    ttl,
+                    before: Some(before),
+                    after: Some(after),
+                },
+                _,
+            ) => {
+                // The guard adds `by` to an expiry it confirmed, never later than the one before the
+                // call; a renewal meanwhile may reach one TTL past the end of the call. Slack: the
+                // clocks' rates and whole milliseconds.
+                let limit =
+                    (*before + *by).max(event.at + *ttl) + *by / 50 + Duration::from_millis(3);
+                if *after > limit {
+                    found.push(violation(
+                        event.at,
+                        invariant::EXTEND_OVERGRANT,
+                        format!(
+                            "extend({by:?}) of {} by {token} moved its expiry from {before:?} to \
+                             {after:?}, past {limit:?}",
+                            op.key
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// (c) After faults stopped: a token nobody holds any more (its guard ended, `hold` reported it lost,
+/// or its acquisition was abandoned) leaves the server within the grace.
+fn check_orphans(
+    history: &[Event],
+    index: &Index,
+    params: &Params,
+    quiet_from: Instant,
+    found: &mut Vec<Violation>,
+) {
+    // When each token stopped being anybody's.
+    let mut dead: HashMap<&str, Instant> = HashMap::new();
+    let mut handed_out: HashMap<&str, ()> = HashMap::new();
+    let mut sent: Vec<(&str, usize, u64, Instant)> = Vec::new();
+    let mut ops: HashMap<(usize, u64), Vec<(Instant, Instant, Outcome)>> = HashMap::new();
+    for event in history {
+        match &event.what {
+            What::GuardEnd { token, .. } => {
+                dead.entry(token).or_insert(event.at);
+            }
+            What::Work {
+                token, lost: true, ..
+            } => {
+                dead.entry(token).or_insert(event.at);
+            }
+            What::Acquired { token, .. } => {
+                handed_out.insert(token, ());
+            }
+            What::AcquireSent {
+                process,
+                task,
+                token,
+                ..
+            } => sent.push((token, *process, *task, event.at)),
+            What::Op(op) => ops
+                .entry((op.process, op.task))
+                .or_default()
+                .push((op.start, event.at, op.outcome)),
+            _ => {}
+        }
+    }
+    // A token that was never handed out was abandoned when the operation that sent it ended.
+    for (token, process, task, at) in sent {
+        if handed_out.contains_key(token) || dead.contains_key(token) {
+            continue;
+        }
+        if let Some((_, end, _)) = ops.get(&(process, task)).and_then(|list| {
+            list.iter()
+                .find(|(start, end, _)| *start <= at && at <= *end)
+        }) {
+            dead.insert(token, *end);
+        }
+    }
+    let mut reported: HashMap<&str, ()> = HashMap::new();
+    for ((server, key), timeline) in &index.timelines {
+        for (i, (from, holder)) in timeline.states.iter().enumerate() {
+            let Some((token, expires)) = holder else {
+                continue;
+            };
+            let Some(died) = dead.get(token.as_str()) else {
+                continue;
+            };
+            if reported.contains_key(token.as_str()) {
+                continue;
+            }
+            if *died < quiet_from {
+                continue;
+            }
+            let to = timeline
+                .states
+                .get(i + 1)
+                .map_or(*expires, |(next, _)| (*next).min(*expires));
+            let allowed = *died + params.orphan_grace;
+            if to > allowed && to > *from {
+                reported.insert(token, ());
+                found.push(violation(
+                    allowed.max(*from),
+                    invariant::ORPHAN,
+                    format!(
+                        "server {server} held {key} for {token} until {to:?}, though nobody held it \
+                         after {died:?}"
+                    ),
+                ));
+            }
+        }
+    }
+}
