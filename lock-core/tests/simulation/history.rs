@@ -66,6 +66,12 @@ pub enum What {
         key: String,
         token: String,
     },
+    /// A release of `token` left (the workload's, or a background one).
+    ReleaseSent {
+        process: usize,
+        server: usize,
+        token: String,
+    },
     /// An operation handed out a guard.
     Acquired {
         process: usize,
@@ -190,6 +196,10 @@ pub struct Params {
     pub stall_grace: Duration,
     /// How long past its wait and one call bound an acquisition may take (clock rate, rounding).
     pub wait_slack: Duration,
+    /// The locks' TTL (every lock of a run has the same), and the clients' per-call bound: for how
+    /// long, and how often, an abandoned acquisition is released again.
+    pub ttl: Duration,
+    pub bound: Duration,
 }
 
 /// A broken invariant.
@@ -228,6 +238,9 @@ pub mod invariant {
     pub const STALL: &str = "stall";
     /// A key stayed held by a token nobody held any more.
     pub const ORPHAN: &str = "orphan";
+    /// An abandoned acquisition landed after its background release, which then stopped releasing
+    /// before its horizon.
+    pub const LATE_LANDING: &str = "late-landing-not-released";
     /// An acquisition waited longer than its wait plus one call bound.
     pub const WAIT_OVERRUN: &str = "wait-overrun";
     /// `campaign` returned a transient error instead of campaigning on.
@@ -487,10 +500,12 @@ pub fn check(history: &[Event], params: &Params) -> Vec<Violation> {
     check_fenced_writes(history, &index, &mut found);
     check_work(history, &index, &mut found);
     check_operations(history, &index, params, &mut found);
+    check_extends(history, &mut found);
+    check_late_landings(history, &index, params, &mut found);
     if let Some(quiet_from) = params.quiet_from {
         check_orphans(history, &index, params, quiet_from, &mut found);
     }
-    found.sort_by_key(|v| v.at);
+    found.sort_by(|a, b| (a.at, a.invariant, &a.detail).cmp(&(b.at, b.invariant, &b.detail)));
     found
 }
 
@@ -539,8 +554,10 @@ fn check_beliefs(history: &[Event], index: &Index, found: &mut Vec<Violation>) {
         });
     }
     let excused = |b: &Believed| index.data_lost(b.servers, b.token, b.from, b.to);
+    // One report per token: its later beliefs fail the same way.
+    let mut reported: HashMap<&str, ()> = HashMap::new();
     for belief in &beliefs {
-        if excused(belief) {
+        if excused(belief) || reported.contains_key(belief.token) {
             continue;
         }
         if let Some((at, seen)) = index.first_gap(
@@ -551,6 +568,7 @@ fn check_beliefs(history: &[Event], index: &Index, found: &mut Vec<Violation>) {
             belief.from,
             belief.to,
         ) {
+            reported.insert(belief.token, ());
             found.push(violation(
                 at,
                 invariant::BELIEF_NOT_HELD,
@@ -816,34 +834,142 @@ fn check_operations(history: &[Event], index: &Index, params: &Params, found: &m
                     }
                 }
             }
-            (
+            _ => {}
+        }
+    }
+}
+
+/// `extend(by)` never moves the expiry past what some call of the guard asked for: `by` past the expiry
+/// an extend started from (a call that failed or was cancelled may still land later), or one TTL past
+/// a renewal (at the latest, the end of the call).
+fn check_extends(history: &[Event], found: &mut Vec<Violation>) {
+    // Per token: (start, asked expiry) of each extend so far.
+    let mut asked: HashMap<&str, Vec<(Instant, Instant)>> = HashMap::new();
+    for event in history {
+        let What::Op(Op {
+            kind: "extend",
+            start,
+            key,
+            detail:
                 Detail::Extend {
                     token,
                     by,
                     ttl,
-                    before: Some(before),
-                    after: Some(after),
+                    before,
+                    after,
                 },
-                _,
-            ) => {
-                // The guard adds `by` to an expiry it confirmed, never later than the one before the
-                // call; a renewal meanwhile may reach one TTL past the end of the call. Slack: the
-                // clocks' rates and whole milliseconds.
-                let limit =
-                    (*before + *by).max(event.at + *ttl) + *by / 50 + Duration::from_millis(3);
-                if *after > limit {
-                    found.push(violation(
-                        event.at,
-                        invariant::EXTEND_OVERGRANT,
-                        format!(
-                            "extend({by:?}) of {} by {token} moved its expiry from {before:?} to \
-                             {after:?}, past {limit:?}",
-                            op.key
-                        ),
-                    ));
-                }
+            ..
+        }) = &event.what
+        else {
+            continue;
+        };
+        let asks = asked.entry(token).or_default();
+        if let Some(before) = before {
+            asks.push((*start, *before + *by));
+        }
+        let Some(after) = after else { continue };
+        // Slack: the clocks' rates (within 1%) and whole milliseconds.
+        let furthest = asks
+            .iter()
+            .map(|(_, ask)| *ask)
+            .max()
+            .unwrap_or_default()
+            .max(event.at + *ttl);
+        let limit = furthest + furthest.saturating_sub(event.at) / 50 + Duration::from_millis(3);
+        if *after > limit {
+            found.push(violation(
+                event.at,
+                invariant::EXTEND_OVERGRANT,
+                format!(
+                    "extend({by:?}) of {key} by {token} (from {start:?}) moved its expiry from \
+                     {before:?} to {after:?}, past {limit:?}"
+                ),
+            ));
+        }
+    }
+}
+
+/// An acquisition that failed or was cancelled mid-request is released again and again (at most one
+/// second and one call apart) for its TTL after the first release: so a request that lands after its
+/// caller gave up is released soon after, whatever faults the first releases met.
+fn check_late_landings(
+    history: &[Event],
+    index: &Index,
+    params: &Params,
+    found: &mut Vec<Violation>,
+) {
+    let mut handed_out: HashMap<&str, ()> = HashMap::new();
+    let mut releases: HashMap<(usize, &str), (usize, Vec<Instant>)> = HashMap::new();
+    for event in history {
+        match &event.what {
+            What::Acquired { token, .. } => {
+                handed_out.insert(token, ());
+            }
+            What::ReleaseSent {
+                process,
+                server,
+                token,
+            } => {
+                releases
+                    .entry((*server, token))
+                    .or_insert_with(|| (*process, Vec::new()))
+                    .1
+                    .push(event.at);
             }
             _ => {}
+        }
+    }
+    // The background loop sleeps at most 1 s between attempts, after an attempt of at most one call
+    // bound; it keeps going while the next attempt falls within the TTL (on the client's clock, within
+    // 1% of true time) of the first.
+    let gap = Duration::from_secs(1) + params.bound + Duration::from_millis(5);
+    let horizon = params.ttl.mul_f64(0.98);
+    let mut reported: HashMap<&str, ()> = HashMap::new();
+    let mut keys: Vec<_> = index.timelines.iter().collect();
+    keys.sort_by_key(|((server, key), _)| (*server, *key));
+    for ((server, key), timeline) in keys {
+        for (i, (from, holder)) in timeline.states.iter().enumerate() {
+            let Some((token, expires)) = holder else {
+                continue;
+            };
+            let token = token.as_str();
+            if handed_out.contains_key(token) || reported.contains_key(token) {
+                continue;
+            }
+            let Some((process, sent)) = releases.get(&(*server, token)) else {
+                continue;
+            };
+            let first = sent[0];
+            if *from <= first || *from + gap > first + horizon {
+                continue;
+            }
+            // Held until the next change (a release that was still on its way, say) or expiry.
+            let until = timeline
+                .states
+                .get(i + 1)
+                .map_or(*expires, |(next, _)| (*next).min(*expires));
+            if until <= *from + gap {
+                continue;
+            }
+            let restored = index
+                .rollbacks
+                .get(server)
+                .is_some_and(|r| r.iter().any(|(at, ..)| at == from));
+            if restored || index.paused(*process, first, *from + gap) {
+                continue;
+            }
+            if !sent.iter().any(|at| *at > *from && *at <= *from + gap) {
+                reported.insert(token, ());
+                found.push(violation(
+                    *from + gap,
+                    invariant::LATE_LANDING,
+                    format!(
+                        "server {server}: an abandoned acquisition of {key} by {token} landed at \
+                         {from:?}, after its first release at {first:?}, and no release followed \
+                         within {gap:?} (releases sent at {sent:?})"
+                    ),
+                ));
+            }
         }
     }
 }

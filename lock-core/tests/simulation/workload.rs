@@ -54,6 +54,8 @@ pub struct Config {
     /// Probability that an operation is dropped at a random await.
     pub cancel: f64,
     pub elections: bool,
+    /// No faults at all (delays only): liveness is checked from the start.
+    pub calm: bool,
 }
 
 impl Config {
@@ -79,6 +81,8 @@ impl Config {
             slow_max: (bound * 3).min(ttl),
             delay_max,
         };
+        // Long enough that liveness is checked for seconds after what the faults left behind.
+        let quiet = Duration::from_secs(5) + ttl * 5 + faults.slow_max;
         // Two keys named so that their companion keys could collide (issue 8, hole 5), and one more.
         let keys = match rng.u32(0..3) {
             0 => vec!["lock:a".to_owned()],
@@ -99,11 +103,12 @@ impl Config {
             ttl,
             bound,
             faults,
-            quiet: Duration::from_secs(4) + ttl * 3,
+            quiet,
             fault_every: Duration::from_millis(if calm { 1_000_000 } else { rng.u64(150..1500) }),
             pause_max: ttl * 2,
-            cancel: if calm { 0.02 } else { rng.f64() * 0.1 },
+            cancel: rng.f64() * 0.15,
             elections: mode != Mode::Redlock && mode != Mode::Replicas && rng.bool(),
+            calm,
         }
     }
 
@@ -115,6 +120,9 @@ impl Config {
     /// From when liveness holds: faults stopped, pauses and downtime over, and what they left behind
     /// has expired.
     fn quiet_from(&self) -> Instant {
+        if self.calm {
+            return Duration::ZERO;
+        }
         self.faults.until
             + self.pause_max
             + self.faults.slow_max
@@ -129,6 +137,8 @@ impl Config {
             orphan_grace: Duration::from_millis(200) + self.faults.delay_max * 8,
             stall_grace: Duration::from_millis(400) + self.faults.delay_max * 8,
             wait_slack: Duration::from_millis(5),
+            ttl: self.ttl,
+            bound: self.bound,
         }
     }
 
@@ -584,9 +594,19 @@ impl Worker {
         max.mul_f64(self.rng.f64())
     }
 
-    /// Draws whether the next operation is dropped at a random await, and after how long.
+    /// Draws whether the next operation is dropped at a random await, and after how long: half the
+    /// time within a round trip, when a request is most likely in flight.
     fn draw_cancel(&mut self) -> Option<Duration> {
-        (self.rng.f64() < self.ctx.cfg.cancel).then(|| self.random_span(self.ctx.cfg.bound * 2))
+        if self.rng.f64() >= self.ctx.cfg.cancel {
+            return None;
+        }
+        let cfg = &self.ctx.cfg;
+        let within = if self.rng.bool() {
+            cfg.faults.delay_max * 2
+        } else {
+            cfg.bound * 2
+        };
+        Some(self.random_span(within))
     }
 
     /// Runs `operation`, or drops it after `cancel_after` (a timer that fires first).

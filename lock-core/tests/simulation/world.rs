@@ -53,6 +53,13 @@ impl VirtualClock {
         Duration::from_nanos((local.as_nanos() as f64 / self.rate).ceil() as u64 + 1)
     }
 
+    /// The first true instant at which this clock reads at least `local` (exact and the same every time
+    /// it is asked, unlike a span added to a moving `now`).
+    pub fn true_instant(&self, local: Duration) -> Instant {
+        let since = local.saturating_sub(self.origin);
+        Duration::from_nanos((since.as_nanos() as f64 / self.rate).ceil() as u64 + 1)
+    }
+
     /// How much true time a span of this clock is, rounded down (for beliefs: never longer than the
     /// client meant).
     pub fn true_span_floor(&self, local: Duration) -> Duration {
@@ -249,7 +256,8 @@ impl SimServer {
 
     /// The true instant a key with `ttl` left (on this server's clock) expires.
     fn expires(&self, ttl: Duration) -> Instant {
-        self.now() + self.clock.clock.true_span(ttl)
+        let clock = &self.clock.clock;
+        clock.true_instant(clock.local() + ttl)
     }
 
     /// The key's token and true expiry, as the server has it now.
@@ -514,6 +522,16 @@ impl SimClient {
             }
             Request::Eval { .. } => None,
         };
+        if let Request::Eval { script, args, .. } = &request
+            && (script.sha1() == script::RELEASE.sha1()
+                || script.sha1() == script::RELEASE_AND_SIGNAL.sha1())
+        {
+            self.core.record(What::ReleaseSent {
+                process: self.process.index,
+                server: self.server.index,
+                token: args[0].clone(),
+            });
+        }
         if let Some((key, token)) = acquiring {
             self.core.record(What::AcquireSent {
                 process: self.process.index,
