@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::ops::Add;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub enum What {
         server: usize,
         key: String,
         holder: Option<(String, Instant)>,
+        /// What changed it: a script's name, `set_nx`, or `restore`.
+        cause: &'static str,
     },
     /// A server issued a new fence for `key` (the counter moved; a re-sent acquisition answered by the
     /// fence issued before is not a new one).
@@ -155,11 +158,22 @@ pub enum Detail {
         token: String,
         value: String,
     },
+    /// `is_owner` (or `is_current`) of the guard of `token`, held on a `quorum` of `servers`.
+    Owner {
+        token: String,
+        servers: Vec<usize>,
+        quorum: usize,
+    },
+    /// `release` of the guard of `token`: whether its validity was left when the call began.
+    Release {
+        token: String,
+        valid: bool,
+        redlock: bool,
+    },
     /// `extend(by)` (by in true time), with the key's true expiry on the server before and after.
     Extend {
         token: String,
         by: Duration,
-        ttl: Duration,
         before: Option<Instant>,
         after: Option<Instant>,
     },
@@ -238,13 +252,18 @@ pub mod invariant {
     pub const STALL: &str = "stall";
     /// A key stayed held by a token nobody held any more.
     pub const ORPHAN: &str = "orphan";
-    /// An abandoned acquisition landed after its background release, which then stopped releasing
-    /// before its horizon.
-    pub const LATE_LANDING: &str = "late-landing-not-released";
+    /// A server kept holding a token nobody held any more, and no release was sent for it within the
+    /// retry schedule (before its horizon).
+    pub const NOT_RELEASED: &str = "not-released";
     /// An acquisition waited longer than its wait plus one call bound.
     pub const WAIT_OVERRUN: &str = "wait-overrun";
     /// `campaign` returned a transient error instead of campaigning on.
     pub const CAMPAIGN_GAVE_UP: &str = "campaign-gave-up";
+    /// `is_owner` answered `true` though the servers never held the token while it asked.
+    pub const OWNER_ANSWER: &str = "owner-answer";
+    /// `release` of a guard whose validity had run out answered as if it could still have been held
+    /// (Redlock: anything but `Ok(false)`; a single server: in doubt).
+    pub const RELEASE_OUTCOME: &str = "release-outcome";
     /// `extend(by)` moved the expiry further than `by` past the expiry it started from.
     pub const EXTEND_OVERGRANT: &str = "extend-overgrant";
     /// Tasks or backends outlived the run.
@@ -347,6 +366,7 @@ impl<'a> Index<'a> {
                     server,
                     key,
                     holder,
+                    ..
                 } => {
                     if let Some((token, _)) = holder {
                         index
@@ -399,6 +419,24 @@ impl<'a> Index<'a> {
             .get(&(server, key))
             .and_then(|timeline| timeline.holder_at(t))
             == Some(token)
+    }
+
+    /// Whether `server` held `key` for `token` at some instant of `[from, to]`.
+    fn held_during(
+        &self,
+        server: usize,
+        key: &str,
+        token: &str,
+        from: Instant,
+        to: Instant,
+    ) -> bool {
+        let Some(timeline) = self.timelines.get(&(server, key)) else {
+            return false;
+        };
+        let mut points = vec![from];
+        timeline.breakpoints(from, to, &mut points);
+        points.push(to);
+        points.iter().any(|t| timeline.holder_at(*t) == Some(token))
     }
 
     fn down(&self, server: usize, t: Instant) -> bool {
@@ -501,7 +539,7 @@ pub fn check(history: &[Event], params: &Params) -> Vec<Violation> {
     check_work(history, &index, &mut found);
     check_operations(history, &index, params, &mut found);
     check_extends(history, &mut found);
-    check_late_landings(history, &index, params, &mut found);
+    check_releases(history, &index, params, &mut found);
     if let Some(quiet_from) = params.quiet_from {
         check_orphans(history, &index, params, quiet_from, &mut found);
     }
@@ -787,6 +825,59 @@ fn check_operations(history: &[Event], index: &Index, params: &Params, found: &m
                     ),
                 ));
             }
+            (
+                Detail::Owner {
+                    token,
+                    servers,
+                    quorum,
+                },
+                _,
+            ) if op.outcome == Outcome::Ok => {
+                let holding = servers
+                    .iter()
+                    .filter(|server| {
+                        index.held_during(**server, &op.key, token, op.start, event.at)
+                    })
+                    .count();
+                if holding < *quorum {
+                    found.push(violation(
+                        event.at,
+                        invariant::OWNER_ANSWER,
+                        format!(
+                            "process {}: is_owner of {} for {token} answered true, but only {holding} \
+                             of {servers:?} held it between {:?} and {:?}",
+                            op.process, op.key, op.start, event.at
+                        ),
+                    ));
+                }
+            }
+            (
+                Detail::Release {
+                    token,
+                    valid: false,
+                    redlock,
+                },
+                _,
+            ) if match redlock {
+                // Known lost is `Ok(false)`, whatever the masters answered or failed to (issue 8,
+                // hole 13).
+                true => !matches!(op.outcome, Outcome::Refused | Outcome::Cancelled),
+                // A single server's guard is never in doubt once its validity ran out. (It answers
+                // `Ok(true)` when the key was still there, which the server's word justifies, though
+                // its docs promise `Ok(false)`; and reports a failed request as that failure.)
+                false => op.outcome == Outcome::InDoubt,
+            } =>
+            {
+                found.push(violation(
+                    event.at,
+                    invariant::RELEASE_OUTCOME,
+                    format!(
+                        "process {}: release of {} for {token}, whose validity had run out, answered \
+                         {:?} instead of Ok(false)",
+                        op.process, op.key, op.outcome
+                    ),
+                ));
+            }
             (Detail::Wait { wait, bound, took }, _) => {
                 if let Some(wait) = wait
                     && *took > *wait + *bound + params.wait_slack
@@ -839,91 +930,117 @@ fn check_operations(history: &[Event], index: &Index, params: &Params, found: &m
     }
 }
 
-/// `extend(by)` never moves the expiry past what some call of the guard asked for: `by` past the expiry
-/// an extend started from (a call that failed or was cancelled may still land later), or one TTL past
-/// a renewal (at the latest, the end of the call).
+/// `extend(by)` moves the expiry at most `by` past an expiry the guard can have known before it wrote:
+/// one the key had before the call, or got during it from anything but an extend (a renewal that
+/// landed late, say). An earlier call that failed or was cancelled may still land during this one,
+/// with what it asked for. So a re-sent extend never adds `by` twice (issue 8, hole 8).
 fn check_extends(history: &[Event], found: &mut Vec<Violation>) {
-    // Per token: (start, asked expiry) of each extend so far.
-    let mut asked: HashMap<&str, Vec<(Instant, Instant)>> = HashMap::new();
-    for event in history {
-        let What::Op(Op {
-            kind: "extend",
-            start,
-            key,
-            detail:
-                Detail::Extend {
-                    token,
-                    by,
-                    ttl,
-                    before,
-                    after,
-                },
-            ..
-        }) = &event.what
-        else {
-            continue;
-        };
-        let asks = asked.entry(token).or_default();
-        if let Some(before) = before {
-            asks.push((*start, *before + *by));
-        }
-        let Some(after) = after else { continue };
-        // Slack: the clocks' rates (within 1%) and whole milliseconds.
-        let furthest = asks
-            .iter()
-            .map(|(_, ask)| *ask)
-            .max()
-            .unwrap_or_default()
-            .max(event.at + *ttl);
-        let limit = furthest + furthest.saturating_sub(event.at) / 50 + Duration::from_millis(3);
-        if *after > limit {
-            found.push(violation(
-                event.at,
-                invariant::EXTEND_OVERGRANT,
-                format!(
-                    "extend({by:?}) of {key} by {token} (from {start:?}) moved its expiry from \
-                     {before:?} to {after:?}, past {limit:?}"
-                ),
-            ));
-        }
-    }
-}
-
-/// An acquisition that failed or was cancelled mid-request is released again and again (at most one
-/// second and one call apart) for its TTL after the first release: so a request that lands after its
-/// caller gave up is released soon after, whatever faults the first releases met.
-fn check_late_landings(
-    history: &[Event],
-    index: &Index,
-    params: &Params,
-    found: &mut Vec<Violation>,
-) {
-    let mut handed_out: HashMap<&str, ()> = HashMap::new();
-    let mut releases: HashMap<(usize, &str), (usize, Vec<Instant>)> = HashMap::new();
+    // Per token: (at, expiry, cause) of every state of its key, and the asks of its extends so far.
+    let mut states: HashMap<&str, Vec<(Instant, Instant, &str)>> = HashMap::new();
+    let mut asked: HashMap<&str, Vec<Instant>> = HashMap::new();
     for event in history {
         match &event.what {
-            What::Acquired { token, .. } => {
-                handed_out.insert(token, ());
-            }
-            What::ReleaseSent {
-                process,
-                server,
-                token,
-            } => {
-                releases
-                    .entry((*server, token))
-                    .or_insert_with(|| (*process, Vec::new()))
-                    .1
-                    .push(event.at);
+            What::KeyState {
+                holder: Some((token, expires)),
+                cause,
+                ..
+            } => states
+                .entry(token)
+                .or_default()
+                .push((event.at, *expires, cause)),
+            What::Op(Op {
+                kind: "extend",
+                start,
+                key,
+                detail:
+                    Detail::Extend {
+                        token,
+                        by,
+                        before,
+                        after,
+                        ..
+                    },
+                ..
+            }) => {
+                let base = states
+                    .get(token.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|(at, _, cause)| *at < *start || *cause != "extend")
+                    .map(|(_, expires, _)| *expires)
+                    .max();
+                let earlier = asked
+                    .get(token.as_str())
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .copied();
+                let furthest = base.map(|base| (base + *by).max(earlier.unwrap_or_default()));
+                if let (Some(furthest), Some(after)) = (furthest, after) {
+                    // Slack: the clocks' rates (within 1%) and whole milliseconds.
+                    let limit = furthest + *by / 50 + Duration::from_millis(3);
+                    if *after > limit {
+                        found.push(violation(
+                            event.at,
+                            invariant::EXTEND_OVERGRANT,
+                            format!(
+                                "extend({by:?}) of {key} by {token} (from {start:?}) moved its expiry \
+                                 from {before:?} to {after:?}, past {limit:?}"
+                            ),
+                        ));
+                    }
+                }
+                if let Some(furthest) = furthest {
+                    asked.entry(token).or_default().push(furthest);
+                }
             }
             _ => {}
         }
     }
-    // The background loop sleeps at most 1 s between attempts, after an attempt of at most one call
-    // bound; it keeps going while the next attempt falls within the TTL (on the client's clock, within
-    // 1% of true time) of the first.
+}
+
+/// A token nobody holds any more (its guard ended, `hold` reported it lost, or its acquisition was
+/// abandoned) is released again and again while a server still holds it: the background release
+/// retries at most one call bound and one second apart, until a release is answered (for an
+/// acquisition that may still land, until its horizon), for the TTL from its first attempt. So a key
+/// is never held for nobody because a release met an outage (issue 8, hole 16), was never sent after
+/// `hold` reported the lease lost (hole 17), or came before a late-landing acquisition (hole 7).
+fn check_releases(history: &[Event], index: &Index, params: &Params, found: &mut Vec<Violation>) {
+    // When each token stopped being anybody's, and which process it belonged to.
+    let mut ended: HashMap<&str, Instant> = HashMap::new();
+    let mut owner: HashMap<&str, usize> = HashMap::new();
+    let mut first_release: HashMap<&str, Instant> = HashMap::new();
+    let mut releases: HashMap<(usize, &str), Vec<Instant>> = HashMap::new();
+    for event in history {
+        match &event.what {
+            What::GuardEnd { token, .. } => {
+                ended.entry(token).or_insert(event.at);
+            }
+            What::Work {
+                token, lost: true, ..
+            } => {
+                ended.entry(token).or_insert(event.at);
+            }
+            What::AcquireSent { process, token, .. } => {
+                owner.entry(token).or_insert(*process);
+            }
+            What::ReleaseSent { server, token, .. } => {
+                first_release.entry(token).or_insert(event.at);
+                releases.entry((*server, token)).or_default().push(event.at);
+            }
+            _ => {}
+        }
+    }
+    // An abandoned acquisition (never handed out, so never ended) ends with its first release.
+    for (token, at) in &first_release {
+        ended.entry(token).or_insert(*at);
+    }
+    // The loop sleeps at most 1 s between attempts, after an attempt of at most one call bound; it
+    // keeps going while the next attempt falls within the TTL (on the client's clock, within 1% of true
+    // time) of the first.
     let gap = Duration::from_secs(1) + params.bound + Duration::from_millis(5);
     let horizon = params.ttl.mul_f64(0.98);
+    let none = Vec::new();
     let mut reported: HashMap<&str, ()> = HashMap::new();
     let mut keys: Vec<_> = index.timelines.iter().collect();
     keys.sort_by_key(|((server, key), _)| (*server, *key));
@@ -933,40 +1050,54 @@ fn check_late_landings(
                 continue;
             };
             let token = token.as_str();
-            if handed_out.contains_key(token) || reported.contains_key(token) {
-                continue;
-            }
-            let Some((process, sent)) = releases.get(&(*server, token)) else {
+            let Some(end) = ended.get(token) else {
                 continue;
             };
-            let first = sent[0];
-            if *from <= first || *from + gap > first + horizon {
+            if reported.contains_key(token) {
                 continue;
             }
-            // Held until the next change (a release that was still on its way, say) or expiry.
-            let until = timeline
+            let held_until = timeline
                 .states
                 .get(i + 1)
                 .map_or(*expires, |(next, _)| (*next).min(*expires));
-            if until <= *from + gap {
+            let start = (*from).max(*end);
+            let stop = held_until.min(first_release.get(token).unwrap_or(end).add(horizon));
+            if stop <= start + gap {
                 continue;
             }
+            // A restore (a failover, a restart) may bring back a token whose release it lost.
             let restored = index
                 .rollbacks
                 .get(server)
                 .is_some_and(|r| r.iter().any(|(at, ..)| at == from));
-            if restored || index.paused(*process, first, *from + gap) {
+            let paused = owner
+                .get(token)
+                .is_some_and(|process| index.paused(*process, start.saturating_sub(gap), stop));
+            if restored || paused {
                 continue;
             }
-            if !sent.iter().any(|at| *at > *from && *at <= *from + gap) {
+            let sent = releases.get(&(*server, token)).unwrap_or(&none);
+            let mut last = start;
+            let mut missing = None;
+            for at in sent.iter().filter(|at| **at >= start && **at < stop) {
+                if *at > last + gap {
+                    missing = Some(last);
+                    break;
+                }
+                last = *at;
+            }
+            if missing.is_none() && stop > last + gap {
+                missing = Some(last);
+            }
+            if let Some(since) = missing {
                 reported.insert(token, ());
                 found.push(violation(
-                    *from + gap,
-                    invariant::LATE_LANDING,
+                    since + gap,
+                    invariant::NOT_RELEASED,
                     format!(
-                        "server {server}: an abandoned acquisition of {key} by {token} landed at \
-                         {from:?}, after its first release at {first:?}, and no release followed \
-                         within {gap:?} (releases sent at {sent:?})"
+                        "server {server} held {key} for {token} from {from:?} until {held_until:?}; \
+                         nobody held it after {end:?}, but no release was sent for {gap:?} after \
+                         {since:?} (releases sent at {sent:?})"
                     ),
                 ));
             }

@@ -878,7 +878,6 @@ impl Worker {
                     let detail = Detail::Extend {
                         token: guard.token().to_owned(),
                         by: self.clock().true_span(by),
-                        ttl: cfg.ttl,
                         before,
                         after,
                     };
@@ -889,7 +888,13 @@ impl Worker {
                     let outcome = result
                         .as_ref()
                         .map_or(Outcome::Cancelled, |r| outcome_of(r, |w| *w));
-                    self.record_op("is_owner", &key, start, outcome, Detail::None);
+                    let (servers, quorum) = guard.as_ref().servers_and_quorum();
+                    let detail = Detail::Owner {
+                        token: guard.token().to_owned(),
+                        servers,
+                        quorum,
+                    };
+                    self.record_op("is_owner", &key, start, outcome, detail);
                 }
                 5 | 6 => {
                     if let Some(lock_guard) = guard.as_ref().fenced() {
@@ -942,6 +947,36 @@ impl Worker {
         self.end_guard(guard).await;
     }
 
+    /// `Redlock::run`, as [`run_body`](Self::run_body).
+    async fn run_redlock(&mut self, lock: Redlock, key: String) {
+        let start = self.now();
+        let length = self.random_span(self.ctx.cfg.ttl * 2);
+        let seed = self.rng.u64(..);
+        let cancel_after = self.draw_cancel();
+        let token = std::sync::Mutex::new(None);
+        let me = &*self;
+        let body = async |guard: &RedlockGuard| {
+            *token.lock().unwrap() = Some(guard.token().to_owned());
+            me.acquired(GuardRef::Redlock(guard));
+            me.work_under(GuardRef::Redlock(guard), length, seed).await;
+            me.ctx.core.record(What::GuardEnd {
+                key: guard.key().to_owned(),
+                token: guard.token().to_owned(),
+            });
+        };
+        let result = me.cancellable(cancel_after, lock.run(body)).await;
+        let outcome = result
+            .as_ref()
+            .map_or(Outcome::Cancelled, |r| outcome_of(r, |_| true));
+        if let Some(token) = token.into_inner().unwrap() {
+            self.ctx.core.record(What::GuardEnd {
+                key: key.clone(),
+                token,
+            });
+        }
+        self.record_op("redlock_run", &key, start, outcome, Detail::None);
+    }
+
     /// Work for `length` of true time under `hold` or `run`: observe the lease, write with the fence,
     /// sleep; records its end (a `hold` that let it finish vouches for the lock throughout).
     async fn work_under(&self, guard: GuardRef<'_>, length: Duration, seed: u64) {
@@ -976,19 +1011,32 @@ impl Worker {
 
     async fn end_guard(&mut self, guard: Guard) {
         let key = guard.key().to_owned();
-        let start = self.now();
-        self.guard_end(&guard);
-        match self.rng.u32(0..4) {
+        match self.rng.u32(0..5) {
             0 => {
+                let start = self.now();
+                self.guard_end(&guard);
                 drop(guard);
                 self.record_op("drop", &key, start, Outcome::Ok, Detail::None);
             }
-            _ => {
+            choice => {
+                if choice == 1 {
+                    // Released only once its validity has run out: known lost, whatever the servers
+                    // answer.
+                    let past = guard.as_ref().valid_for() + Duration::from_millis(1);
+                    self.sleep(past).await;
+                }
+                let start = self.now();
+                self.guard_end(&guard);
+                let detail = Detail::Release {
+                    token: guard.token().to_owned(),
+                    valid: !guard.as_ref().valid_for().is_zero(),
+                    redlock: matches!(guard, Guard::Redlock(_)),
+                };
                 let result = self.maybe_cancel(guard.release()).await;
                 let outcome = result
                     .as_ref()
                     .map_or(Outcome::Cancelled, |r| outcome_of(r, |w| *w));
-                self.record_op("release", &key, start, outcome, Detail::None);
+                self.record_op("release", &key, start, outcome, detail);
             }
         }
     }
@@ -1054,7 +1102,7 @@ impl Worker {
         let lock = lock.wait_timeout(wait);
         let start = self.now();
         match choice {
-            0..=6 => {
+            0..=4 => {
                 let result = self.maybe_cancel(lock.acquire()).await;
                 let outcome = result
                     .as_ref()
@@ -1064,6 +1112,7 @@ impl Worker {
                     self.use_guard(Guard::Redlock(guard)).await;
                 }
             }
+            5 | 6 => self.run_redlock(lock, key).await,
             _ => {
                 let result = self.maybe_cancel(lock.try_acquire()).await;
                 let outcome = result

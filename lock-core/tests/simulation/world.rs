@@ -345,7 +345,11 @@ impl SimServer {
             });
         }
         if let Some(key) = lock_key {
-            self.record_key(&mut state, key);
+            let cause = match request {
+                Request::SetNx { .. } => "set_nx",
+                Request::Eval { script, .. } => script.name(),
+            };
+            self.record_key(&mut state, key, cause);
         }
         let mut extra = Duration::ZERO;
         let reply = match (request, reply) {
@@ -373,7 +377,7 @@ impl SimServer {
         (reply, extra)
     }
 
-    fn record_key(&self, state: &mut ServerState, key: &str) {
+    fn record_key(&self, state: &mut ServerState, key: &str, cause: &'static str) {
         let holder = self.holder(key);
         let last = state.keys.entry(key.to_owned()).or_insert(None);
         if *last != holder {
@@ -382,6 +386,7 @@ impl SimServer {
                 server: self.index,
                 key: key.to_owned(),
                 holder,
+                cause,
             });
         }
     }
@@ -463,7 +468,7 @@ impl SimServer {
         state.persisted = (self.store.snapshot(), state.seq);
         let keys: Vec<String> = state.keys.keys().cloned().collect();
         for key in keys {
-            self.record_key(state, &key);
+            self.record_key(state, &key, "restore");
         }
     }
 }
