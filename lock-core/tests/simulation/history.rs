@@ -711,7 +711,9 @@ fn check_fenced_writes(history: &[Event], index: &Index, found: &mut Vec<Violati
         })
     };
     let mut mark: HashMap<(usize, &str), (u64, &str, Instant)> = HashMap::new();
-    let mut written: HashMap<&str, Instant> = HashMap::new();
+    let mut written: HashMap<&str, (Instant, usize, &str)> = HashMap::new();
+    // Per (server, resource): when writes by whom were accepted.
+    let mut writes: HashMap<(usize, &str), Vec<(Instant, &str)>> = HashMap::new();
     for event in history {
         let What::FencedWrite {
             server,
@@ -724,7 +726,13 @@ fn check_fenced_writes(history: &[Event], index: &Index, found: &mut Vec<Violati
         else {
             continue;
         };
-        written.entry(value.as_str()).or_insert(event.at);
+        written
+            .entry(value.as_str())
+            .or_insert((event.at, *server, resource));
+        writes
+            .entry((*server, resource))
+            .or_default()
+            .push((event.at, token));
         if lost(*server, *seq, event.at) {
             continue;
         }
@@ -754,11 +762,21 @@ fn check_fenced_writes(history: &[Event], index: &Index, found: &mut Vec<Violati
             continue;
         };
         let applied = written.get(value.as_str());
+        // A write re-sent after another holder's (larger) write is refused the second time: "another
+        // holder has written with a fence at least as large" is then true, as documented.
+        let superseded = |(at, server, resource): &(Instant, usize, &str)| {
+            writes.get(&(*server, *resource)).is_some_and(|list| {
+                list.iter()
+                    .any(|(w_at, by)| w_at > at && *w_at <= event.at && by != token)
+            })
+        };
         let wrong = match outcome {
-            Outcome::Ok => applied.is_none_or(|at| *at > event.at),
-            Outcome::Refused | Outcome::Failed { .. } => applied.is_some(),
+            Outcome::Ok => applied.is_none_or(|(at, ..)| *at > event.at),
+            Outcome::Refused => applied.is_some_and(|w| !superseded(w)),
+            Outcome::Failed { .. } => applied.is_some(),
             _ => false,
         };
+        let applied = applied.map(|(at, ..)| at);
         if wrong {
             found.push(violation(
                 event.at,

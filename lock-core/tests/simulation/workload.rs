@@ -429,50 +429,68 @@ enum Guard {
 enum GuardRef<'a> {
     Lock(&'a LockGuard),
     Redlock(&'a RedlockGuard),
+    Leader(&'a Leadership),
 }
 
 impl<'a> GuardRef<'a> {
+    /// A single server's guard (an election's term is one).
+    fn single(self) -> Option<&'a LockGuard> {
+        match self {
+            GuardRef::Lock(g) => Some(g),
+            GuardRef::Leader(l) => Some(l.guard()),
+            GuardRef::Redlock(_) => None,
+        }
+    }
+
     fn token(self) -> &'a str {
         match self {
-            GuardRef::Lock(g) => g.token(),
             GuardRef::Redlock(g) => g.token(),
+            other => other.single().map_or("", LockGuard::token),
         }
     }
 
     fn key(self) -> &'a str {
         match self {
-            GuardRef::Lock(g) => g.key(),
             GuardRef::Redlock(g) => g.key(),
+            other => other.single().map_or("", LockGuard::key),
         }
     }
 
     fn valid_for(self) -> Duration {
-        match self {
-            GuardRef::Lock(g) => g.valid_for(),
-            GuardRef::Redlock(g) => g.valid_for(),
+        match (self, self.single()) {
+            (_, Some(g)) => g.valid_for(),
+            (GuardRef::Redlock(g), None) => g.valid_for(),
+            _ => Duration::ZERO,
         }
     }
 
     fn fence(self) -> Option<u64> {
-        match self {
-            GuardRef::Lock(g) => g.fence(),
-            GuardRef::Redlock(g) => g.fence(),
+        match (self, self.single()) {
+            (_, Some(g)) => g.fence(),
+            (GuardRef::Redlock(g), None) => g.fence(),
+            _ => None,
         }
     }
 
     /// A guard `fenced_set` can write with.
     fn fenced(self) -> Option<&'a LockGuard> {
-        match self {
-            GuardRef::Lock(g) if g.fence().is_some() => Some(g),
-            _ => None,
-        }
+        self.single().filter(|g| g.fence().is_some())
     }
 
     /// The servers that hold the lock, and how many of them must.
     fn servers_and_quorum(self) -> (Vec<usize>, usize) {
         match self {
-            GuardRef::Lock(_) => (vec![0], 1),
             GuardRef::Redlock(_) => ((0..5).collect(), 3),
+            _ => (vec![0], 1),
+        }
+    }
+
+    /// "Is it still mine?": `is_owner`, or for an election's term `is_current`.
+    fn is_owner(self) -> BoxFuture<'a, Result<bool, LockError>> {
+        match self {
+            GuardRef::Lock(g) => Box::pin(g.is_owner()),
+            GuardRef::Redlock(g) => Box::pin(g.is_owner()),
+            GuardRef::Leader(l) => Box::pin(l.is_current()),
         }
     }
 }
@@ -482,7 +500,7 @@ impl Guard {
         match self {
             Guard::Lock(g) => GuardRef::Lock(g),
             Guard::Redlock(g) => GuardRef::Redlock(g),
-            Guard::Leader(l) => GuardRef::Lock(l.guard()),
+            Guard::Leader(l) => GuardRef::Leader(l),
         }
     }
 
@@ -507,14 +525,6 @@ impl Guard {
             Guard::Lock(g) => Box::pin(g.extend(by)),
             Guard::Redlock(g) => Box::pin(g.extend(by)),
             Guard::Leader(l) => Box::pin(l.guard().extend(by)),
-        }
-    }
-
-    fn is_owner(&self) -> BoxFuture<'_, Result<bool, LockError>> {
-        match self {
-            Guard::Lock(g) => Box::pin(g.is_owner()),
-            Guard::Redlock(g) => Box::pin(g.is_owner()),
-            Guard::Leader(l) => Box::pin(l.is_current()),
         }
     }
 
@@ -884,17 +894,8 @@ impl Worker {
                     self.record_op("extend", &key, start, outcome, detail);
                 }
                 4 => {
-                    let result = self.maybe_cancel(guard.is_owner()).await;
-                    let outcome = result
-                        .as_ref()
-                        .map_or(Outcome::Cancelled, |r| outcome_of(r, |w| *w));
-                    let (servers, quorum) = guard.as_ref().servers_and_quorum();
-                    let detail = Detail::Owner {
-                        token: guard.token().to_owned(),
-                        servers,
-                        quorum,
-                    };
-                    self.record_op("is_owner", &key, start, outcome, detail);
+                    let result = self.maybe_cancel(guard.as_ref().is_owner()).await;
+                    self.record_owner(guard.as_ref(), start, result);
                 }
                 5 | 6 => {
                     if let Some(lock_guard) = guard.as_ref().fenced() {
@@ -977,6 +978,24 @@ impl Worker {
         self.record_op("redlock_run", &key, start, outcome, Detail::None);
     }
 
+    fn record_owner(
+        &self,
+        guard: GuardRef<'_>,
+        start: Instant,
+        result: Option<Result<bool, LockError>>,
+    ) {
+        let outcome = result
+            .as_ref()
+            .map_or(Outcome::Cancelled, |r| outcome_of(r, |w| *w));
+        let (servers, quorum) = guard.servers_and_quorum();
+        let detail = Detail::Owner {
+            token: guard.token().to_owned(),
+            servers,
+            quorum,
+        };
+        self.record_op("is_owner", guard.key(), start, outcome, detail);
+    }
+
     /// Work for `length` of true time under `hold` or `run`: observe the lease, write with the fence,
     /// sleep; records its end (a `hold` that let it finish vouches for the lock throughout).
     async fn work_under(&self, guard: GuardRef<'_>, length: Duration, seed: u64) {
@@ -990,6 +1009,12 @@ impl Worker {
             {
                 let resource = rng.choice(&self.ctx.cfg.resources).unwrap().clone();
                 self.fenced_set(lock_guard, &resource).await;
+            }
+            if rng.u32(0..4) == 0 {
+                // A leader (or holder) asks whether it still is one, as it works.
+                let start = self.now();
+                let result = guard.is_owner().await;
+                self.record_owner(guard, start, Some(result));
             }
             if self.now() >= end {
                 break;
