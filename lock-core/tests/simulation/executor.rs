@@ -450,8 +450,7 @@ mod tests {
             }
             assert_eq!(exec.run(Duration::from_secs(1)), Ended::Quiescent);
             assert_eq!(exec.live_tasks(), 0);
-            let log = lock(&log).clone();
-            log
+            lock(&log).clone()
         };
         let a = trace(1);
         assert_eq!(a, trace(1), "same seed, same run");

@@ -21,8 +21,9 @@ pub struct Event {
     pub what: What,
 }
 
-/// What happened.
+/// What happened. (Some fields only serve the printed trace of a failing seed.)
 #[derive(Debug, Clone)]
+#[allow(dead_code)]
 pub enum What {
     /// A server's lock key after a write (or a restore): its token and true expiry, or absent.
     KeyState {
@@ -190,10 +191,6 @@ impl History {
 
     pub fn events(&self) -> Vec<Event> {
         self.0.lock().unwrap().clone()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
     }
 }
 
@@ -1136,7 +1133,8 @@ fn check_orphans(
     let mut dead: HashMap<&str, Instant> = HashMap::new();
     let mut handed_out: HashMap<&str, ()> = HashMap::new();
     let mut sent: Vec<(&str, usize, u64, Instant)> = Vec::new();
-    let mut ops: HashMap<(usize, u64), Vec<(Instant, Instant, Outcome)>> = HashMap::new();
+    // Per (process, task): when each operation ran.
+    let mut ops: HashMap<(usize, u64), Vec<(Instant, Instant)>> = HashMap::new();
     for event in history {
         match &event.what {
             What::GuardEnd { token, .. } => {
@@ -1159,7 +1157,7 @@ fn check_orphans(
             What::Op(op) => ops
                 .entry((op.process, op.task))
                 .or_default()
-                .push((op.start, event.at, op.outcome)),
+                .push((op.start, event.at)),
             _ => {}
         }
     }
@@ -1168,10 +1166,10 @@ fn check_orphans(
         if handed_out.contains_key(token) || dead.contains_key(token) {
             continue;
         }
-        if let Some((_, end, _)) = ops.get(&(process, task)).and_then(|list| {
-            list.iter()
-                .find(|(start, end, _)| *start <= at && at <= *end)
-        }) {
+        if let Some((_, end)) = ops
+            .get(&(process, task))
+            .and_then(|list| list.iter().find(|(start, end)| *start <= at && at <= *end))
+        {
             dead.insert(token, *end);
         }
     }

@@ -759,7 +759,7 @@ impl Worker {
                     .as_ref()
                     .map_or(Outcome::Cancelled, |r| outcome_of(r, |_| true));
                 let detail = Detail::Wait {
-                    wait: wait,
+                    wait,
                     bound: self.acquire_bound(),
                     took,
                 };
