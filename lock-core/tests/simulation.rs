@@ -6,6 +6,8 @@
 //!   100,000) over as many seeds as that takes, starting at `REDLEASE_SIM_BASE` (default 1; `random`
 //!   draws one), and ends by printing `simulation: <operations> operations, <seeds> seeds,
 //!   <violations> violations`. A failing seed is printed with the command that replays it.
+//! - `REDLEASE_SIM_MODE=single|failover|replicas|redlock` runs every seed in that mode (see
+//!   `workload::Mode`), to focus a soak.
 //! - `REDLEASE_SIM_SEED=<seed>` runs that seed alone and prints its configuration and violations
 //!   (`REDLEASE_SIM_TRACE=1` also prints its whole history).
 //! - A soak: `REDLEASE_SIM_OPS=10000000 REDLEASE_SIM_BASE=random cargo test --release -p lock-core
@@ -50,8 +52,11 @@ fn say(line: &str) {
 }
 
 fn replay_command(seed: u64) -> String {
+    let mode = std::env::var("REDLEASE_SIM_MODE")
+        .map(|mode| format!("REDLEASE_SIM_MODE={mode} "))
+        .unwrap_or_default();
     format!(
-        "REDLEASE_SIM_SEED={seed} cargo test -p lock-core --test simulation -- --exact simulation --nocapture"
+        "{mode}REDLEASE_SIM_SEED={seed} cargo test -p lock-core --test simulation -- --exact simulation --nocapture"
     )
 }
 

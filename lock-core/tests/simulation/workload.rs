@@ -58,6 +58,21 @@ pub struct Config {
     pub calm: bool,
 }
 
+/// The mode `REDLEASE_SIM_MODE` forces on every seed (`single`, `failover`, `replicas`, `redlock`), to
+/// focus a soak on one.
+pub fn forced_mode() -> Option<Mode> {
+    let mode = std::env::var("REDLEASE_SIM_MODE").ok()?;
+    Some(match mode.as_str() {
+        "single" => Mode::Single,
+        "failover" => Mode::Failover,
+        "replicas" => Mode::Replicas,
+        "redlock" => Mode::Redlock,
+        other => {
+            panic!("REDLEASE_SIM_MODE must be single, failover, replicas or redlock, got {other:?}")
+        }
+    })
+}
+
 impl Config {
     pub fn draw(seed: u64) -> Self {
         let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed_c0de);
@@ -67,6 +82,7 @@ impl Config {
             12..=14 => Mode::Replicas,
             _ => Mode::Redlock,
         };
+        let mode = forced_mode().unwrap_or(mode);
         let ttl = Duration::from_millis(*rng.choice(&[150, 400, 800, 1500, 3000]).unwrap());
         let delay_max = Duration::from_micros(rng.u64(200..3000));
         let bound = Duration::from_millis(rng.u64(20..80));
@@ -173,7 +189,7 @@ struct Ctx {
     values: AtomicU64,
 }
 
-/// Runs `seed`, with `check` over the history as the checker (the real one, or a test's).
+/// Runs `seed` with the configuration drawn from it.
 pub fn run_seed(seed: u64) -> Report {
     run_seed_with(seed, &Config::draw(seed))
 }
@@ -370,7 +386,12 @@ async fn inject_faults(ctx: Arc<Ctx>, seed: u64) {
             return;
         }
         rt.sleep_until(at).await;
-        match rng.u32(0..4) {
+        // With a replica the locks wait for, broken replication is what matters most.
+        let kind = match cfg.mode {
+            Mode::Replicas => rng.u32(0..6).min(3),
+            _ => rng.u32(0..4),
+        };
+        match kind {
             0 | 1 => {
                 // A GC pause or SIGSTOP, sometimes longer than the TTL.
                 let process = rng.usize(..cfg.processes);
@@ -388,8 +409,21 @@ async fn inject_faults(ctx: Arc<Ctx>, seed: u64) {
                     }
                     if cfg.mode == Mode::Failover && rng.bool() {
                         server.restart(downtime, rng.bool());
-                    } else {
+                    } else if rng.bool() {
                         server.fail_over(downtime, cfg.mode == Mode::Replicas);
+                    } else {
+                        // As failovers happen: the primary is cut off (from its replica too) for a
+                        // while first, then the replica, lagging by then, is promoted.
+                        server.set_replica_link(false);
+                        let server = server.clone();
+                        let covered = cfg.mode == Mode::Replicas;
+                        let at = rt.now() + Duration::from_millis(rng.u64(10..500));
+                        rt.call_at(at, move || {
+                            if !server.is_down() {
+                                server.fail_over(downtime, covered);
+                            }
+                            server.set_replica_link(true);
+                        });
                     }
                 }
                 Mode::Redlock => {
@@ -410,7 +444,7 @@ async fn inject_faults(ctx: Arc<Ctx>, seed: u64) {
                 // The replication link breaks for a while: the replica lags, `WAIT` gets no answer.
                 let server = ctx.servers[rng.usize(..ctx.servers.len())].clone();
                 server.set_replica_link(false);
-                let heal = rt.now() + Duration::from_millis(rng.u64(10..600));
+                let heal = rt.now() + Duration::from_millis(rng.u64(10..1500));
                 rt.call_at(heal, move || server.set_replica_link(true));
             }
         }
@@ -861,15 +895,29 @@ impl Worker {
         self.acquired(guard.as_ref());
         let cfg = self.ctx.cfg.clone();
         let key = guard.key().to_owned();
-        let steps = self.rng.u32(0..6);
+        let steps = self.rng.u32(0..8);
+        // After a write to the lease failed, the next step often tries another write at once, as a
+        // holder would.
+        let mut failed_write = false;
         for _ in 0..steps {
             let start = self.now();
-            match self.rng.u32(0..12) {
+            // The run is ending: hand the lock on rather than keep waiters waiting.
+            if start >= cfg.end() {
+                break;
+            }
+            let step = match failed_write && self.rng.bool() {
+                true => self.rng.u32(0..4),
+                false => self.rng.u32(0..12),
+            };
+            failed_write = false;
+            match step {
                 0 | 1 => {
                     let result = self.maybe_cancel(guard.renew()).await;
                     let outcome = result
                         .as_ref()
                         .map_or(Outcome::Cancelled, |r| outcome_of(r, |w| *w));
+                    failed_write =
+                        matches!(outcome, Outcome::Failed { .. } | Outcome::NotReplicated);
                     self.record_op("renew", &key, start, outcome, Detail::None);
                 }
                 2 | 3 => {
@@ -891,6 +939,8 @@ impl Worker {
                         before,
                         after,
                     };
+                    failed_write =
+                        matches!(outcome, Outcome::Failed { .. } | Outcome::NotReplicated);
                     self.record_op("extend", &key, start, outcome, detail);
                 }
                 4 => {
@@ -1001,7 +1051,8 @@ impl Worker {
     async fn work_under(&self, guard: GuardRef<'_>, length: Duration, seed: u64) {
         let mut rng = fastrand::Rng::with_seed(seed);
         let start = self.now();
-        let end = start + length;
+        // Work started before the run's end stops at it, so that the run drains.
+        let end = (start + length).min(self.ctx.cfg.end().max(start));
         loop {
             self.observe(guard);
             if let Some(lock_guard) = guard.fenced()
