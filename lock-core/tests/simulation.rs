@@ -8,6 +8,7 @@
 //!   <violations> violations`. A failing seed is printed with the command that replays it.
 //! - `REDLEASE_SIM_MODE=single|failover|replicas|redlock` runs every seed in that mode (see
 //!   `workload::Mode`), to focus a soak.
+//! - `REDLEASE_SIM_FAILURES=<n>` stops after `n` failing seeds (default 5).
 //! - `REDLEASE_SIM_SEED=<seed>` runs that seed alone and prints its configuration and violations
 //!   (`REDLEASE_SIM_TRACE=1` also prints its whole history).
 //! - A soak: `REDLEASE_SIM_OPS=10000000 REDLEASE_SIM_BASE=random cargo test --release -p lock-core
@@ -118,11 +119,13 @@ fn simulation() {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(4);
+    // How many failing seeds to collect before stopping.
+    let enough = env_u64("REDLEASE_SIM_FAILURES").map_or(5, |n| n as usize);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
                 while operations.load(Ordering::Relaxed) < target
-                    && failed.lock().unwrap().len() < 5
+                    && failed.lock().unwrap().len() < enough
                 {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     let report = run_seed(seed);
@@ -132,8 +135,9 @@ fn simulation() {
                         violations.fetch_add(report.violations.len(), Ordering::Relaxed);
                         failed.lock().unwrap().push(seed);
                         say(&format!(
-                            "{}replay: {}",
+                            "{}found after {:?} of wall time; replay: {}",
                             describe(&report),
+                            started.elapsed(),
                             replay_command(seed)
                         ));
                     }

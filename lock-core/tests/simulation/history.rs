@@ -946,9 +946,9 @@ fn check_operations(history: &[Event], index: &Index, params: &Params, found: &m
 }
 
 /// `extend(by)` moves the expiry at most `by` past an expiry the guard can have known before it wrote:
-/// one the key had before the call, or got during it from anything but an extend (a renewal that
-/// landed late, say). An earlier call that failed or was cancelled may still land during this one,
-/// with what it asked for. So a re-sent extend never adds `by` twice (issue 8, hole 8).
+/// one the key had before the call, or got during it from anything but this call (a renewal that
+/// landed late, say, or an earlier extend that failed or was cancelled and landed late, with what it
+/// asked for). So a re-sent extend never adds `by` twice (issue 8, hole 8).
 fn check_extends(history: &[Event], found: &mut Vec<Violation>) {
     // Per token: (at, expiry, cause) of every state of its key, and the asks of its extends so far.
     let mut states: HashMap<&str, Vec<(Instant, Instant, &str)>> = HashMap::new();
@@ -977,19 +977,26 @@ fn check_extends(history: &[Event], found: &mut Vec<Violation>) {
                     },
                 ..
             }) => {
-                let base = states
-                    .get(token.as_str())
-                    .into_iter()
-                    .flatten()
-                    .filter(|(at, _, cause)| *at < *start || *cause != "extend")
-                    .map(|(_, expires, _)| *expires)
-                    .max();
                 let earlier = asked
                     .get(token.as_str())
                     .into_iter()
                     .flatten()
                     .max()
                     .copied();
+                // An extend that landed during this call is an earlier call's when it set no more
+                // than an earlier call asked for (one that failed or was cancelled, landing late).
+                let earlier_call = |expires: Instant| {
+                    earlier.is_some_and(|ask| expires <= ask + Duration::from_millis(3))
+                };
+                let base = states
+                    .get(token.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|(at, expires, cause)| {
+                        *at < *start || *cause != "extend" || earlier_call(*expires)
+                    })
+                    .map(|(_, expires, _)| *expires)
+                    .max();
                 let furthest = base.map(|base| (base + *by).max(earlier.unwrap_or_default()));
                 if let (Some(furthest), Some(after)) = (furthest, after) {
                     // Slack: the clocks' rates (within 1%) and whole milliseconds.
