@@ -306,6 +306,48 @@ fn a_stale_fenced_write_is_reported_unless_the_newer_one_was_lost() {
 }
 
 #[test]
+fn a_refusal_without_a_newer_write_is_reported() {
+    let refused = |token: &str, fence| What::FencedRefused {
+        server: 0,
+        resource: "r".into(),
+        token: token.into(),
+        fence,
+    };
+    // Refused with nothing newer written (say, a mark shared with another resource).
+    reports(
+        H::default().at(10, refused("a", 9)),
+        invariant::FENCED_SET_OUTCOME,
+    );
+    reports(
+        H::default()
+            .at(0, write("b", 8, "older", 1))
+            .at(10, refused("a", 9)),
+        invariant::FENCED_SET_OUTCOME,
+    );
+    clean(
+        H::default()
+            .at(0, write("b", 10, "newer", 1))
+            .at(10, refused("a", 9)),
+    );
+    // The newer write was lost before the refusal: nothing justified it any more.
+    reports(
+        H::default()
+            .at(0, write("b", 10, "newer", 1))
+            .at(
+                5,
+                What::Rollback {
+                    server: 0,
+                    to_seq: 0,
+                    from_seq: 1,
+                    covered: false,
+                },
+            )
+            .at(10, refused("a", 9)),
+        invariant::FENCED_SET_OUTCOME,
+    );
+}
+
+#[test]
 fn a_fenced_set_that_lies_about_its_write_is_reported() {
     let detail = |value: &str| Detail::FencedSet {
         token: "a".into(),

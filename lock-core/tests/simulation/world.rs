@@ -344,6 +344,21 @@ impl SimServer {
                 seq,
             });
         }
+        if let (
+            Request::Eval {
+                script, keys, args, ..
+            },
+            Ok(ScriptValue::Int(0)),
+        ) = (request, &reply)
+            && script.sha1() == script::FENCED_SET.sha1()
+        {
+            self.core.record(What::FencedRefused {
+                server: self.index,
+                resource: keys[0].clone(),
+                token: args[2].clone(),
+                fence: args[1].parse().expect("fences are integers"),
+            });
+        }
         if let Some(key) = lock_key {
             let cause = match request {
                 Request::SetNx { .. } => "set_nx",
