@@ -799,8 +799,10 @@ fn check_fenced_writes(history: &[Event], index: &Index, found: &mut Vec<Violati
 /// larger fence, or an equal one from another holder. (A refusal for any other reason, such as two
 /// resources sharing one mark, issue 8 hole 5, loses a holder's write.)
 fn check_refusals(history: &[Event], found: &mut Vec<Violation>) {
-    // Per (server, resource): the accepted writes the server still has, as (seq, fence, token).
-    let mut writes: HashMap<(usize, &str), Vec<(u64, u64, &str)>> = HashMap::new();
+    /// An accepted write the server still has: (seq, fence, token).
+    type Kept<'a> = (u64, u64, &'a str);
+    // Per (server, resource): its accepted writes the server still has.
+    let mut writes: HashMap<(usize, &str), Vec<Kept>> = HashMap::new();
     for event in history {
         match &event.what {
             What::FencedWrite {
