@@ -1128,11 +1128,17 @@ fn check_releases(history: &[Event], index: &Index, params: &Params, found: &mut
     for (token, at) in &first_release {
         ended.entry(token).or_insert(*at);
     }
-    // The loop sleeps at most 1 s between attempts, after an attempt of at most one call bound; it
-    // keeps going while the next attempt falls within the TTL (on the client's clock, within 1% of true
-    // time) of the first.
-    let gap = Duration::from_secs(1) + params.bound + Duration::from_millis(5);
+    // The loop's k-th pause is 50 ms · 2^k (jittered down to 80%), at most 1 s; so a pause is at most
+    // 50 ms plus 1.25 times the time since the first attempt, and the next attempt starts at most one
+    // call bound (the attempt) and one pause after the last. It keeps going while the next attempt
+    // falls within the TTL (on the client's clock, within 1% of true time) of the first.
     let horizon = params.ttl.mul_f64(0.98);
+    let allowed = |first: Instant, last: Instant| {
+        let pause = (Duration::from_millis(50) + last.saturating_sub(first).mul_f64(1.25))
+            .min(Duration::from_secs(1));
+        pause + params.bound + Duration::from_millis(5)
+    };
+    let longest = Duration::from_secs(1) + params.bound + Duration::from_millis(5);
     let none = Vec::new();
     let mut reported: HashMap<&str, ()> = HashMap::new();
     let mut keys: Vec<_> = index.timelines.iter().collect();
@@ -1153,9 +1159,10 @@ fn check_releases(history: &[Event], index: &Index, params: &Params, found: &mut
                 .states
                 .get(i + 1)
                 .map_or(*expires, |(next, _)| (*next).min(*expires));
+            let first = *first_release.get(token).unwrap_or(end);
             let start = (*from).max(*end);
-            let stop = held_until.min(first_release.get(token).unwrap_or(end).add(horizon));
-            if stop <= start + gap {
+            let stop = held_until.min(first + horizon);
+            if stop <= start {
                 continue;
             }
             // A restore (a failover, a restart) may bring back a token whose release it lost.
@@ -1165,32 +1172,33 @@ fn check_releases(history: &[Event], index: &Index, params: &Params, found: &mut
                 .is_some_and(|r| r.iter().any(|(at, ..)| at == from));
             let paused = owner
                 .get(token)
-                .is_some_and(|process| index.paused(*process, start.saturating_sub(gap), stop));
+                .is_some_and(|process| index.paused(*process, start.saturating_sub(longest), stop));
             if restored || paused {
                 continue;
             }
             let sent = releases.get(&(*server, token)).unwrap_or(&none);
             let mut last = start;
             let mut missing = None;
-            for at in sent.iter().filter(|at| **at >= start && **at < stop) {
-                if *at > last + gap {
+            for at in sent.iter().filter(|at| **at > start && **at < stop) {
+                if *at > last + allowed(first, last) {
                     missing = Some(last);
                     break;
                 }
                 last = *at;
             }
-            if missing.is_none() && stop > last + gap {
+            if missing.is_none() && stop > last + allowed(first, last) {
                 missing = Some(last);
             }
             if let Some(since) = missing {
+                let gap = allowed(first, since);
                 reported.insert(token, ());
                 found.push(violation(
                     since + gap,
                     invariant::NOT_RELEASED,
                     format!(
                         "server {server} held {key} for {token} from {from:?} until {held_until:?}; \
-                         nobody held it after {end:?}, but no release was sent for {gap:?} after \
-                         {since:?} (releases sent at {sent:?})"
+                         nobody held it after {end:?} (first release {first:?}), but no release was \
+                         sent for {gap:?} after {since:?} (releases sent at {sent:?})"
                     ),
                 ));
             }
