@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::ops::Add;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
