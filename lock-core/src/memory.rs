@@ -98,6 +98,18 @@ impl MemorySnapshot {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// The value of `key` in the snapshot, if it was live when the snapshot was taken: what a replica
+    /// holding this snapshot would answer, for a simulation's checks.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.get(key).map(|e| e.value.as_str())
+    }
+
+    /// When `key` expires, on the clock of the backend the snapshot was taken from; `None` when the
+    /// snapshot does not hold it or it has no TTL.
+    pub fn expires_at(&self, key: &str) -> Option<Moment> {
+        self.entries.get(key).and_then(|e| e.expires_at)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -593,6 +605,12 @@ mod tests {
         backend.set("counter", "7", Duration::from_secs(3600));
         let replica = backend.snapshot();
         assert_eq!(replica.len(), 2);
+        assert_eq!(replica.get("lock"), Some("a"));
+        assert_eq!(
+            replica.expires_at("lock"),
+            Some(Moment::from_origin(Duration::from_millis(100)))
+        );
+        assert_eq!(replica.expires_at("late"), None);
         backend.set("counter", "8", Duration::from_secs(3600));
         backend.set("late", "x", Duration::from_secs(3600));
 
