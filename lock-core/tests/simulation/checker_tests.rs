@@ -15,6 +15,7 @@ fn params() -> Params {
         orphan_grace: ms(200),
         stall_grace: ms(400),
         wait_slack: ms(5),
+        replicated: true,
         ttl: ms(3000),
         bound: ms(50),
     }
@@ -173,6 +174,28 @@ fn a_belief_the_server_does_not_back_is_reported() {
             .at(500, failover(true))
             .free(500),
         invariant::BELIEF_NOT_HELD,
+    );
+}
+
+#[test]
+fn a_belief_the_replica_does_not_back_is_reported() {
+    let replica = |until| What::ReplicaState {
+        server: 0,
+        key: "k".into(),
+        holder: Some(("a".into(), ms(until))),
+    };
+    // The primary holds the key until 3 s, the replica (which a failover promotes) only until 1 s.
+    let lagging = H::default()
+        .held(0, "a", 3000)
+        .at(0, replica(1000))
+        .belief(10, "a", 2000);
+    reports(lagging, invariant::BELIEF_NOT_REPLICATED);
+    clean(
+        H::default()
+            .held(0, "a", 3000)
+            .at(0, replica(1000))
+            .at(500, replica(3000))
+            .belief(600, "a", 2000),
     );
 }
 

@@ -32,6 +32,13 @@ pub enum What {
         /// What changed it: a script's name, `set_nx`, or `restore`.
         cause: &'static str,
     },
+    /// A server's replica now has this state of a lock key (it received the primary's writes up to
+    /// some point: a `WAIT` reached it, or replication caught up).
+    ReplicaState {
+        server: usize,
+        key: String,
+        holder: Option<(String, Instant)>,
+    },
     /// A server issued a new fence for `key` (the counter moved; a re-sent acquisition answered by the
     /// fence issued before is not a new one).
     FenceIssued {
@@ -213,6 +220,9 @@ pub struct Params {
     pub stall_grace: Duration,
     /// How long past its wait and one call bound an acquisition may take (clock rate, rounding).
     pub wait_slack: Duration,
+    /// Whether every lock waits for the servers' replica (`replicas(1)`): then every belief must be
+    /// backed by the replica too, which a failover promotes.
+    pub replicated: bool,
     /// The locks' TTL (every lock of a run has the same), and the clients' per-call bound: for how
     /// long, and how often, an abandoned acquisition is released again.
     pub ttl: Duration,
@@ -237,6 +247,9 @@ impl fmt::Display for Violation {
 pub mod invariant {
     /// A client believed it held a key the servers did not hold for it.
     pub const BELIEF_NOT_HELD: &str = "belief-not-held";
+    /// With `replicas`, a client believed it held a key its server's replica did not hold for it: a
+    /// failover would break the belief.
+    pub const BELIEF_NOT_REPLICATED: &str = "belief-not-replicated";
     /// Two clients believed they held one key at the same instant.
     pub const TWO_HOLDERS: &str = "two-holders";
     /// A server issued a fence not greater than one it issued before for the key.
@@ -344,6 +357,8 @@ impl Timeline {
 /// Everything the checks look things up in, built once from the history.
 struct Index<'a> {
     timelines: HashMap<(usize, &'a str), Timeline>,
+    /// The same, for each server's replica.
+    replicas: HashMap<(usize, &'a str), Timeline>,
     /// Per server: (at, lost range) of rollbacks not covered by replica acknowledgement.
     rollbacks: HashMap<usize, Vec<(Instant, u64, u64, bool)>>,
     downs: HashMap<usize, Vec<(Instant, Instant)>>,
@@ -357,6 +372,7 @@ impl<'a> Index<'a> {
     fn new(history: &'a [Event]) -> Self {
         let mut index = Index {
             timelines: HashMap::new(),
+            replicas: HashMap::new(),
             rollbacks: HashMap::new(),
             downs: HashMap::new(),
             pauses: HashMap::new(),
@@ -384,6 +400,16 @@ impl<'a> Index<'a> {
                         .states
                         .push((event.at, holder.clone()));
                 }
+                What::ReplicaState {
+                    server,
+                    key,
+                    holder,
+                } => index
+                    .replicas
+                    .entry((*server, key.as_str()))
+                    .or_default()
+                    .states
+                    .push((event.at, holder.clone())),
                 What::Rollback {
                     server,
                     to_seq,
@@ -537,6 +563,9 @@ pub fn check(history: &[Event], params: &Params) -> Vec<Violation> {
     let index = Index::new(history);
     let mut found = Vec::new();
     check_beliefs(history, &index, &mut found);
+    if params.replicated {
+        check_replicated_beliefs(history, &index, &mut found);
+    }
     check_fences(history, &mut found);
     check_fenced_writes(history, &index, &mut found);
     check_work(history, &index, &mut found);
@@ -646,6 +675,56 @@ fn check_beliefs(history: &[Event], index: &Index, found: &mut Vec<Violation>) {
                         ),
                     ));
                 }
+            }
+        }
+    }
+}
+
+/// With `replicas(1)`, a belief is backed by the replica as well as by the primary: writes count only
+/// once the replica acknowledged them, so the replica (which a failover promotes) must hold the token
+/// for as long as the client believes.
+fn check_replicated_beliefs(history: &[Event], index: &Index, found: &mut Vec<Violation>) {
+    let mut reported: HashMap<&str, ()> = HashMap::new();
+    for event in history {
+        let What::Belief {
+            process,
+            key,
+            token,
+            until,
+            servers,
+            ..
+        } = &event.what
+        else {
+            continue;
+        };
+        let to = match index.guard_ends.get(token.as_str()) {
+            Some(end) if *end >= event.at => (*until).min(*end),
+            _ => *until,
+        };
+        if to <= event.at || reported.contains_key(token.as_str()) {
+            continue;
+        }
+        for server in servers {
+            let Some(replica) = index.replicas.get(&(*server, key.as_str())) else {
+                continue;
+            };
+            let mut points = vec![event.at];
+            replica.breakpoints(event.at, to, &mut points);
+            if let Some(at) = points
+                .into_iter()
+                .find(|p| replica.holder_at(*p) != Some(token.as_str()))
+            {
+                reported.insert(token, ());
+                found.push(violation(
+                    at,
+                    invariant::BELIEF_NOT_REPLICATED,
+                    format!(
+                        "process {process} believed at {:?} that it held {key} with {token} until \
+                         {to:?}, but at {at:?} the replica of server {server} held {:?}",
+                        event.at,
+                        replica.holder_at(at)
+                    ),
+                ));
             }
         }
     }

@@ -77,9 +77,9 @@ impl Config {
     pub fn draw(seed: u64) -> Self {
         let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed_c0de);
         let mode = match rng.u32(0..20) {
-            0..=7 => Mode::Single,
-            8..=11 => Mode::Failover,
-            12..=14 => Mode::Replicas,
+            0..=5 => Mode::Single,
+            6..=9 => Mode::Failover,
+            10..=14 => Mode::Replicas,
             _ => Mode::Redlock,
         };
         let mode = forced_mode().unwrap_or(mode);
@@ -153,6 +153,7 @@ impl Config {
             orphan_grace: Duration::from_millis(200) + self.faults.delay_max * 8,
             stall_grace: Duration::from_millis(400) + self.faults.delay_max * 8,
             wait_slack: Duration::from_millis(5),
+            replicated: self.mode == Mode::Replicas,
             ttl: self.ttl,
             bound: self.bound,
         }

@@ -220,6 +220,8 @@ struct ServerState {
     persisted: (MemorySnapshot, u64),
     /// The last recorded state of every lock key seen, to record only changes.
     keys: BTreeMap<String, Option<(String, Instant)>>,
+    /// The same, on the replica.
+    replica_keys: BTreeMap<String, Option<(String, Instant)>>,
 }
 
 fn transient(why: &'static str) -> BackendError {
@@ -377,7 +379,7 @@ impl SimServer {
             ) => {
                 let acked = if state.replica_link {
                     // `WAIT` returns once the replica has everything up to here.
-                    state.replica = (self.store.snapshot(), seq);
+                    self.set_replica(&mut state, self.store.snapshot(), seq);
                     1
                 } else {
                     0
@@ -390,6 +392,28 @@ impl SimServer {
             (_, reply) => reply.map(|value| (value, 0)),
         };
         (reply, extra)
+    }
+
+    /// The replica now has `snapshot` (up to write `seq`): records what changed for the lock keys.
+    fn set_replica(&self, state: &mut ServerState, snapshot: MemorySnapshot, seq: u64) {
+        let clock = &self.clock.clock;
+        let keys: Vec<String> = state.keys.keys().cloned().collect();
+        for key in keys {
+            let holder = snapshot.get(&key).and_then(|token| {
+                let expires = snapshot.expires_at(&key)?;
+                Some((token.to_owned(), clock.true_instant(expires.since_origin())))
+            });
+            let last = state.replica_keys.entry(key.clone()).or_insert(None);
+            if *last != holder {
+                last.clone_from(&holder);
+                self.core.record(What::ReplicaState {
+                    server: self.index,
+                    key,
+                    holder,
+                });
+            }
+        }
+        state.replica = (snapshot, seq);
     }
 
     fn record_key(&self, state: &mut ServerState, key: &str, cause: &'static str) {
@@ -419,7 +443,8 @@ impl SimServer {
                 let mut state = lock(&server.state);
                 if server.now() >= state.down_until {
                     if state.replica_link {
-                        state.replica = (server.store.snapshot(), state.seq);
+                        let seq = state.seq;
+                        server.set_replica(&mut state, server.store.snapshot(), seq);
                     }
                     let second = Duration::from_secs(1);
                     if server.now().as_millis() / second.as_millis()
@@ -479,7 +504,8 @@ impl SimServer {
             until,
         });
         // The new primary starts its own replica from what it has; later writes number on.
-        state.replica = (self.store.snapshot(), state.seq);
+        let seq = state.seq;
+        self.set_replica(state, self.store.snapshot(), seq);
         state.persisted = (self.store.snapshot(), state.seq);
         let keys: Vec<String> = state.keys.keys().cloned().collect();
         for key in keys {
