@@ -151,8 +151,9 @@ impl LockGuard {
     /// Returns `Ok(output)` when `work` finishes first. As soon as the lock is lost, `work` is dropped and
     /// the result is [`LockError::Lost`] naming the key and the reason: a renewal found another holder or
     /// no key; renewals kept failing until the locally tracked validity ran out (a renewal still
-    /// unanswered at that moment counts as failed); or the lock's `max_hold` passed. The guard stays
-    /// usable afterwards (to release it, say).
+    /// unanswered at that moment counts as failed); or the lock's `max_hold` passed. The lease is then
+    /// released in the background and the guard claims it no more: [`valid_for`](Self::valid_for) is
+    /// zero, and [`release`](Self::release) answers `Ok(false)`.
     pub async fn hold<F: Future>(&self, work: F) -> Result<F::Output> {
         hold_renewed(self, work).await
     }
@@ -786,6 +787,13 @@ impl Renewable for LockGuard {
     }
 
     fn release_lost(&self) {
+        // Reported lost, and released below: the guard claims nothing from now on (`valid_for` zero,
+        // `release` answering `Ok(false)`), and a reply still on its way is older, so changes nothing.
+        let now = self.now();
+        let mut validity = self.lock_validity();
+        validity.sent_at = now;
+        validity.until = now;
+        drop(validity);
         self.lease
             .release_in_background(self.ttl, "hold reported the lease lost");
     }

@@ -1246,7 +1246,9 @@ impl RedlockGuard {
     /// Returns `Ok(output)` when `work` finishes first. As soon as the lock is lost, `work` is dropped
     /// and the result is [`LockError::Lost`] naming the key and the reason: a renewal round found the
     /// lock gone or taken on too many masters; renewals kept failing (say, a majority of the masters
-    /// unreachable) until the validity ran out; or the lock's `max_hold` passed.
+    /// unreachable) until the validity ran out; or the lock's `max_hold` passed. The lock is then
+    /// released on every master in the background and the guard claims it no more:
+    /// [`valid_for`](Self::valid_for) is zero, and [`release`](Self::release) answers `Ok(false)`.
     pub async fn hold<F: Future>(&self, work: F) -> Result<F::Output> {
         hold_renewed(self, work).await
     }
@@ -1382,6 +1384,13 @@ impl Renewable for RedlockGuard {
     }
 
     fn release_lost(&self) {
+        // Reported lost, and released below: no master counts towards validity any more, and a reply
+        // still on its way is older, so changes nothing.
+        let now = self.now();
+        for master in self.lock_bounds().iter_mut() {
+            master.until = None;
+            master.sent_at = now;
+        }
         self.holdings
             .release_in_background("hold reported the lease lost", |_| true);
     }
