@@ -434,7 +434,13 @@ impl<'a> Index<'a> {
                         .or_default()
                         .push((event.at, *until));
                 }
-                What::GuardEnd { token, .. } => {
+                // A guard's beliefs end when it is released or dropped, or when `hold` reports the
+                // lease lost (the library releases it then); a belief stated after that is checked
+                // in full.
+                What::GuardEnd { token, .. }
+                | What::Work {
+                    token, lost: true, ..
+                } => {
                     index.guard_ends.entry(token.as_str()).or_insert(event.at);
                 }
                 _ => {}

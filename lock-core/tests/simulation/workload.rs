@@ -985,11 +985,13 @@ impl Worker {
                             servers,
                             quorum,
                         });
-                        // Told it lost the lock: no belief from here on. Keep the guard a while
-                        // (the library releases the lease in the background), then end it.
-                        self.guard_end(&guard);
+                        // Told it lost the lock (the library releases the lease in the
+                        // background): the guard must claim nothing any more. Keep it a while,
+                        // looking, then end it.
+                        self.observe(guard.as_ref());
                         let nap = self.random_span(cfg.ttl * 2);
                         self.sleep(nap).await;
+                        self.observe(guard.as_ref());
                         break;
                     }
                 }
