@@ -8,7 +8,7 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lock_core::script::{EXTEND, IS_OWNER, RELEASE, RENEW};
+use lock_core::script::{EXPIRY, EXTEND, IS_OWNER, RELEASE, RENEW};
 use lock_core::{BackendError, LockBackend, Script, ScriptValue};
 use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
 use support::{RedisServer, key_prefix};
@@ -190,7 +190,7 @@ async fn lock_scripts_reply_integers() {
 
         assert_eq!(
             run(&RELEASE, &["tok"]).await,
-            int(0),
+            int(-1),
             "{kind:?}: nothing to release"
         );
         assert_eq!(run(&IS_OWNER, &["tok"]).await, int(0), "{kind:?}");
@@ -205,12 +205,26 @@ async fn lock_scripts_reply_integers() {
         );
         assert_eq!(run(&IS_OWNER, &["tok"]).await, int(1), "{kind:?}");
         assert_eq!(run(&IS_OWNER, &["other"]).await, int(0), "{kind:?}");
-        assert_eq!(run(&EXTEND, &["tok", "5000"]).await, int(1), "{kind:?}");
-        let pttl: i64 = cmd(&server, &["PTTL", &key]).parse().unwrap();
+        // TTL scripts answer `{pttl, pexpiretime}`; EXTEND takes an absolute expiry.
+        let ttl_and_expiry = |reply: ScriptValue| match reply {
+            ScriptValue::Array(items) => match items.as_slice() {
+                [ScriptValue::Int(pttl), ScriptValue::Int(at)] => (*pttl, *at),
+                other => panic!("{kind:?}: {other:?}"),
+            },
+            other => panic!("{kind:?}: {other:?}"),
+        };
+        let (_, expiry) = ttl_and_expiry(run(&EXPIRY, &["tok"]).await);
+        let target = (expiry + 5000).to_string();
+        let (pttl, at) = ttl_and_expiry(run(&EXTEND, &["tok", &target]).await);
+        assert_eq!(at, expiry + 5000, "{kind:?}");
         assert!((12_000..=15_000).contains(&pttl), "{kind:?}: PTTL {pttl}");
-        assert_eq!(run(&RENEW, &["tok", "3000"]).await, int(1), "{kind:?}");
-        let pttl: i64 = cmd(&server, &["PTTL", &key]).parse().unwrap();
-        assert!((1_000..=3_000).contains(&pttl), "{kind:?}: PTTL {pttl}");
+        let (pttl, _) = ttl_and_expiry(run(&RENEW, &["tok", "3000"]).await);
+        assert!(
+            (12_000..=15_000).contains(&pttl),
+            "{kind:?}: renew never shortens: PTTL {pttl}"
+        );
+        let (pttl, _) = ttl_and_expiry(run(&RENEW, &["tok", "20000"]).await);
+        assert!((19_000..=20_000).contains(&pttl), "{kind:?}: PTTL {pttl}");
         assert_eq!(run(&RELEASE, &["other"]).await, int(0), "{kind:?}");
         assert_eq!(run(&RELEASE, &["tok"]).await, int(1), "{kind:?}");
         assert_eq!(cmd(&server, &["EXISTS", &key]), "0", "{kind:?}: released");
@@ -336,8 +350,8 @@ async fn evalsha_falls_back_to_eval_on_noscript() {
                 .eval_script(&RELEASE, &[&key], &["tok"])
                 .await
                 .unwrap(),
-            int(0),
-            "{kind:?}"
+            int(-1),
+            "{kind:?}: nothing to release"
         );
     }
 }

@@ -175,18 +175,28 @@ async fn eval_script_maps_reply_shapes() {
             .await
             .unwrap();
         assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        // TTL scripts answer `{pttl, pexpiretime}`; EXTEND takes an absolute expiry.
+        let ttl_and_expiry = |reply: ScriptValue| match reply {
+            ScriptValue::Array(items) => match items.as_slice() {
+                [ScriptValue::Int(pttl), ScriptValue::Int(at)] => (*pttl, *at),
+                other => panic!("{kind}: {other:?}"),
+            },
+            other => panic!("{kind}: {other:?}"),
+        };
         let renewed = backend
             .eval_script(&RENEW, &[&key], &["tok", "20000"])
             .await
             .unwrap();
-        assert_eq!(renewed, ScriptValue::Int(1), "{kind}");
+        let (reported, expiry) = ttl_and_expiry(renewed);
+        assert!((19_000..=20_000).contains(&reported), "{kind}: {reported}");
         let ttl = pttl(&server, &key);
         assert!((19_000..=20_000).contains(&ttl), "{kind}: PTTL {ttl}");
+        let target = (expiry + 10_000).to_string();
         let extended = backend
-            .eval_script(&EXTEND, &[&key], &["tok", "10000"])
+            .eval_script(&EXTEND, &[&key], &["tok", &target])
             .await
             .unwrap();
-        assert_eq!(extended, ScriptValue::Int(1), "{kind}");
+        assert_eq!(ttl_and_expiry(extended).1, expiry + 10_000, "{kind}");
         let ttl = pttl(&server, &key);
         assert!((29_000..=30_000).contains(&ttl), "{kind}: PTTL {ttl}");
         let not_ours = backend

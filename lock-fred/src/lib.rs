@@ -636,11 +636,21 @@ impl LockBackend for FredBackend {
             let Some(client) = blocker.client.as_ref() else {
                 return Ok(false);
             };
-            let popped: Option<(String, String)> = bounded_by(
-                self.command_timeout + block,
-                client.blpop(signal, block.as_secs_f64()),
-            )
-            .await?;
+            let started = Instant::now();
+            let blpop = async {
+                match client.blpop(signal, block.as_secs_f64()).await {
+                    // fred answers a `BLPOP` that ran its course with nothing to pop by a timeout
+                    // error of its own, at the blocking timeout: that is "not woken", not a failure.
+                    Err(error)
+                        if *error.kind() == ErrorKind::Timeout && started.elapsed() >= block =>
+                    {
+                        Ok(None)
+                    }
+                    other => other,
+                }
+            };
+            let popped: Option<(String, String)> =
+                bounded_by(self.command_timeout + block, blpop).await?;
             blocker.done();
             Ok(popped.is_some())
         }))
