@@ -199,11 +199,16 @@ pub(crate) struct InLine {
 }
 
 impl InLine {
-    /// The baton arrived: take it.
+    /// The baton arrived: take it. Call only once `receiver` has yielded the baton.
     pub(crate) fn into_baton(self) -> Baton {
-        let baton = Baton::new(self.backend.clone(), self.key.clone());
-        std::mem::forget(self);
-        baton
+        debug_assert!(
+            self.receiver.is_terminated(),
+            "into_baton before the baton arrived"
+        );
+        // `self` then drops as usual (its receiver is spent, so its `Drop` has nothing to do), freeing
+        // its share of the backend, the key and the channel: forgetting it would leak all three on
+        // every hand-off.
+        Baton::new(self.backend.clone(), self.key.clone())
     }
 }
 
