@@ -34,7 +34,8 @@ async fn an_unsignalled_wait_answers_not_woken_and_a_signal_wakes_it() {
     let url = server.url();
     for (name, backend) in backends(&url).await {
         let signal = format!("{}:{name}:signal", key_prefix());
-        for wait in [Duration::from_millis(100), Duration::from_millis(400)] {
+        // Below every adapter's longest single block (deadpool: 250 ms), so each wait blocks as asked.
+        for wait in [Duration::from_millis(100), Duration::from_millis(200)] {
             let started = Instant::now();
             let woken = backend
                 .wait_for_release(&signal, wait)

@@ -24,7 +24,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use std::time::Duration;
+//! use std::time::{Duration, Instant};
 //!
 //! use lock_deadpool::{DeadpoolBackend, deadpool_redis};
 //!
@@ -112,7 +112,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -222,8 +222,9 @@ impl Drop for Blocked {
     }
 }
 
-/// The longest a release wait blocks a connection: below redis-rs's 500 ms response timeout.
-const MAX_RELEASE_WAIT: Duration = Duration::from_millis(400);
+/// The longest a release wait blocks a connection: well below redis-rs's 500 ms response timeout, so
+/// that a loaded machine still reads the reply in time.
+const MAX_RELEASE_WAIT: Duration = Duration::from_millis(250);
 
 /// A connection in use by one call.
 enum CheckedOut {
@@ -493,12 +494,19 @@ impl LockBackend for DeadpoolBackend {
                 let Some(conn) = blocked.0.as_mut() else {
                     return Ok(false);
                 };
-                let reply = conn.query(&blpop).await;
-                if reply.is_ok() {
-                    // Answered: the connection is free again, back to the pool.
-                    drop(blocked.0.take());
+                let started = Instant::now();
+                match conn.query_raw(&blpop).await {
+                    Ok(value) => {
+                        // Answered: the connection is free again, back to the pool.
+                        drop(blocked.0.take());
+                        Ok(!matches!(value, Value::Nil))
+                    }
+                    // redis-rs's response timeout fired after the blocking window was over: nobody
+                    // signalled in time, which is "not woken", not a failure (the connection, whose
+                    // reply may still come, is discarded with `blocked`).
+                    Err(error) if error.is_timeout() && started.elapsed() >= block => Ok(false),
+                    Err(error) => Err(redis_error(error)),
                 }
-                reply.map(|value| !matches!(value, Value::Nil))
             },
         )))
     }
