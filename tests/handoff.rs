@@ -99,14 +99,25 @@ async fn local_waiters_are_served_in_order() {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for n in 0..6 {
-            let (lock, order) = (lock.clone(), order.clone());
+            let (waiter, order) = (lock.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let guard = lock.acquire().await.unwrap();
+                let guard = waiter.acquire().await.unwrap();
                 order.lock().unwrap().push(n);
                 guard.release().await.unwrap();
             }));
-            // Let waiter n join the line before waiter n + 1.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Waiter n joins the line before waiter n + 1 starts (however loaded the machine).
+            let queues = lock
+                .backend()
+                .local_queues()
+                .expect("the adapters keep local lines");
+            let joined = Instant::now();
+            while queues.waiting(lock.key()) < n + 1 {
+                assert!(
+                    joined.elapsed() < Duration::from_secs(10),
+                    "{name}: waiter {n} never joined"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         assert!(holder.release().await.unwrap());
         for waiter in waiters {

@@ -59,6 +59,12 @@ impl LocalQueues {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many tasks of this process wait in line for `key` now (not counting the one holding its
+    /// baton).
+    pub fn waiting(&self, key: &str) -> usize {
+        self.lines().get(key).map_or(0, |line| line.waiting.len())
+    }
+
     /// Takes the baton for `key` at once, or joins the line for it.
     pub(crate) fn join(&self, key: &Arc<str>) -> Turn {
         let mut lines = self.lines();
