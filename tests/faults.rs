@@ -1,6 +1,7 @@
 //! Lock behaviour when the server dies or freezes, for every adapter input: failures surface as
-//! `LockError::Backend` promptly (never later than the wait deadline plus one call bound), are never
-//! retried silently, and never hide a finished result in `run`.
+//! `LockError::Backend` promptly (never later than the wait deadline plus one call bound, including a
+//! failed helper call made while waiting), are never retried silently, and never hide a finished
+//! result in `run`.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
 use redlease::fred::{FredBackend, fred::prelude::*};
-use redlease::{LockBackend, LockError, RedisLock};
+use redlease::{Backoff, LockBackend, LockError, RedisLock};
 use support::RedisServer;
 
 const CALL_BOUND: Duration = Duration::from_millis(300);
@@ -188,6 +189,86 @@ async fn frozen_server_fails_acquire_within_one_call_bound() {
             );
         }
         // Once the server answers again, the guard still works.
+        assert!(guard.release().await.unwrap(), "{input:?}");
+    }
+}
+
+/// With the key held elsewhere (as by another process: this backend's waiter blocks on the release
+/// signal) and the server frozen while the waiter blocks, `acquire` with a 1 s wait fails within the
+/// wait plus one call bound: the failed signal wait ends it with its error (issue 8, hole 19). It used
+/// to be swallowed, after which the next `SET` spent a second bound (10.1 s on fred with the default
+/// 5 s bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_signal_wait_ends_the_wait_within_one_call_bound() {
+    // A lone redis-rs connection sends no blocking wait (it polls), so it has no signal wait to fail.
+    for input in [Input::FredClient, Input::FredPool, Input::DeadpoolPool] {
+        let server = RedisServer::start();
+        let key = format!("{}held-elsewhere", support::key_prefix());
+        server
+            .command(&["SET", &key, "another-process", "PX", "60000"])
+            .unwrap();
+        let backend = bounded_backend(input, &server.url(), ONE_BOUND).await;
+        let wait = Duration::from_secs(1);
+        // Signal waits of up to the whole wait (each adapter caps them lower), rather than 100 ms.
+        let lock = RedisLock::new(backend, key.clone())
+            .wait_timeout(Some(wait))
+            .backoff(Backoff::new(wait, wait));
+        let waiting = tokio::spawn(async move { timed(lock.acquire()).await });
+        // Frozen while the waiter is blocked in `BLPOP` on the release signal.
+        let blocked = tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + SLACK;
+            while Instant::now() < deadline {
+                let info = server.command(&["INFO", "clients"]).unwrap();
+                if info.lines().any(|line| line.trim() == "blocked_clients:1") {
+                    server.pause();
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            false
+        });
+        let (result, elapsed) = waiting.await.unwrap();
+        if blocked {
+            server.resume();
+        }
+        assert!(blocked, "{input:?}: the waiter never blocked on the signal");
+        assert_backend_error(input, result, &key);
+        assert!(
+            elapsed < wait + ONE_BOUND + MARGIN,
+            "{input:?}: a {wait:?} wait failed after {elapsed:?}, where one call bound is {ONE_BOUND:?}"
+        );
+    }
+}
+
+/// Waiting in the local line behind a guard of the same backend, with the server frozen: the holder
+/// check that the first in line makes fails, and that failure ends the wait within the wait plus one
+/// call bound (issue 8, hole 19). It used to count as "no longer held", after which the `SET` spent a
+/// second bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_holder_check_ends_the_wait_within_one_call_bound() {
+    for input in INPUTS {
+        let server = RedisServer::start();
+        let key = format!("{}held-here", support::key_prefix());
+        let backend = bounded_backend(input, &server.url(), ONE_BOUND).await;
+        let wait = Duration::from_secs(1);
+        let lock = RedisLock::new(backend, key.clone())
+            .timeout(Duration::from_secs(60))
+            .wait_timeout(Some(wait));
+        let guard = lock.acquire().await.unwrap();
+        let waiting = tokio::spawn({
+            let lock = lock.clone();
+            async move { timed(lock.acquire()).await }
+        });
+        // In line behind the guard (whose lease runs for a minute), checking the holder every 100 ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.pause();
+        let (result, elapsed) = waiting.await.unwrap();
+        server.resume();
+        assert_backend_error(input, result, &key);
+        assert!(
+            elapsed < wait + ONE_BOUND + MARGIN,
+            "{input:?}: a {wait:?} wait failed after {elapsed:?}, where one call bound is {ONE_BOUND:?}"
+        );
         assert!(guard.release().await.unwrap(), "{input:?}");
     }
 }
