@@ -56,6 +56,21 @@ fn pttl(server: &RedisServer, key: &str) -> i64 {
         .expect("PTTL is an integer")
 }
 
+/// The `name:calls=N` counter of `INFO commandstats`, 0 when the command was never called.
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info = server.command(&["INFO", "commandstats"]).expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(&prefix))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// `(EVALSHA calls, EVAL calls)` since the last `CONFIG RESETSTAT`.
+fn script_calls(server: &RedisServer) -> (u64, u64) {
+    (calls(server, "evalsha"), calls(server, "eval"))
+}
+
 fn str_(s: &str) -> ScriptValue {
     ScriptValue::Str(s.to_owned())
 }
@@ -310,12 +325,19 @@ async fn eval_script_falls_back_to_eval_after_a_script_flush() {
                 .await
                 .unwrap()
         );
-        // Cached by a first call.
+        // Cached by a first call, then sent by digest alone: EVALSHA, no EVAL.
         let owner = backend
             .eval_script(&IS_OWNER, &[&key], &["tok"])
             .await
             .unwrap();
         assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        server.command(&["CONFIG", "RESETSTAT"]).unwrap();
+        let owner = backend
+            .eval_script(&IS_OWNER, &[&key], &["tok"])
+            .await
+            .unwrap();
+        assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        assert_eq!(script_calls(&server), (1, 0), "{kind}: a cached script");
 
         assert_eq!(server.command(&["SCRIPT", "FLUSH"]).unwrap(), "OK");
         assert_eq!(
@@ -324,15 +346,15 @@ async fn eval_script_falls_back_to_eval_after_a_script_flush() {
                 .unwrap(),
             "0"
         );
-        // Every pooled client goes through the fallback at least once.
-        for _ in 0..3 {
-            let owner = backend
-                .eval_script(&IS_OWNER, &[&key], &["tok"])
-                .await
-                .unwrap();
-            assert_eq!(owner, ScriptValue::Int(1), "{kind}");
-        }
-        // The EVAL fallback also cached the script, so later calls are EVALSHA hits again.
+        server.command(&["CONFIG", "RESETSTAT"]).unwrap();
+        // EVALSHA, answered NOSCRIPT, then EVAL, which caches the script again on the server (for every
+        // client of a pool: the cache is the server's).
+        let owner = backend
+            .eval_script(&IS_OWNER, &[&key], &["tok"])
+            .await
+            .unwrap();
+        assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        assert_eq!(script_calls(&server), (1, 1), "{kind}: after SCRIPT FLUSH");
         assert_eq!(
             server
                 .command(&["SCRIPT", "EXISTS", IS_OWNER.sha1()])
@@ -340,17 +362,28 @@ async fn eval_script_falls_back_to_eval_after_a_script_flush() {
             "1",
             "{kind}"
         );
+        // Later calls, through every client of a pool, are EVALSHA hits again.
+        for _ in 0..3 {
+            let owner = backend
+                .eval_script(&IS_OWNER, &[&key], &["tok"])
+                .await
+                .unwrap();
+            assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        }
+        assert_eq!(script_calls(&server), (4, 1), "{kind}: cached again");
 
         // A script the server has never seen works on its first call.
         let fresh = Script::new(
             "fresh",
             format!("return '{}'", uuid::Uuid::new_v4().simple()),
         );
+        server.command(&["CONFIG", "RESETSTAT"]).unwrap();
         let reply = backend.eval_script(&fresh, &[], &[]).await.unwrap();
         assert!(
             matches!(&reply, ScriptValue::Str(s) if fresh.source().contains(s.as_str())),
             "{kind}: {reply:?}"
         );
+        assert_eq!(script_calls(&server), (1, 1), "{kind}: a script never seen");
     }
 }
 
@@ -519,10 +552,10 @@ async fn a_killed_server_gives_an_error_not_a_hang() {
                 "{kind} #{attempt}: set_nx took {took:?}"
             );
             assert_eq!(err.backend(), "fred");
-            eprintln!(
-                "{kind} #{attempt}: set_nx after kill: transient={} {:?} ({took:?})",
+            // An outage passes on its own (a restart, a reconnect): never a permanent failure.
+            assert!(
                 err.is_transient(),
-                err.source()
+                "{kind} #{attempt}: set_nx after kill: {err:?} ({took:?})"
             );
 
             let started = Instant::now();
@@ -533,6 +566,10 @@ async fn a_killed_server_gives_an_error_not_a_hang() {
             let took = started.elapsed();
             assert!(took < SLACK_BOUND, "{kind} #{attempt}: eval took {took:?}");
             assert_eq!(err.backend(), "fred");
+            assert!(
+                err.is_transient(),
+                "{kind} #{attempt}: eval after kill: {err:?} ({took:?})"
+            );
         }
     }
     // The retrying client never gives up: its failures are timeouts, which are transient.
