@@ -706,3 +706,39 @@ fn assert_timed_out(err: &BackendError, bound: Duration) {
     let cause = err.source().unwrap().to_string();
     assert_eq!(cause, format!("no reply within {bound:?}"), "{err:?}");
 }
+
+/// A release-signal wait that nothing wakes answers "not woken" (`Ok(false)`) once its block is over,
+/// not an error: fred's `blpop` turns `BLPOP`'s nil reply into a `Timeout` error, and a failed signal
+/// wait ends the acquisition with its error (issue 8, hole 19), so every wait for a held key would
+/// fail at its first wait. A push wakes it (`Ok(true)`) and is consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_wait_that_nothing_wakes_is_not_an_error() {
+    let server = RedisServer::start();
+    let block = Duration::from_millis(200);
+    for (kind, backend) in backends(&server).await {
+        let signal = format!("{}{kind}:signal", key_prefix());
+        for round in 0..2 {
+            let started = Instant::now();
+            let woken = backend
+                .wait_for_release(&signal, block)
+                .expect("fred blocks on release signals")
+                .await;
+            let took = started.elapsed();
+            assert!(
+                !woken.unwrap_or_else(|e| panic!("{kind} #{round}: {e:?} after {took:?}")),
+                "{kind} #{round}: woken by nothing"
+            );
+            assert!(
+                took >= block / 2 && took < block + SLACK_BOUND,
+                "{kind} #{round}: took {took:?}"
+            );
+        }
+        server.command(&["RPUSH", &signal, "released"]).unwrap();
+        let woken = backend
+            .wait_for_release(&signal, block)
+            .expect("fred blocks on release signals")
+            .await;
+        assert!(woken.unwrap(), "{kind}: woken by the push");
+        assert_eq!(server.command(&["LLEN", &signal]).unwrap(), "0", "{kind}");
+    }
+}

@@ -98,7 +98,7 @@ use async_trait::async_trait;
 use fred::clients::{Client, Pool};
 use fred::error::{Error, ErrorKind};
 use fred::interfaces::{
-    ClientLike, KeysInterface, ListInterface, LuaInterface, ServerInterface, TransactionInterface,
+    ClientLike, KeysInterface, LuaInterface, ServerInterface, TransactionInterface,
 };
 use fred::types::config::Options;
 use fred::types::{ClusterHash, CustomCommand, Expiration, InfoKind, SetOptions, Value};
@@ -636,13 +636,17 @@ impl LockBackend for FredBackend {
             let Some(client) = blocker.client.as_ref() else {
                 return Ok(false);
             };
-            let popped: Option<(String, String)> = bounded_by(
-                self.command_timeout + block,
-                client.blpop(signal, block.as_secs_f64()),
-            )
-            .await?;
+            // As a custom command: fred's `blpop` turns the nil reply of a wait that nothing woke into
+            // an error (`ErrorKind::Timeout`, "Request timed out."), which would end the acquisition.
+            let blpop = CustomCommand::new_static("BLPOP", ClusterHash::FirstKey, true);
+            let args = vec![
+                Value::from(signal),
+                Value::from(format!("{:.3}", block.as_secs_f64())),
+            ];
+            let popped: Value =
+                bounded_by(self.command_timeout + block, client.custom(blpop, args)).await?;
             blocker.done();
-            Ok(popped.is_some())
+            Ok(!popped.is_null())
         }))
     }
 
