@@ -190,18 +190,24 @@ async fn eval_script_maps_reply_shapes() {
             .await
             .unwrap();
         assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        // RENEW and EXTEND answer `{pttl, pexpiretime}` after their write.
         let renewed = backend
             .eval_script(&RENEW, &[&key], &["tok", "20000"])
             .await
             .unwrap();
-        assert_eq!(renewed, ScriptValue::Int(1), "{kind}");
+        let (left, expiry) = pttl_and_expiry(&renewed, kind);
+        assert!((19_000..=20_000).contains(&left), "{kind}: {renewed:?}");
         let ttl = pttl(&server, &key);
         assert!((19_000..=20_000).contains(&ttl), "{kind}: PTTL {ttl}");
+        // EXTEND takes an absolute expiry (Unix ms, server clock): 10 s later than now.
+        let later = (expiry + 10_000).to_string();
         let extended = backend
-            .eval_script(&EXTEND, &[&key], &["tok", "10000"])
+            .eval_script(&EXTEND, &[&key], &["tok", &later])
             .await
             .unwrap();
-        assert_eq!(extended, ScriptValue::Int(1), "{kind}");
+        let (left, new_expiry) = pttl_and_expiry(&extended, kind);
+        assert_eq!(new_expiry, expiry + 10_000, "{kind}: {extended:?}");
+        assert!((29_000..=30_000).contains(&left), "{kind}: {extended:?}");
         let ttl = pttl(&server, &key);
         assert!((29_000..=30_000).contains(&ttl), "{kind}: PTTL {ttl}");
         let not_ours = backend
@@ -682,6 +688,18 @@ async fn backend_is_cheap_to_share_and_debuggable() {
                 .await
                 .unwrap()
         );
+    }
+}
+
+/// The `{pttl, pexpiretime}` reply of RENEW and EXTEND.
+#[track_caller]
+fn pttl_and_expiry(reply: &ScriptValue, kind: &str) -> (i64, i64) {
+    match reply {
+        ScriptValue::Array(items) => match items.as_slice() {
+            [ScriptValue::Int(left), ScriptValue::Int(expiry)] => (*left, *expiry),
+            _ => panic!("{kind}: expected {{pttl, pexpiretime}}, got {reply:?}"),
+        },
+        _ => panic!("{kind}: expected {{pttl, pexpiretime}}, got {reply:?}"),
     }
 }
 
