@@ -8,7 +8,7 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lock_core::script::{EXPIRY, EXTEND, IS_OWNER, RELEASE, RENEW};
+use lock_core::script::{EXTEND, IS_OWNER, RELEASE, RENEW};
 use lock_core::{BackendError, LockBackend, Script, ScriptValue};
 use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
 use support::{RedisServer, key_prefix};
@@ -45,6 +45,18 @@ fn cmd(server: &RedisServer, args: &[&str]) -> String {
     server
         .command(args)
         .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// The `{pttl, pexpiretime}` reply of RENEW and EXTEND.
+#[track_caller]
+fn pttl_and_expiry(reply: &ScriptValue, kind: Kind) -> (i64, i64) {
+    match reply {
+        ScriptValue::Array(items) => match items.as_slice() {
+            [ScriptValue::Int(left), ScriptValue::Int(expiry)] => (*left, *expiry),
+            _ => panic!("{kind:?}: expected {{pttl, pexpiretime}}, got {reply:?}"),
+        },
+        _ => panic!("{kind:?}: expected {{pttl, pexpiretime}}, got {reply:?}"),
+    }
 }
 
 fn int(value: i64) -> ScriptValue {
@@ -191,7 +203,7 @@ async fn lock_scripts_reply_integers() {
         assert_eq!(
             run(&RELEASE, &["tok"]).await,
             int(-1),
-            "{kind:?}: nothing to release"
+            "{kind:?}: nothing to release (no key)"
         );
         assert_eq!(run(&IS_OWNER, &["tok"]).await, int(0), "{kind:?}");
         assert_eq!(run(&EXTEND, &["tok", "1000"]).await, int(0), "{kind:?}");
@@ -205,25 +217,21 @@ async fn lock_scripts_reply_integers() {
         );
         assert_eq!(run(&IS_OWNER, &["tok"]).await, int(1), "{kind:?}");
         assert_eq!(run(&IS_OWNER, &["other"]).await, int(0), "{kind:?}");
-        // TTL scripts answer `{pttl, pexpiretime}`; EXTEND takes an absolute expiry.
-        let ttl_and_expiry = |reply: ScriptValue| match reply {
-            ScriptValue::Array(items) => match items.as_slice() {
-                [ScriptValue::Int(pttl), ScriptValue::Int(at)] => (*pttl, *at),
-                other => panic!("{kind:?}: {other:?}"),
-            },
-            other => panic!("{kind:?}: {other:?}"),
-        };
-        let (_, expiry) = ttl_and_expiry(run(&EXPIRY, &["tok"]).await);
-        let target = (expiry + 5000).to_string();
-        let (pttl, at) = ttl_and_expiry(run(&EXTEND, &["tok", &target]).await);
-        assert_eq!(at, expiry + 5000, "{kind:?}");
+        // EXTEND takes an absolute expiry (Unix ms, server clock) and answers `{pttl, pexpiretime}`.
+        let expiry: i64 = cmd(&server, &["PEXPIRETIME", &key]).parse().unwrap();
+        let later = (expiry + 5_000).to_string();
+        let extended = run(&EXTEND, &["tok", &later]).await;
+        let (left, new_expiry) = pttl_and_expiry(&extended, kind);
+        assert_eq!(new_expiry, expiry + 5_000, "{kind:?}: {extended:?}");
+        assert!((12_000..=15_000).contains(&left), "{kind:?}: {extended:?}");
+        let pttl: i64 = cmd(&server, &["PTTL", &key]).parse().unwrap();
         assert!((12_000..=15_000).contains(&pttl), "{kind:?}: PTTL {pttl}");
-        let (pttl, _) = ttl_and_expiry(run(&RENEW, &["tok", "3000"]).await);
-        assert!(
-            (12_000..=15_000).contains(&pttl),
-            "{kind:?}: renew never shortens: PTTL {pttl}"
-        );
-        let (pttl, _) = ttl_and_expiry(run(&RENEW, &["tok", "20000"]).await);
+        // RENEW never shortens a longer TTL, and sets a shorter one to its argument.
+        let (left, _) = pttl_and_expiry(&run(&RENEW, &["tok", "3000"]).await, kind);
+        assert!((12_000..=15_000).contains(&left), "{kind:?}: PTTL {left}");
+        let (left, _) = pttl_and_expiry(&run(&RENEW, &["tok", "20000"]).await, kind);
+        assert!((19_000..=20_000).contains(&left), "{kind:?}: PTTL {left}");
+        let pttl: i64 = cmd(&server, &["PTTL", &key]).parse().unwrap();
         assert!((19_000..=20_000).contains(&pttl), "{kind:?}: PTTL {pttl}");
         assert_eq!(run(&RELEASE, &["other"]).await, int(0), "{kind:?}");
         assert_eq!(run(&RELEASE, &["tok"]).await, int(1), "{kind:?}");
@@ -343,7 +351,7 @@ async fn evalsha_falls_back_to_eval_on_noscript() {
             "{kind:?}"
         );
 
-        // The lock scripts too.
+        // The lock scripts too (no key to release: -1).
         cmd(&server, &["SCRIPT", "FLUSH"]);
         assert_eq!(
             backend
@@ -351,7 +359,7 @@ async fn evalsha_falls_back_to_eval_on_noscript() {
                 .await
                 .unwrap(),
             int(-1),
-            "{kind:?}: nothing to release"
+            "{kind:?}"
         );
     }
 }

@@ -69,10 +69,15 @@ async fn a_release_wakes_a_waiter_elsewhere() {
                 }
             });
             tokio::time::sleep(Duration::from_millis(300)).await;
+            let releasing = Instant::now();
             assert!(guard.release().await.unwrap());
-            let released = Instant::now();
             let acquired = waiting.await.unwrap();
-            let took = acquired.saturating_duration_since(released);
+            // Not before the release was sent: that would be two holders.
+            let took = acquired
+                .checked_duration_since(releasing)
+                .unwrap_or_else(|| {
+                    panic!("{name} round {round}: the waiter acquired before the release was sent")
+                });
             // Polling would take up to 20 s; the signal takes about a round trip. The bound leaves
             // room for a loaded machine.
             assert!(
