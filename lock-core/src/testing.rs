@@ -306,6 +306,11 @@ where
     }
 }
 
+/// Whether `key` is gone from the store within 5 s (a background release doing its work).
+async fn freed_soon(backend: &Arc<dyn LockBackend>, probe: &dyn Probe, key: &str) -> bool {
+    eventually(backend, 5 * SECOND, async || probe.get(key).await.is_none()).await
+}
+
 /// Two acquisitions through one `RedisLock` hold different random (v4) tokens, and the guard is
 /// `Send + 'static`.
 pub async fn tokens_are_per_acquisition(backend: Arc<dyn LockBackend>, _: &dyn Probe, key: String) {
@@ -569,10 +574,7 @@ pub async fn background_release_retries_through_an_outage(
     sleep(&backend, Duration::from_millis(400)).await;
     assert!(probe.get(&key).await.is_some(), "the outage kept the key");
     faulty.set_fault(Fault::None);
-    let released = eventually(&backend, 5 * SECOND, async || {
-        probe.get(&key).await.is_none()
-    })
-    .await;
+    let released = freed_soon(&backend, probe, &key).await;
     assert!(released, "the background release gave up during the outage");
 }
 
@@ -599,10 +601,7 @@ pub async fn a_lease_reported_lost_is_released_once_the_store_answers(
     sleep(&backend, Duration::from_millis(100)).await;
     assert_eq!(probe.get(&key).await.as_deref(), Some(guard.token()));
     faulty.set_fault(Fault::None);
-    let released = eventually(&backend, 5 * SECOND, async || {
-        probe.get(&key).await.is_none()
-    })
-    .await;
+    let released = freed_soon(&backend, probe, &key).await;
     assert!(released, "a lease reported lost kept its key");
     drop(guard);
 }
@@ -983,10 +982,7 @@ pub async fn dropped_guard_is_released(
         .await
         .expect("acquire");
     drop(guard);
-    let released = eventually(&backend, 5 * SECOND, async || {
-        probe.get(&key).await.is_none()
-    })
-    .await;
+    let released = freed_soon(&backend, probe, &key).await;
     assert!(
         released,
         "a dropped guard must be released in the background"
@@ -1715,10 +1711,7 @@ pub async fn cancelled_acquire_leaves_no_lock(
             }
         }
         slow.set_fault(Fault::None);
-        let released = eventually(&backend, 5 * SECOND, async || {
-            probe.get(&key).await.is_none()
-        })
-        .await;
+        let released = freed_soon(&backend, probe, &key).await;
         assert!(
             released,
             "a cancelled acquisition must not leave the lock held (fencing: {fencing})"
@@ -1749,10 +1742,7 @@ pub async fn cancelled_release_still_releases(
         probe.get(&key).await.is_some(),
         "nothing reached the server yet"
     );
-    let released = eventually(&backend, 5 * SECOND, async || {
-        probe.get(&key).await.is_none()
-    })
-    .await;
+    let released = freed_soon(&backend, probe, &key).await;
     assert!(released, "a cancelled release must still release the lock");
 }
 
@@ -1839,10 +1829,7 @@ pub async fn dropped_run_releases_the_lock(
         Either::Right(((), run)) => drop(run),
     }
     assert!(entered.load(Ordering::SeqCst));
-    let released = eventually(&backend, 5 * SECOND, async || {
-        probe.get(&key).await.is_none()
-    })
-    .await;
+    let released = freed_soon(&backend, probe, &key).await;
     assert!(released, "a dropped run must release its lock");
 }
 
