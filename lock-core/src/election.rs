@@ -535,4 +535,14 @@ mod tests {
             assert_eq!(election.leader().await.expect("leader"), None);
         });
     }
+
+    #[test]
+    fn debug_names_the_candidate_and_the_key() {
+        let election = Election::new(MemoryBackend::new(), "scheduler").id("node-a");
+        let shown = format!("{election:?}");
+        assert!(
+            shown.contains("node-a") && shown.contains("scheduler"),
+            "{shown}"
+        );
+    }
 }
