@@ -339,4 +339,16 @@ mod tests {
         assert_eq!(queues.holder("k"), None);
         assert_eq!(queues.lines().len(), 0);
     }
+
+    #[test]
+    fn waiting_counts_the_tasks_in_line_for_a_key() {
+        let queues = LocalQueues::new();
+        assert_eq!(queues.waiting("k"), 0);
+        assert!(matches!(queues.join(&key("k")), Turn::Now));
+        assert_eq!(queues.waiting("k"), 0, "the baton holder is not waiting");
+        let _first = queues.join(&key("k"));
+        let _second = queues.join(&key("k"));
+        assert_eq!(queues.waiting("k"), 2);
+        assert_eq!(queues.waiting("other"), 0);
+    }
 }
