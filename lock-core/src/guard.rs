@@ -210,7 +210,12 @@ impl LockGuard {
                 let sent_at = self.now();
                 match self.eval_expiry(&script::EXPIRY, &[]).await? {
                     Some(read) => {
-                        self.confirm(sent_at, read);
+                        // No replica acknowledged this read: with `replicas`, the expiry it shows
+                        // may be one a failover loses (left by a renewal too few replicas
+                        // acknowledged), so it is only the base of the target, never validity.
+                        if self.replica_ack.is_none() {
+                            self.confirm(sent_at, read);
+                        }
                         read.server_expiry_ms
                     }
                     None => return Ok(false),

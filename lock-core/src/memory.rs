@@ -1,8 +1,9 @@
 //! [`MemoryBackend`]: the lock algorithm without a server, for unit tests and single-process use.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -19,18 +20,99 @@ const NAME: &str = "memory";
 ///
 /// Locks taken through one `MemoryBackend` (and its clones, which share state) exclude each other within
 /// this process only. It runs on any executor, and passes the same conformance suite as the Redis
-/// adapters. Expiry runs on the lease clock ([`Moment::now`], which counts time spent suspended, as a
-/// Redis server's clock does); absolute expiries (`PEXPIRETIME`) and the fenced acquire script's `TIME`
-/// on the system's wall clock (see [`with_clock_offset`](Self::with_clock_offset)).
-#[derive(Debug, Clone, Default)]
+/// adapters. Its server clock is a [`ServerClock`]: by default ([`SystemClock`]) expiry runs on the lease
+/// clock ([`Moment::now`], which counts time spent suspended, as a Redis server's clock does), and
+/// absolute expiries (`PEXPIRETIME`) and the fenced acquire script's `TIME` on the system's wall clock
+/// (see [`with_clock_offset`](Self::with_clock_offset)). A simulation gives it a virtual clock instead
+/// ([`with_clock`](Self::with_clock)), and can copy and replace its data ([`snapshot`](Self::snapshot),
+/// [`restore`](Self::restore)) to play a replica, a failover or a restart.
+#[derive(Debug, Clone)]
 pub struct MemoryBackend {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
     queues: Arc<LocalQueues>,
-    /// Added to the system clock where a script reads `TIME`, in microseconds.
-    clock_offset_micros: i64,
+    clock: Arc<dyn ServerClock>,
 }
 
-#[derive(Debug)]
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock::default()))
+    }
+}
+
+/// The clock of a [`MemoryBackend`]'s server: what its keys expire by, and what its scripts read as the
+/// server's time.
+///
+/// Redis reads two clocks: TTLs count down on a clock that only moves forward, while `TIME` (the fenced
+/// acquire script's fence clock) and `PEXPIRETIME` (the absolute expiry [`extend`](crate::LockGuard::extend)
+/// adds to) answer the wall clock. The two must move at the same rate, as a server's do; a simulation
+/// implements both from its virtual time, at whatever rate and offset it draws for the server.
+pub trait ServerClock: fmt::Debug + Send + Sync + 'static {
+    /// Now, on the clock TTLs count down on. Must never go back.
+    fn now(&self) -> Moment;
+
+    /// Now, on the server's wall clock: the time since the Unix epoch, as `TIME` answers it.
+    fn wall(&self) -> Duration;
+}
+
+/// The default [`ServerClock`]: the lease clock ([`Moment::now`]) for expiry, the system's wall clock
+/// (moved by a fixed offset) for `TIME` and `PEXPIRETIME`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock {
+    /// Added to the system's wall clock, in microseconds (negative: behind).
+    pub offset_micros: i64,
+}
+
+impl ServerClock for SystemClock {
+    fn now(&self) -> Moment {
+        Moment::now()
+    }
+
+    fn wall(&self) -> Duration {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let offset = Duration::from_micros(self.offset_micros.unsigned_abs());
+        if self.offset_micros >= 0 {
+            now.saturating_add(offset)
+        } else {
+            now.saturating_sub(offset)
+        }
+    }
+}
+
+/// A copy of a [`MemoryBackend`]'s data at one moment, with each key's expiry: what a replica that
+/// received the writes up to then holds, or what a restart finds on disk. See
+/// [`MemoryBackend::snapshot`].
+#[derive(Debug, Clone, Default)]
+pub struct MemorySnapshot {
+    entries: HashMap<String, Entry>,
+}
+
+impl MemorySnapshot {
+    /// How many keys the snapshot holds (expired ones included until the snapshot is restored).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the snapshot holds no key: what a restart without persistence finds.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The value of `key` in the snapshot, if it was live when the snapshot was taken: what a replica
+    /// holding this snapshot would answer, for a simulation's checks.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.get(key).map(|e| e.value.as_str())
+    }
+
+    /// When `key` expires, on the clock of the backend the snapshot was taken from; `None` when the
+    /// snapshot does not hold it or it has no TTL.
+    pub fn expires_at(&self, key: &str) -> Option<Moment> {
+        self.entries.get(key).and_then(|e| e.expires_at)
+    }
+}
+
+#[derive(Debug, Clone)]
 struct Entry {
     value: String,
     /// `None` for keys without a TTL, like fence counters.
@@ -38,10 +120,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn expiring(value: &str, ttl: Duration) -> Self {
+    fn expiring(value: &str, now: Moment, ttl: Duration) -> Self {
         Self {
             value: value.to_owned(),
-            expires_at: Some(Moment::now() + ttl),
+            expires_at: Some(now + ttl),
         }
     }
 
@@ -52,10 +134,10 @@ impl Entry {
         }
     }
 
-    fn pttl_millis(&self) -> i64 {
+    fn pttl_millis(&self, now: Moment) -> i64 {
         match self.expires_at {
             Some(at) => {
-                let left = (at - Moment::now()).as_millis();
+                let left = (at - now).as_millis();
                 i64::try_from(left).unwrap_or(i64::MAX)
             }
             None => -1,
@@ -69,17 +151,55 @@ impl MemoryBackend {
         Self::default()
     }
 
-    /// An empty backend whose server clock (what a script reads with `TIME`: the fenced acquire's
-    /// clock) runs `offset_micros` microseconds ahead of the system clock (behind, when negative).
+    /// An empty backend whose server's wall clock (what a script reads with `TIME`: the fenced acquire's
+    /// clock, and `PEXPIRETIME`) runs `offset_micros` microseconds ahead of the system clock (behind,
+    /// when negative).
     ///
-    /// For tests and simulations of masters whose wall clocks disagree, such as a
-    /// [`Redlock`](crate::Redlock) master whose clock is ten minutes ahead. Expiry is unaffected: TTLs
-    /// run on the monotonic clock, as Redis's do on a server whose wall clock is merely set wrong.
+    /// For tests of masters whose wall clocks disagree, such as a [`Redlock`](crate::Redlock) master
+    /// whose clock is ten minutes ahead. Expiry is unaffected: TTLs run on the monotonic clock, as
+    /// Redis's do on a server whose wall clock is merely set wrong.
     pub fn with_clock_offset(offset_micros: i64) -> Self {
+        Self::with_clock(Arc::new(SystemClock { offset_micros }))
+    }
+
+    /// An empty backend on the server clock `clock`: for simulations and tests that run on virtual
+    /// time, where a key expires when the virtual clock passes its TTL and `TIME` answers the virtual
+    /// wall clock.
+    ///
+    /// The backend itself still completes every call at once and knows nothing of networks: a
+    /// simulation puts its own delays, losses and failures in front of it, and uses
+    /// [`snapshot`](Self::snapshot) and [`restore`](Self::restore) for replicas, failovers and
+    /// restarts.
+    pub fn with_clock(clock: Arc<dyn ServerClock>) -> Self {
         Self {
-            clock_offset_micros: offset_micros,
-            ..Self::default()
+            entries: Arc::default(),
+            queues: Arc::default(),
+            clock,
         }
+    }
+
+    /// A copy of every live key with its expiry: for simulations and tests. A replica that received the
+    /// writes up to now holds exactly this; [`restore`](Self::restore) it later to play a failover that
+    /// promoted that replica (the writes since are lost), or a restart that found it on disk.
+    ///
+    /// Expiries are kept as moments of this backend's clock, so restore a snapshot into the backend it
+    /// was taken from (or one on the same clock): as with Redis, which replicates absolute expiries, a
+    /// key that expired meanwhile is gone once restored.
+    pub fn snapshot(&self) -> MemorySnapshot {
+        MemorySnapshot {
+            entries: self.live_entries().clone(),
+        }
+    }
+
+    /// Replaces all data with `snapshot` (an empty one: every key lost, as a restart without
+    /// persistence loses them): for simulations and tests. See [`snapshot`](Self::snapshot).
+    pub fn restore(&self, snapshot: &MemorySnapshot) {
+        *self.live_entries() = snapshot.entries.clone();
+    }
+
+    /// The server clock this backend runs on.
+    pub fn clock(&self) -> &Arc<dyn ServerClock> {
+        &self.clock
     }
 
     /// The current value of `key`, if it exists and has not expired (like `GET`).
@@ -89,7 +209,7 @@ impl MemoryBackend {
 
     /// The remaining time to live of `key`, if it exists and has one (like `PTTL`).
     pub fn ttl(&self, key: &str) -> Option<Duration> {
-        let now = Moment::now();
+        let now = self.clock.now();
         self.live_entries()
             .get(key)
             .and_then(|e| e.expires_at)
@@ -99,8 +219,9 @@ impl MemoryBackend {
     /// Sets `key` to `value` for `ttl`, whatever it held (like `SET key value PX ttl`): for tests that
     /// simulate another holder.
     pub fn set(&self, key: &str, value: &str, ttl: Duration) {
+        let now = self.clock.now();
         self.live_entries()
-            .insert(key.to_owned(), Entry::expiring(value, ttl));
+            .insert(key.to_owned(), Entry::expiring(value, now, ttl));
     }
 
     /// Deletes `key` (like `DEL`): for tests that simulate an expiry. Returns whether it existed.
@@ -112,7 +233,7 @@ impl MemoryBackend {
     fn live_entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
         // No code below panics while holding the lock; recover rather than poison every later call.
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Moment::now();
+        let now = self.clock.now();
         entries.retain(|_, e| e.expires_at.is_none_or(|at| at > now));
         entries
     }
@@ -125,6 +246,9 @@ impl MemoryBackend {
     ) -> Result<ScriptValue, BackendError> {
         let sha = script.sha1();
         let mut entries = self.live_entries();
+        // One reading of each clock per script, as a Lua script sees one instant.
+        let now = self.clock.now();
+        let wall = self.clock.wall();
         let held_by = |entries: &HashMap<String, Entry>, key: &str, token: &str| {
             entries.get(key).is_some_and(|e| e.value == token)
         };
@@ -143,20 +267,19 @@ impl MemoryBackend {
             // `PEXPIRE .. GT` and `PEXPIREAT .. GT`: only ever later.
             ([key], [token, millis]) if sha == script::RENEW.sha1() => {
                 let millis = parse_millis(script, millis)?;
-                let later = Moment::now() + millis;
-                written(entries.get_mut(*key).filter(|e| e.value == *token), |at| {
-                    *at = (*at).max(later)
-                })
+                let later = now + millis;
+                let entry = entries.get_mut(*key).filter(|e| e.value == *token);
+                written(entry, now, wall, |at| *at = (*at).max(later))
             }
             ([key], [token, target]) if sha == script::EXTEND.sha1() => {
                 let target = parse_millis(script, target)?;
-                let later = Moment::now() + target.saturating_sub(wall_clock());
-                written(entries.get_mut(*key).filter(|e| e.value == *token), |at| {
-                    *at = (*at).max(later)
-                })
+                let later = now + target.saturating_sub(wall);
+                let entry = entries.get_mut(*key).filter(|e| e.value == *token);
+                written(entry, now, wall, |at| *at = (*at).max(later))
             }
             ([key], [token]) if sha == script::EXPIRY.sha1() => {
-                written(entries.get_mut(*key).filter(|e| e.value == *token), |_| {})
+                let entry = entries.get_mut(*key).filter(|e| e.value == *token);
+                written(entry, now, wall, |_| {})
             }
             ([key], []) if sha == script::READ.sha1() => match entries.get(*key) {
                 Some(e) => ScriptValue::Str(e.value.clone()),
@@ -168,38 +291,38 @@ impl MemoryBackend {
                     Some(holder) if holder.value != *token => flag(false),
                     // Free, or a re-sent request of ours: (re)set with the full TTL.
                     _ => {
-                        entries.insert((*key).to_owned(), Entry::expiring(token, millis));
+                        entries.insert((*key).to_owned(), Entry::expiring(token, now, millis));
                         flag(true)
                     }
                 }
             }
             ([key, counter], [token, millis]) if sha == script::FENCED_ACQUIRE.sha1() => {
                 let millis = parse_millis(script, millis)?;
-                let now = self.server_clock_micros();
+                let time = micros(wall);
                 let (granted, reply) = match entries.get(*key) {
                     Some(holder) if holder.value == *token => {
                         let fence =
                             parse_int(script, entries.get(*counter).map(|c| c.value.as_str()))?;
-                        entries.insert((*key).to_owned(), Entry::expiring(token, millis));
+                        entries.insert((*key).to_owned(), Entry::expiring(token, now, millis));
                         (true, fence)
                     }
-                    Some(holder) => (false, holder.pttl_millis()),
+                    Some(holder) => (false, holder.pttl_millis(now)),
                     None => {
                         // As the script: max(counter + 1, TIME in µs).
                         let counter_value = match entries.get(*counter) {
                             Some(c) => parse_int(script, Some(&c.value))?,
                             None => 0,
                         };
-                        let fence = counter_value.saturating_add(1).max(now);
+                        let fence = counter_value.saturating_add(1).max(time);
                         entries.insert((*counter).to_owned(), Entry::persistent(fence.to_string()));
-                        entries.insert((*key).to_owned(), Entry::expiring(token, millis));
+                        entries.insert((*key).to_owned(), Entry::expiring(token, now, millis));
                         (true, fence)
                     }
                 };
                 ScriptValue::Array(vec![
                     flag(granted),
                     ScriptValue::Int(reply),
-                    ScriptValue::Int(now),
+                    ScriptValue::Int(time),
                 ])
             }
             ([key, counter], [token, fence]) if sha == script::FENCE_RAISE.sha1() => {
@@ -295,50 +418,35 @@ fn release_if_held(entries: &mut HashMap<String, Entry>, key: &str, token: &str)
 }
 
 /// The token-checked TTL scripts: when `entry` (ours) has a TTL, applies `update` to its expiry and
-/// answers `{pttl, pexpiretime}`; otherwise 0.
-fn written(entry: Option<&mut Entry>, update: impl FnOnce(&mut Moment)) -> ScriptValue {
+/// answers `{pttl, pexpiretime}` (`PEXPIRETIME` on the wall clock `wall`); otherwise 0.
+fn written(
+    entry: Option<&mut Entry>,
+    now: Moment,
+    wall: Duration,
+    update: impl FnOnce(&mut Moment),
+) -> ScriptValue {
     // As the scripts' `pttl > 0`: a key without a TTL, or with less than a millisecond left, is not
     // renewed.
-    let Some(entry) = entry.filter(|e| e.pttl_millis() > 0) else {
+    let Some(entry) = entry.filter(|e| e.pttl_millis(now) > 0) else {
         return ScriptValue::Int(0);
     };
     if let Some(at) = entry.expires_at.as_mut() {
         update(at);
     }
-    let pttl = entry.pttl_millis();
-    let expiry = wall_clock().as_millis() + u128::from(pttl.unsigned_abs());
+    let pttl = entry.pttl_millis(now);
+    let expiry = wall.as_millis() + u128::from(pttl.unsigned_abs());
     ScriptValue::Array(vec![
         ScriptValue::Int(pttl),
         ScriptValue::Int(i64::try_from(expiry).unwrap_or(i64::MAX)),
     ])
 }
 
-/// The server's wall clock, for absolute expiries: time since the Unix epoch.
-fn wall_clock() -> Duration {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-impl MemoryBackend {
-    /// The server clock a script reads with `TIME`, in microseconds since 1970: `clock_seed` plus
-    /// this backend's offset.
-    ///
-    /// The wall clock, deliberately, as Redis's `TIME` is: fences are compared with fences issued before
-    /// a restart or failover, which only a clock that outlives the process can do. (`clock_seed` reads
-    /// `SystemTime`; it is to be read through lock-core's clock abstraction once there is one.)
-    fn server_clock_micros(&self) -> i64 {
-        clock_seed().saturating_add(self.clock_offset_micros)
-    }
-}
-
-/// Where a missing fence counter starts: the clock in microseconds, as the Lua script does with `TIME`.
-fn clock_seed() -> i64 {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros();
-    i64::try_from(micros).unwrap_or(i64::MAX / 2)
+/// The wall clock in microseconds, as `TIME` answers it: where a missing fence counter starts.
+///
+/// The wall clock, deliberately, as Redis's `TIME` is: fences are compared with fences issued before a
+/// restart or failover, which only a clock that outlives the process can do.
+fn micros(wall: Duration) -> i64 {
+    i64::try_from(wall.as_micros()).unwrap_or(i64::MAX / 2)
 }
 
 fn parse_millis(script: &Script, arg: &str) -> Result<Duration, BackendError> {
@@ -360,11 +468,12 @@ fn bad_call(script: &Script, what: &str) -> BackendError {
 #[async_trait]
 impl LockBackend for MemoryBackend {
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        let now = self.clock.now();
         let mut entries = self.live_entries();
         if let Some(existing) = entries.get(key) {
             return Ok(existing.value == value);
         }
-        entries.insert(key.to_owned(), Entry::expiring(value, ttl));
+        entries.insert(key.to_owned(), Entry::expiring(value, now, ttl));
         Ok(true)
     }
 
@@ -427,6 +536,103 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(backend.get("k"), None);
         assert_eq!(backend.ttl("k"), None);
+    }
+
+    /// A clock moved by hand: expiry and `TIME` follow it, not the system's clocks.
+    #[derive(Debug, Default)]
+    struct ManualClock(Mutex<Duration>);
+
+    impl ManualClock {
+        fn advance(&self, by: Duration) {
+            *self.0.lock().unwrap() += by;
+        }
+    }
+
+    impl ServerClock for ManualClock {
+        fn now(&self) -> Moment {
+            Moment::from_origin(*self.0.lock().unwrap())
+        }
+
+        fn wall(&self) -> Duration {
+            Duration::from_secs(1_700_000_000) + *self.0.lock().unwrap()
+        }
+    }
+
+    #[test]
+    fn an_injected_clock_drives_expiry_and_time() {
+        let clock = Arc::new(ManualClock::default());
+        let backend = MemoryBackend::with_clock(clock.clone());
+        backend.set("k", "v", Duration::from_millis(30));
+        clock.advance(Duration::from_millis(29));
+        assert_eq!(backend.ttl("k"), Some(Duration::from_millis(1)));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(backend.get("k"), None, "expired on the injected clock");
+
+        // The fenced acquire's fence and clock are the injected wall clock in microseconds.
+        let reply = futures::executor::block_on(backend.eval_script(
+            &script::FENCED_ACQUIRE,
+            &["lock", "counter"],
+            &["t", "1000"],
+        ))
+        .unwrap();
+        let time = 1_700_000_000_030_000;
+        assert_eq!(
+            reply,
+            ScriptValue::Array(vec![
+                ScriptValue::Int(1),
+                ScriptValue::Int(time),
+                ScriptValue::Int(time)
+            ])
+        );
+        // PEXPIRETIME is on the injected wall clock too.
+        let reply =
+            futures::executor::block_on(backend.eval_script(&script::EXPIRY, &["lock"], &["t"]))
+                .unwrap();
+        assert_eq!(
+            reply,
+            ScriptValue::Array(vec![
+                ScriptValue::Int(1000),
+                ScriptValue::Int(1_700_000_000_030 + 1000)
+            ])
+        );
+    }
+
+    #[test]
+    fn a_restored_snapshot_loses_later_writes_and_keeps_expiries() {
+        let clock = Arc::new(ManualClock::default());
+        let backend = MemoryBackend::with_clock(clock.clone());
+        backend.set("lock", "a", Duration::from_millis(100));
+        backend.set("counter", "7", Duration::from_secs(3600));
+        let replica = backend.snapshot();
+        assert_eq!(replica.len(), 2);
+        assert_eq!(replica.get("lock"), Some("a"));
+        assert_eq!(
+            replica.expires_at("lock"),
+            Some(Moment::from_origin(Duration::from_millis(100)))
+        );
+        assert_eq!(replica.expires_at("late"), None);
+        backend.set("counter", "8", Duration::from_secs(3600));
+        backend.set("late", "x", Duration::from_secs(3600));
+
+        clock.advance(Duration::from_millis(60));
+        backend.restore(&replica);
+        assert_eq!(
+            backend.get("counter").as_deref(),
+            Some("7"),
+            "the tail is lost"
+        );
+        assert_eq!(backend.get("late"), None);
+        assert_eq!(backend.ttl("lock"), Some(Duration::from_millis(40)));
+        clock.advance(Duration::from_millis(40));
+        assert_eq!(backend.get("lock"), None, "expired while it was a replica");
+
+        backend.restore(&MemorySnapshot::default());
+        assert_eq!(
+            backend.get("counter"),
+            None,
+            "a restart without persistence"
+        );
+        assert!(backend.snapshot().is_empty());
     }
 
     #[test]

@@ -543,6 +543,9 @@ impl Redlock {
         let round_took = clock.now() - sent_at;
         let mut clocks = Vec::with_capacity(replies.len());
         let mut identities = Vec::with_capacity(replies.len());
+        // A master that answered has no acquiring request of ours in flight any more; one that failed
+        // (a timeout, say) may still apply it later.
+        holdings.in_flight = replies.iter().map(|(reply, _)| reply.is_err()).collect();
         let mut votes: Vec<Vote> = replies
             .into_iter()
             .map(|(reply, identified)| {
@@ -932,7 +935,9 @@ async fn bounded<T>(
 }
 
 /// Sends the token-checked release to every master still armed in `holdings`, in parallel, each bounded
-/// by `bound`; disarms the masters that answered. Returns each master's answer (`None` when not asked).
+/// by `bound`; disarms the masters that answered, unless an acquiring request may still be in flight to
+/// them (it may land after this release: the holdings' drop releases those again until the TTL has
+/// passed). Returns each master's answer (`None` when not asked).
 async fn release_everywhere(
     holdings: &mut Holdings,
     bound: Duration,
@@ -961,8 +966,13 @@ async fn release_everywhere(
             }),
     )
     .await;
-    for (armed, answer) in holdings.armed.iter_mut().zip(&answers) {
-        if matches!(answer, Some(Ok(_))) {
+    for ((armed, answer), in_flight) in holdings
+        .armed
+        .iter_mut()
+        .zip(&answers)
+        .zip(&holdings.in_flight)
+    {
+        if matches!(answer, Some(Ok(_))) && !in_flight {
             *armed = false;
         }
     }
@@ -979,17 +989,24 @@ struct Holdings {
     ttl: Duration,
     /// Per master: may it hold our token?
     armed: Vec<bool>,
+    /// Per master: may an acquiring request of ours still land there (it was not answered: it failed,
+    /// timed out, or the round was dropped before it was)? Such a request can be applied after a first
+    /// release found nothing, so those masters are released again and again for the TTL (issue 8,
+    /// hole 7, as for a single server's abandoned acquisition).
+    in_flight: Vec<bool>,
 }
 
 impl Holdings {
     fn new(nodes: Arc<[Node]>, key: Arc<str>, token: Arc<str>, ttl: Duration) -> Self {
         let armed = vec![true; nodes.len()];
+        let in_flight = vec![true; nodes.len()];
         Self {
             nodes,
             key,
             token,
             ttl,
             armed,
+            in_flight,
         }
     }
 }
@@ -997,12 +1014,17 @@ impl Holdings {
 impl Holdings {
     /// Releases the token in the background on every master for which `which(index)` holds, each
     /// retried with backoff until that master answers or the TTL has passed (see
-    /// [`retry_in_background`]).
+    /// [`retry_in_background`]); on a master an acquiring request may still reach, repeatedly until
+    /// the TTL has passed.
     fn release_in_background(&self, why: &'static str, which: impl Fn(usize) -> bool) {
         for (index, node) in self.nodes.iter().enumerate() {
             if !which(index) {
                 continue;
             }
+            let until = match self.in_flight[index] {
+                true => Until::Horizon,
+                false => Until::Answered,
+            };
             let (releaser, key, token, bound) =
                 (node.clone(), self.key.clone(), self.token.clone(), self.ttl);
             retry_in_background(
@@ -1010,7 +1032,7 @@ impl Holdings {
                 self.key.clone(),
                 self.ttl,
                 why,
-                Until::Answered,
+                until,
                 move || {
                     let (releaser, key, token) = (releaser.clone(), key.clone(), token.clone());
                     Box::pin(async move {
