@@ -3,11 +3,13 @@
 //! Many workers contend for one fenced lock. While holding it (inside `guard.hold`), each writes a few
 //! values to one resource through `fenced_set`, every value unique (`{fence}:{worker}:{n}`), and records
 //! every acquisition, every write with its outcome (accepted, rejected as stale, or unknown after a
-//! transport error) and how every acquisition ended (what `hold` and `release` answered). Meanwhile
-//! faults are injected: latency spikes through a [`FaultProxy`], every client connection killed on the
-//! server (`CLIENT KILL`), every connection cut by the proxy, the server restarted with all its data
-//! lost, and a holder frozen for longer than the lock's TTL: a blocked task in the in-process cases,
-//! and a separate worker process stopped with `SIGSTOP` in the multi-process case.
+//! transport error) and how every acquisition ended (what `hold` and `release` answered), and every
+//! failure caused by a call that timed out. Meanwhile faults are injected: latency spikes through a
+//! [`FaultProxy`], a stall (latency beyond the adapters' call bound, so that calls time out), every
+//! client connection killed on the server (`CLIENT KILL`), every connection cut by the proxy, the
+//! server restarted with all its data lost, and a holder frozen for longer than the lock's TTL: a
+//! blocked task in the in-process cases, and a separate worker process stopped with `SIGSTOP` in the
+//! multi-process case.
 //!
 //! # The check
 //!
@@ -33,7 +35,10 @@
 //! A write accepted by a restarted, empty server from a holder of the previous lifetime is allowed (its
 //! fence mark was lost with the data) and counted separately.
 //!
-//! Every case prints its figures (acquisitions, writes by outcome, losses, faults by kind) on stderr.
+//! Every case prints its figures (acquisitions, writes by outcome, losses, timed-out calls, faults by
+//! kind) on stderr, and fails when the run exercised too little: faults that took effect (connections
+//! really killed and cut, holders really frozen), and failures they really caused (timed-out calls,
+//! rejected stale writes, reported losses), not just injection rounds.
 
 mod support;
 
@@ -51,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use lock_core::testing::companion_keys;
 use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
-use redlease::fred::{FredBackend, fred::prelude::*};
+use redlease::fred::{FredBackend, fred, fred::prelude::*};
 use redlease::{LockBackend, LockError, LockGuard, RedisLock};
 use support::RedisServer;
 use support::proxy::FaultProxy;
@@ -70,6 +75,10 @@ const RUN_FOR: Duration = Duration::from_secs(16);
 const TASK_FREEZE: Duration = Duration::from_millis(1200);
 /// How long a worker process is stopped: well past the TTL.
 const PROCESS_STOP: Duration = Duration::from_millis(1500);
+/// The proxy's latency during a stall: beyond [`CALL_BOUND`], so that every call through it times out.
+const STALL_LATENCY: Duration = Duration::from_millis(400);
+/// How long a stall lasts.
+const STALL: Duration = Duration::from_millis(700);
 /// Workers in the in-process cases, and worker processes in the multi-process case.
 const TASK_WORKERS: usize = 6;
 const PROCESS_WORKERS: usize = 4;
@@ -157,6 +166,7 @@ end a 12 not-ours lost a renewal found another holder or no key
 write c 13 13:c:2 acc
 end c 13 not-ours lost its validity ran out
 fail c backend backend deadpool failed on lock k (transient: true)
+timeout c acquire
 acq b 21 t21
 write b 21 21:b:2 unk
 end b 21 released done
@@ -205,6 +215,7 @@ done c";
         (f.lost_in_hold, f.release_not_ours, f.acquire_errors),
         (2, 2, 1)
     );
+    assert_eq!(f.call_timeouts, 1);
 
     let expect = |history: History, what: &str| {
         let found = check(&history).violations;
@@ -497,9 +508,17 @@ fn conclude(
     expect(f.rejected >= 1, "no stale write was rejected");
     expect(f.losses_reported() >= 1, "no loss was reported");
     expect(faults.latency_spikes >= 1, "no latency spike");
-    expect(faults.client_kills >= 1, "no CLIENT KILL");
-    expect(faults.cuts >= 1, "no proxy cut");
+    expect(faults.stalls >= 1, "no stall");
+    expect(
+        faults.client_kills_effective >= 1,
+        "no CLIENT KILL round killed a connection",
+    );
+    expect(
+        faults.cuts_effective >= 1,
+        "no proxy cut closed a connection",
+    );
     expect(faults.restarts >= 1, "no restart");
+    expect(f.call_timeouts >= 1, "no call timed out");
     expect(faults.freezes >= 1, "no holder was frozen");
     expect(f.frozen_acquisitions >= 1, "no frozen holder found");
 }
@@ -586,6 +605,12 @@ async fn run_worker(lock: RedisLock, plan: WorkerPlan, record: Recorder) {
         let guard = match lock.acquire().await {
             Ok(guard) => Arc::new(guard),
             Err(error) => {
+                if timed_out(&error) {
+                    record(&Event::TimedOut {
+                        worker: worker.into(),
+                        during: "acquire".into(),
+                    });
+                }
                 let kind = match &error {
                     LockError::Timeout { .. } => "timeout",
                     LockError::Backend { .. } => "backend",
@@ -646,7 +671,16 @@ async fn run_worker(lock: RedisLock, plan: WorkerPlan, record: Recorder) {
             .await;
         let hold = match held {
             Ok(()) => HoldEnd::Done,
-            Err(LockError::Lost { reason, .. }) => HoldEnd::Lost(reason),
+            Err(LockError::Lost { reason, .. }) => {
+                // The renewal failures that ran the validity out are in the reason, as text.
+                if reason.contains(CALL_TIMED_OUT) {
+                    record(&Event::TimedOut {
+                        worker: worker.into(),
+                        during: "hold".into(),
+                    });
+                }
+                HoldEnd::Lost(reason)
+            }
             Err(other) => HoldEnd::Error(other.to_string()),
         };
         let sent = std::mem::take(&mut *lock_ignoring_poison(&in_flight));
@@ -657,7 +691,15 @@ async fn run_worker(lock: RedisLock, plan: WorkerPlan, record: Recorder) {
         let release = match guard.release().await {
             Ok(true) => Release::Released,
             Ok(false) => Release::NotOurs,
-            Err(_) => Release::Failed,
+            Err(error) => {
+                if timed_out(&error) {
+                    record(&Event::TimedOut {
+                        worker: worker.into(),
+                        during: "release".into(),
+                    });
+                }
+                Release::Failed
+            }
         };
         record(&Event::End {
             worker: worker.into(),
@@ -684,7 +726,15 @@ async fn write(
     let outcome = match guard.fenced_set(&resource, &value).await {
         Ok(true) => Outcome::Accepted,
         Ok(false) => Outcome::Rejected,
-        Err(_) => Outcome::Unknown,
+        Err(error) => {
+            if timed_out(&error) {
+                record(&Event::TimedOut {
+                    worker: worker.clone(),
+                    during: "write".into(),
+                });
+            }
+            Outcome::Unknown
+        }
     };
     record(&Event::Write {
         worker,
@@ -693,6 +743,32 @@ async fn write(
         outcome,
     });
     let _ = done.send(outcome);
+}
+
+/// How lock-core's `BackendError::timed_out` reads: the adapters' bound on a call elapsed.
+const CALL_TIMED_OUT: &str = "no reply within";
+
+/// Whether `error` was caused by a call that timed out: the adapter's bound elapsed, or the client's
+/// own timeout fired (an I/O timeout, redis-rs's response timeout, fred's command timeout).
+fn timed_out(error: &LockError) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = next {
+        if cause.to_string().starts_with(CALL_TIMED_OUT)
+            || cause
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+            || cause
+                .downcast_ref::<deadpool_redis::redis::RedisError>()
+                .is_some_and(deadpool_redis::redis::RedisError::is_timeout)
+            || cause
+                .downcast_ref::<fred::error::Error>()
+                .is_some_and(|e| *e.kind() == fred::error::ErrorKind::Timeout)
+        {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
 }
 
 /// A small xorshift generator: jitter only, no need for a crate.
@@ -761,6 +837,11 @@ enum Event {
         worker: String,
         fence: u64,
     },
+    /// A failure (of `acquire`, a write, `hold` or `release`) caused by a call that timed out.
+    TimedOut {
+        worker: String,
+        during: String,
+    },
     Write {
         worker: String,
         fence: u64,
@@ -793,6 +874,7 @@ impl Event {
                 token,
             } => format!("acq {worker} {fence} {token}"),
             Event::Frozen { worker, fence } => format!("frozen {worker} {fence}"),
+            Event::TimedOut { worker, during } => format!("timeout {worker} {during}"),
             Event::Write {
                 worker,
                 fence,
@@ -868,6 +950,10 @@ impl Event {
                     worker,
                     fence: number(&fence),
                 }
+            }
+            "timeout" => {
+                let [worker, during] = <[String; 2]>::try_from(fields(2)).unwrap();
+                Event::TimedOut { worker, during }
             }
             "write" => {
                 let [worker, fence, value, outcome] = <[String; 4]>::try_from(fields(4)).unwrap();
@@ -1149,9 +1235,14 @@ enum Freezer {
 #[derive(Debug, Default)]
 struct FaultTally {
     latency_spikes: usize,
+    stalls: usize,
     client_kills: usize,
+    /// `CLIENT KILL` rounds that killed at least one connection.
+    client_kills_effective: usize,
     clients_killed: usize,
     cuts: usize,
+    /// Proxy cuts that closed at least one connection.
+    cuts_effective: usize,
     connections_cut: usize,
     restarts: usize,
     freezes: usize,
@@ -1164,12 +1255,16 @@ impl fmt::Display for FaultTally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} latency spikes, {} CLIENT KILL rounds ({} connections), {} proxy cuts ({} \
-             connections), {} restarts, {} holders frozen past the TTL ({} attempts found no holder)",
+            "{} latency spikes, {} stalls, {} CLIENT KILL rounds ({} of them effective, {} \
+             connections), {} proxy cuts ({} of them effective, {} connections), {} restarts, {} \
+             holders frozen past the TTL ({} attempts found no holder)",
             self.latency_spikes,
+            self.stalls,
             self.client_kills,
+            self.client_kills_effective,
             self.clients_killed,
             self.cuts,
+            self.cuts_effective,
             self.connections_cut,
             self.restarts,
             self.freezes,
@@ -1181,6 +1276,7 @@ impl fmt::Display for FaultTally {
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     Latency,
+    Stall,
     ClientKill,
     Freeze,
     Cut,
@@ -1197,13 +1293,15 @@ async fn inject(
     deadline: Instant,
     names: &Names,
 ) -> FaultTally {
-    const ROTATION: [Fault; 6] = [
+    // Each fault the run must see happens before the second freeze, the one it can do without.
+    const ROTATION: [Fault; 7] = [
         Fault::Latency,
+        Fault::Stall,
         Fault::Freeze,
         Fault::Restart,
         Fault::ClientKill,
-        Fault::Freeze,
         Fault::Cut,
+        Fault::Freeze,
     ];
     let mut rng = Rng::new();
     let mut tally = FaultTally::default();
@@ -1219,6 +1317,12 @@ async fn inject(
                 tokio::time::sleep(rng.millis(800, 1200)).await;
                 proxy.set_latency(Duration::ZERO);
                 tally.latency_spikes += 1;
+            }
+            Fault::Stall => {
+                proxy.set_latency(STALL_LATENCY);
+                tokio::time::sleep(STALL).await;
+                proxy.set_latency(Duration::ZERO);
+                tally.stalls += 1;
             }
             Fault::ClientKill => {
                 // Every normal client but the MONITOR (which `CLIENT KILL TYPE normal` would kill too).
@@ -1239,11 +1343,14 @@ async fn inject(
                 })
                 .await;
                 tally.client_kills += 1;
+                tally.client_kills_effective += usize::from(killed > 0);
                 tally.clients_killed += killed;
             }
             Fault::Cut => {
-                tally.connections_cut += proxy.cut_all();
+                let cut = proxy.cut_all();
+                tally.connections_cut += cut;
                 tally.cuts += 1;
+                tally.cuts_effective += usize::from(cut > 0);
             }
             Fault::Restart => {
                 // No client reaches the new server before the monitor does.
@@ -1477,6 +1584,8 @@ struct Figures {
     release_not_ours: usize,
     release_failed: usize,
     frozen_acquisitions: usize,
+    /// Failures caused by a call that timed out.
+    call_timeouts: usize,
     /// Frozen acquisitions that wrote again after the freeze and were rejected.
     frozen_rejected: usize,
     lifetimes: u32,
@@ -1497,7 +1606,8 @@ impl fmt::Display for Figures {
              server history: {} writes applied over {} server lifetimes, {} by a holder from before a \
              restart onto the empty server, {} answered as rejected yet applied (client re-send)\n  \
              losses reported: {} by hold (LockError::Lost), {} by release() == false; {} releases \
-             failed\n  holders frozen past the TTL: {}, {} of which then had a stale write rejected",
+             failed\n  failures caused by a timed-out call: {}\n  holders frozen past the TTL: {}, {} \
+             of which then had a stale write rejected",
             self.acquisitions,
             self.acquire_timeouts,
             self.acquire_errors,
@@ -1512,6 +1622,7 @@ impl fmt::Display for Figures {
             self.lost_in_hold,
             self.release_not_ours,
             self.release_failed,
+            self.call_timeouts,
             self.frozen_acquisitions,
             self.frozen_rejected,
         )
@@ -1575,6 +1686,7 @@ fn check(history: &History) -> Report {
                 }
             }
             Event::Frozen { fence, .. } => frozen.push(*fence),
+            Event::TimedOut { .. } => f.call_timeouts += 1,
             Event::Write {
                 worker,
                 fence,
@@ -1586,9 +1698,9 @@ fn check(history: &History) -> Report {
                     Outcome::Rejected => f.rejected += 1,
                     Outcome::Unknown => f.unknown += 1,
                 }
-                if writes.insert(value, (worker, *fence, *outcome)).is_some() {
-                    v.push(format!("{worker}: value {value} was written twice"));
-                }
+                // Values are unique by construction (`{fence}:{worker}:{n}`, `n` counting the
+                // worker's writes), so each is recorded once.
+                writes.insert(value, (worker, *fence, *outcome));
             }
             Event::End {
                 fence,

@@ -47,6 +47,18 @@ fn cmd(server: &RedisServer, args: &[&str]) -> String {
         .unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
+/// The `{pttl, pexpiretime}` reply of RENEW and EXTEND.
+#[track_caller]
+fn pttl_and_expiry(reply: &ScriptValue, kind: Kind) -> (i64, i64) {
+    match reply {
+        ScriptValue::Array(items) => match items.as_slice() {
+            [ScriptValue::Int(left), ScriptValue::Int(expiry)] => (*left, *expiry),
+            _ => panic!("{kind:?}: expected {{pttl, pexpiretime}}, got {reply:?}"),
+        },
+        _ => panic!("{kind:?}: expected {{pttl, pexpiretime}}, got {reply:?}"),
+    }
+}
+
 fn int(value: i64) -> ScriptValue {
     ScriptValue::Int(value)
 }
@@ -190,8 +202,8 @@ async fn lock_scripts_reply_integers() {
 
         assert_eq!(
             run(&RELEASE, &["tok"]).await,
-            int(0),
-            "{kind:?}: nothing to release"
+            int(-1),
+            "{kind:?}: nothing to release (no key)"
         );
         assert_eq!(run(&IS_OWNER, &["tok"]).await, int(0), "{kind:?}");
         assert_eq!(run(&EXTEND, &["tok", "1000"]).await, int(0), "{kind:?}");
@@ -205,12 +217,22 @@ async fn lock_scripts_reply_integers() {
         );
         assert_eq!(run(&IS_OWNER, &["tok"]).await, int(1), "{kind:?}");
         assert_eq!(run(&IS_OWNER, &["other"]).await, int(0), "{kind:?}");
-        assert_eq!(run(&EXTEND, &["tok", "5000"]).await, int(1), "{kind:?}");
+        // EXTEND takes an absolute expiry (Unix ms, server clock) and answers `{pttl, pexpiretime}`.
+        let expiry: i64 = cmd(&server, &["PEXPIRETIME", &key]).parse().unwrap();
+        let later = (expiry + 5_000).to_string();
+        let extended = run(&EXTEND, &["tok", &later]).await;
+        let (left, new_expiry) = pttl_and_expiry(&extended, kind);
+        assert_eq!(new_expiry, expiry + 5_000, "{kind:?}: {extended:?}");
+        assert!((12_000..=15_000).contains(&left), "{kind:?}: {extended:?}");
         let pttl: i64 = cmd(&server, &["PTTL", &key]).parse().unwrap();
         assert!((12_000..=15_000).contains(&pttl), "{kind:?}: PTTL {pttl}");
-        assert_eq!(run(&RENEW, &["tok", "3000"]).await, int(1), "{kind:?}");
+        // RENEW never shortens a longer TTL, and sets a shorter one to its argument.
+        let (left, _) = pttl_and_expiry(&run(&RENEW, &["tok", "3000"]).await, kind);
+        assert!((12_000..=15_000).contains(&left), "{kind:?}: PTTL {left}");
+        let (left, _) = pttl_and_expiry(&run(&RENEW, &["tok", "20000"]).await, kind);
+        assert!((19_000..=20_000).contains(&left), "{kind:?}: PTTL {left}");
         let pttl: i64 = cmd(&server, &["PTTL", &key]).parse().unwrap();
-        assert!((1_000..=3_000).contains(&pttl), "{kind:?}: PTTL {pttl}");
+        assert!((19_000..=20_000).contains(&pttl), "{kind:?}: PTTL {pttl}");
         assert_eq!(run(&RELEASE, &["other"]).await, int(0), "{kind:?}");
         assert_eq!(run(&RELEASE, &["tok"]).await, int(1), "{kind:?}");
         assert_eq!(cmd(&server, &["EXISTS", &key]), "0", "{kind:?}: released");
@@ -329,14 +351,14 @@ async fn evalsha_falls_back_to_eval_on_noscript() {
             "{kind:?}"
         );
 
-        // The lock scripts too.
+        // The lock scripts too (no key to release: -1).
         cmd(&server, &["SCRIPT", "FLUSH"]);
         assert_eq!(
             backend
                 .eval_script(&RELEASE, &[&key], &["tok"])
                 .await
                 .unwrap(),
-            int(0),
+            int(-1),
             "{kind:?}"
         );
     }

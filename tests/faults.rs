@@ -1,6 +1,7 @@
 //! Lock behaviour when the server dies or freezes, for every adapter input: failures surface as
-//! `LockError::Backend` promptly (never later than the wait deadline plus one call bound), are never
-//! retried silently, and never hide a finished result in `run`.
+//! `LockError::Backend` promptly (never later than the wait deadline plus one call bound, including a
+//! failed helper call made while waiting), are never retried silently, and never hide a finished
+//! result in `run`.
 
 mod support;
 
@@ -9,12 +10,19 @@ use std::time::{Duration, Instant};
 
 use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
 use redlease::fred::{FredBackend, fred::prelude::*};
-use redlease::{LockBackend, LockError, RedisLock};
+use redlease::{Backoff, LockBackend, LockError, RedisLock};
 use support::RedisServer;
 
 const CALL_BOUND: Duration = Duration::from_millis(300);
 /// Room for a noisy 2-core machine on top of the bounds under test.
 const SLACK: Duration = Duration::from_secs(3);
+
+/// The adapters' only bound on a call in the tests that tell one call bound from two (see
+/// [`bounded_backend`]): long enough that a margin for a noisy machine fits well below it.
+const ONE_BOUND: Duration = Duration::from_secs(3);
+/// What a test allows on top of the one call bound it names: generous for a noisy 2-core machine, and
+/// still well below a second bound, so that a second call spending its bound fails the test.
+const MARGIN: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, Clone, Copy)]
 enum Input {
@@ -64,6 +72,48 @@ async fn backend(input: Input, url: &str) -> Arc<dyn LockBackend> {
     }
 }
 
+/// A backend over `input` whose calls are bounded by the adapter's command timeout, `bound`, and by
+/// nothing shorter: redis-rs's own response and connection timeouts (500 ms and 1 s by default) are
+/// turned off, so that a hung call takes exactly one adapter bound, whichever input it goes through.
+async fn bounded_backend(input: Input, url: &str, bound: Duration) -> Arc<dyn LockBackend> {
+    use deadpool_redis::redis::AsyncConnectionConfig;
+    let no_timeouts = || {
+        AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(None)
+    };
+    match input {
+        // fred has no per-command timeout of its own unless one is configured.
+        Input::FredClient => {
+            let client = Builder::from_config(Config::from_url(url).unwrap())
+                .build()
+                .unwrap();
+            client.init().await.unwrap();
+            Arc::new(FredBackend::from(client).command_timeout(bound))
+        }
+        Input::FredPool => {
+            let pool = Builder::from_config(Config::from_url(url).unwrap())
+                .build_pool(2)
+                .unwrap();
+            pool.init().await.unwrap();
+            Arc::new(FredBackend::from(pool).command_timeout(bound))
+        }
+        Input::DeadpoolPool => {
+            let manager = deadpool_redis::Manager::new_with_config(url, no_timeouts()).unwrap();
+            let pool = deadpool_redis::Pool::builder(manager).build().unwrap();
+            Arc::new(DeadpoolBackend::from(pool).command_timeout(bound))
+        }
+        Input::RedisConnection => {
+            let connection = deadpool_redis::redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection_with_config(&no_timeouts())
+                .await
+                .unwrap();
+            Arc::new(DeadpoolBackend::from(connection).command_timeout(bound))
+        }
+    }
+}
+
 fn assert_backend_error(input: Input, result: Result<impl std::fmt::Debug, LockError>, key: &str) {
     match result {
         Err(err @ LockError::Backend { .. }) => {
@@ -106,31 +156,128 @@ async fn killed_server_fails_acquire_promptly_without_silent_retries() {
     }
 }
 
+/// A frozen server fails `acquire` after one call bound, however long the wait: the first call that
+/// gets no answer ends the acquisition with its error. The key is held through another backend, so the
+/// acquisition does not wait in a local line first but goes straight to the server, and its wait is
+/// far longer than two bounds: a silent retry (one, or many until the deadline) fails the test. A
+/// guard's `is_owner` fails the same way, meanwhile; once the server answers again, the guard works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_server_fails_acquire_within_one_call_bound() {
     for input in INPUTS {
         let server = RedisServer::start();
-        let backend = backend(input, &server.url()).await;
         let key = format!("{}frozen", support::key_prefix());
-        let lock = RedisLock::new(backend, key.clone()).wait_timeout(Some(Duration::from_secs(1)));
-        let guard = lock.acquire().await.unwrap();
+        let holder = bounded_backend(input, &server.url(), ONE_BOUND).await;
+        let guard = RedisLock::new(holder, key.clone()).acquire().await.unwrap();
+        let backend = bounded_backend(input, &server.url(), ONE_BOUND).await;
+        let lock = RedisLock::new(backend, key.clone()).wait_timeout(Some(Duration::from_secs(60)));
+        // Connected before the freeze, and the key is held.
+        assert!(lock.try_acquire().await.unwrap().is_none(), "{input:?}");
 
         server.pause();
-        let started = Instant::now();
-        let result = lock.acquire().await;
-        let elapsed = started.elapsed();
-        let is_owner = guard.is_owner().await;
+        let (acquired, is_owner) = tokio::join!(timed(lock.acquire()), timed(guard.is_owner()));
         server.resume();
 
-        assert_backend_error(input, result, &key);
-        assert!(
-            elapsed < Duration::from_secs(1) + CALL_BOUND + SLACK,
-            "{input:?}: acquire took {elapsed:?} against a frozen server"
-        );
-        assert_backend_error(input, is_owner, &key);
+        for (what, (result, elapsed)) in [
+            ("acquire", (acquired.0.map(drop), acquired.1)),
+            ("is_owner", (is_owner.0.map(drop), is_owner.1)),
+        ] {
+            assert_backend_error(input, result, &key);
+            assert!(
+                elapsed >= ONE_BOUND && elapsed < ONE_BOUND + MARGIN,
+                "{input:?}: {what} took {elapsed:?} against a frozen server, where one call bound is \
+                 {ONE_BOUND:?}"
+            );
+        }
         // Once the server answers again, the guard still works.
         assert!(guard.release().await.unwrap(), "{input:?}");
     }
+}
+
+/// With the key held elsewhere (as by another process: this backend's waiter blocks on the release
+/// signal) and the server frozen while the waiter blocks, `acquire` with a 1 s wait fails within the
+/// wait plus one call bound: the failed signal wait ends it with its error (issue 8, hole 19). It used
+/// to be swallowed, after which the next `SET` spent a second bound (10.1 s on fred with the default
+/// 5 s bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_signal_wait_ends_the_wait_within_one_call_bound() {
+    // A lone redis-rs connection sends no blocking wait (it polls), so it has no signal wait to fail.
+    for input in [Input::FredClient, Input::FredPool, Input::DeadpoolPool] {
+        let server = RedisServer::start();
+        let key = format!("{}held-elsewhere", support::key_prefix());
+        server
+            .command(&["SET", &key, "another-process", "PX", "60000"])
+            .unwrap();
+        let backend = bounded_backend(input, &server.url(), ONE_BOUND).await;
+        let wait = Duration::from_secs(1);
+        // Signal waits of up to the whole wait (each adapter caps them lower), rather than 100 ms.
+        let lock = RedisLock::new(backend, key.clone())
+            .wait_timeout(Some(wait))
+            .backoff(Backoff::new(wait, wait));
+        let waiting = tokio::spawn(async move { timed(lock.acquire()).await });
+        // Frozen while the waiter is blocked in `BLPOP` on the release signal.
+        let blocked = tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + SLACK;
+            while Instant::now() < deadline {
+                let info = server.command(&["INFO", "clients"]).unwrap();
+                if info.lines().any(|line| line.trim() == "blocked_clients:1") {
+                    server.pause();
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            false
+        });
+        let (result, elapsed) = waiting.await.unwrap();
+        if blocked {
+            server.resume();
+        }
+        assert!(blocked, "{input:?}: the waiter never blocked on the signal");
+        assert_backend_error(input, result, &key);
+        assert!(
+            elapsed < wait + ONE_BOUND + MARGIN,
+            "{input:?}: a {wait:?} wait failed after {elapsed:?}, where one call bound is {ONE_BOUND:?}"
+        );
+    }
+}
+
+/// Waiting in the local line behind a guard of the same backend, with the server frozen: the holder
+/// check that the first in line makes fails, and that failure ends the wait within the wait plus one
+/// call bound (issue 8, hole 19). It used to count as "no longer held", after which the `SET` spent a
+/// second bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_holder_check_ends_the_wait_within_one_call_bound() {
+    for input in INPUTS {
+        let server = RedisServer::start();
+        let key = format!("{}held-here", support::key_prefix());
+        let backend = bounded_backend(input, &server.url(), ONE_BOUND).await;
+        let wait = Duration::from_secs(1);
+        let lock = RedisLock::new(backend, key.clone())
+            .timeout(Duration::from_secs(60))
+            .wait_timeout(Some(wait));
+        let guard = lock.acquire().await.unwrap();
+        let waiting = tokio::spawn({
+            let lock = lock.clone();
+            async move { timed(lock.acquire()).await }
+        });
+        // In line behind the guard (whose lease runs for a minute), checking the holder every 100 ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.pause();
+        let (result, elapsed) = waiting.await.unwrap();
+        server.resume();
+        assert_backend_error(input, result, &key);
+        assert!(
+            elapsed < wait + ONE_BOUND + MARGIN,
+            "{input:?}: a {wait:?} wait failed after {elapsed:?}, where one call bound is {ONE_BOUND:?}"
+        );
+        assert!(guard.release().await.unwrap(), "{input:?}");
+    }
+}
+
+/// `call`'s output and how long it took.
+async fn timed<T>(call: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let output = call.await;
+    (output, started.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,21 @@ fn pttl(server: &RedisServer, key: &str) -> i64 {
         .expect("PTTL is an integer")
 }
 
+/// The `name:calls=N` counter of `INFO commandstats`, 0 when the command was never called.
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info = server.command(&["INFO", "commandstats"]).expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(&prefix))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// `(EVALSHA calls, EVAL calls)` since the last `CONFIG RESETSTAT`.
+fn script_calls(server: &RedisServer) -> (u64, u64) {
+    (calls(server, "evalsha"), calls(server, "eval"))
+}
+
 fn str_(s: &str) -> ScriptValue {
     ScriptValue::Str(s.to_owned())
 }
@@ -175,18 +190,24 @@ async fn eval_script_maps_reply_shapes() {
             .await
             .unwrap();
         assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        // RENEW and EXTEND answer `{pttl, pexpiretime}` after their write.
         let renewed = backend
             .eval_script(&RENEW, &[&key], &["tok", "20000"])
             .await
             .unwrap();
-        assert_eq!(renewed, ScriptValue::Int(1), "{kind}");
+        let (left, expiry) = pttl_and_expiry(&renewed, kind);
+        assert!((19_000..=20_000).contains(&left), "{kind}: {renewed:?}");
         let ttl = pttl(&server, &key);
         assert!((19_000..=20_000).contains(&ttl), "{kind}: PTTL {ttl}");
+        // EXTEND takes an absolute expiry (Unix ms, server clock): 10 s later than now.
+        let later = (expiry + 10_000).to_string();
         let extended = backend
-            .eval_script(&EXTEND, &[&key], &["tok", "10000"])
+            .eval_script(&EXTEND, &[&key], &["tok", &later])
             .await
             .unwrap();
-        assert_eq!(extended, ScriptValue::Int(1), "{kind}");
+        let (left, new_expiry) = pttl_and_expiry(&extended, kind);
+        assert_eq!(new_expiry, expiry + 10_000, "{kind}: {extended:?}");
+        assert!((29_000..=30_000).contains(&left), "{kind}: {extended:?}");
         let ttl = pttl(&server, &key);
         assert!((29_000..=30_000).contains(&ttl), "{kind}: PTTL {ttl}");
         let not_ours = backend
@@ -310,12 +331,19 @@ async fn eval_script_falls_back_to_eval_after_a_script_flush() {
                 .await
                 .unwrap()
         );
-        // Cached by a first call.
+        // Cached by a first call, then sent by digest alone: EVALSHA, no EVAL.
         let owner = backend
             .eval_script(&IS_OWNER, &[&key], &["tok"])
             .await
             .unwrap();
         assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        server.command(&["CONFIG", "RESETSTAT"]).unwrap();
+        let owner = backend
+            .eval_script(&IS_OWNER, &[&key], &["tok"])
+            .await
+            .unwrap();
+        assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        assert_eq!(script_calls(&server), (1, 0), "{kind}: a cached script");
 
         assert_eq!(server.command(&["SCRIPT", "FLUSH"]).unwrap(), "OK");
         assert_eq!(
@@ -324,15 +352,15 @@ async fn eval_script_falls_back_to_eval_after_a_script_flush() {
                 .unwrap(),
             "0"
         );
-        // Every pooled client goes through the fallback at least once.
-        for _ in 0..3 {
-            let owner = backend
-                .eval_script(&IS_OWNER, &[&key], &["tok"])
-                .await
-                .unwrap();
-            assert_eq!(owner, ScriptValue::Int(1), "{kind}");
-        }
-        // The EVAL fallback also cached the script, so later calls are EVALSHA hits again.
+        server.command(&["CONFIG", "RESETSTAT"]).unwrap();
+        // EVALSHA, answered NOSCRIPT, then EVAL, which caches the script again on the server (for every
+        // client of a pool: the cache is the server's).
+        let owner = backend
+            .eval_script(&IS_OWNER, &[&key], &["tok"])
+            .await
+            .unwrap();
+        assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        assert_eq!(script_calls(&server), (1, 1), "{kind}: after SCRIPT FLUSH");
         assert_eq!(
             server
                 .command(&["SCRIPT", "EXISTS", IS_OWNER.sha1()])
@@ -340,17 +368,28 @@ async fn eval_script_falls_back_to_eval_after_a_script_flush() {
             "1",
             "{kind}"
         );
+        // Later calls, through every client of a pool, are EVALSHA hits again.
+        for _ in 0..3 {
+            let owner = backend
+                .eval_script(&IS_OWNER, &[&key], &["tok"])
+                .await
+                .unwrap();
+            assert_eq!(owner, ScriptValue::Int(1), "{kind}");
+        }
+        assert_eq!(script_calls(&server), (4, 1), "{kind}: cached again");
 
         // A script the server has never seen works on its first call.
         let fresh = Script::new(
             "fresh",
             format!("return '{}'", uuid::Uuid::new_v4().simple()),
         );
+        server.command(&["CONFIG", "RESETSTAT"]).unwrap();
         let reply = backend.eval_script(&fresh, &[], &[]).await.unwrap();
         assert!(
             matches!(&reply, ScriptValue::Str(s) if fresh.source().contains(s.as_str())),
             "{kind}: {reply:?}"
         );
+        assert_eq!(script_calls(&server), (1, 1), "{kind}: a script never seen");
     }
 }
 
@@ -468,10 +507,9 @@ async fn a_paused_server_gives_a_transient_timeout_within_the_bound() {
         );
     }
     // A command already written to the socket cannot be taken back: the SET that timed out while the
-    // server was paused may still have run on resume. That is why a timeout is reported as transient
-    // and never as "not acquired", and why `set_nx` treats finding its own value as success.
-    let held = get(&server, &key);
-    assert!(held == "tok" || held == "(nil)", "{held}");
+    // server was paused may still have run on resume (and the RELEASE after it, in either order across
+    // a pool's connections). That is why a timeout is reported as transient and never as "not
+    // acquired", and why `set_nx` treats finding its own value as success.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,10 +557,10 @@ async fn a_killed_server_gives_an_error_not_a_hang() {
                 "{kind} #{attempt}: set_nx took {took:?}"
             );
             assert_eq!(err.backend(), "fred");
-            eprintln!(
-                "{kind} #{attempt}: set_nx after kill: transient={} {:?} ({took:?})",
+            // An outage passes on its own (a restart, a reconnect): never a permanent failure.
+            assert!(
                 err.is_transient(),
-                err.source()
+                "{kind} #{attempt}: set_nx after kill: {err:?} ({took:?})"
             );
 
             let started = Instant::now();
@@ -533,6 +571,10 @@ async fn a_killed_server_gives_an_error_not_a_hang() {
             let took = started.elapsed();
             assert!(took < SLACK_BOUND, "{kind} #{attempt}: eval took {took:?}");
             assert_eq!(err.backend(), "fred");
+            assert!(
+                err.is_transient(),
+                "{kind} #{attempt}: eval after kill: {err:?} ({took:?})"
+            );
         }
     }
     // The retrying client never gives up: its failures are timeouts, which are transient.
@@ -649,6 +691,18 @@ async fn backend_is_cheap_to_share_and_debuggable() {
     }
 }
 
+/// The `{pttl, pexpiretime}` reply of RENEW and EXTEND.
+#[track_caller]
+fn pttl_and_expiry(reply: &ScriptValue, kind: &str) -> (i64, i64) {
+    match reply {
+        ScriptValue::Array(items) => match items.as_slice() {
+            [ScriptValue::Int(left), ScriptValue::Int(expiry)] => (*left, *expiry),
+            _ => panic!("{kind}: expected {{pttl, pexpiretime}}, got {reply:?}"),
+        },
+        _ => panic!("{kind}: expected {{pttl, pexpiretime}}, got {reply:?}"),
+    }
+}
+
 #[track_caller]
 fn assert_permanent(err: &BackendError, cause_contains: &str) {
     assert!(!err.is_transient(), "expected permanent: {err:?}");
@@ -669,4 +723,40 @@ fn assert_timed_out(err: &BackendError, bound: Duration) {
     assert_eq!(err.backend(), "fred");
     let cause = err.source().unwrap().to_string();
     assert_eq!(cause, format!("no reply within {bound:?}"), "{err:?}");
+}
+
+/// A release-signal wait that nothing wakes answers "not woken" (`Ok(false)`) once its block is over,
+/// not an error: fred's `blpop` turns `BLPOP`'s nil reply into a `Timeout` error, and a failed signal
+/// wait ends the acquisition with its error (issue 8, hole 19), so every wait for a held key would
+/// fail at its first wait. A push wakes it (`Ok(true)`) and is consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_wait_that_nothing_wakes_is_not_an_error() {
+    let server = RedisServer::start();
+    let block = Duration::from_millis(200);
+    for (kind, backend) in backends(&server).await {
+        let signal = format!("{}{kind}:signal", key_prefix());
+        for round in 0..2 {
+            let started = Instant::now();
+            let woken = backend
+                .wait_for_release(&signal, block)
+                .expect("fred blocks on release signals")
+                .await;
+            let took = started.elapsed();
+            assert!(
+                !woken.unwrap_or_else(|e| panic!("{kind} #{round}: {e:?} after {took:?}")),
+                "{kind} #{round}: woken by nothing"
+            );
+            assert!(
+                took >= block / 2 && took < block + SLACK_BOUND,
+                "{kind} #{round}: took {took:?}"
+            );
+        }
+        server.command(&["RPUSH", &signal, "released"]).unwrap();
+        let woken = backend
+            .wait_for_release(&signal, block)
+            .expect("fred blocks on release signals")
+            .await;
+        assert!(woken.unwrap(), "{kind}: woken by the push");
+        assert_eq!(server.command(&["LLEN", &signal]).unwrap(), "0", "{kind}");
+    }
 }

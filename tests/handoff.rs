@@ -69,10 +69,15 @@ async fn a_release_wakes_a_waiter_elsewhere() {
                 }
             });
             tokio::time::sleep(Duration::from_millis(300)).await;
+            let releasing = Instant::now();
             assert!(guard.release().await.unwrap());
-            let released = Instant::now();
             let acquired = waiting.await.unwrap();
-            let took = acquired.saturating_duration_since(released);
+            // Not before the release was sent: that would be two holders.
+            let took = acquired
+                .checked_duration_since(releasing)
+                .unwrap_or_else(|| {
+                    panic!("{name} round {round}: the waiter acquired before the release was sent")
+                });
             // Polling would take up to 20 s; the signal takes about a round trip. The bound leaves
             // room for a loaded machine.
             assert!(
@@ -99,14 +104,25 @@ async fn local_waiters_are_served_in_order() {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for n in 0..6 {
-            let (lock, order) = (lock.clone(), order.clone());
+            let (waiter, order) = (lock.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let guard = lock.acquire().await.unwrap();
+                let guard = waiter.acquire().await.unwrap();
                 order.lock().unwrap().push(n);
                 guard.release().await.unwrap();
             }));
-            // Let waiter n join the line before waiter n + 1.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Waiter n joins the line before waiter n + 1 starts (however loaded the machine).
+            let queues = lock
+                .backend()
+                .local_queues()
+                .expect("the adapters keep local lines");
+            let joined = Instant::now();
+            while queues.waiting(lock.key()) < n + 1 {
+                assert!(
+                    joined.elapsed() < Duration::from_secs(10),
+                    "{name}: waiter {n} never joined"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         assert!(holder.release().await.unwrap());
         for waiter in waiters {

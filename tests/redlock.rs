@@ -66,6 +66,18 @@ impl Masters {
         (reply != "(nil)").then_some(reply)
     }
 
+    /// The `cmdstat_<command>:calls=N` counter of master `index` (0 when never called).
+    fn calls(&self, index: usize, command: &str) -> u64 {
+        let info = self.servers[index]
+            .command(&["INFO", "commandstats"])
+            .expect("INFO");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix(&prefix))
+            .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+            .unwrap_or(0)
+    }
+
     /// Which of the masters `among` hold `value`.
     fn holding(&self, value: &str, among: &[usize]) -> Vec<usize> {
         among
@@ -161,6 +173,23 @@ async fn sleep(duration: Duration) {
     tokio::time::sleep(duration).await;
 }
 
+/// Far longer than anything below needs on a noisy 2-core machine, far shorter than a 60 s TTL.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `condition` every 50 ms until it holds (`true`) or `within` has passed (`false`).
+async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if tokio::task::block_in_place(&mut condition) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
 const ALL: [usize; 5] = [0, 1, 2, 3, 4];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,8 +281,13 @@ async fn three_killed_masters_fail_with_their_errors_inside_the_deadline() {
 async fn a_hung_master_does_not_stretch_a_round() {
     let _serial = SERIAL.lock().await;
     let masters = Masters::start().await;
-    let lock = masters.lock().wait_timeout(Some(Duration::from_secs(2)));
+    // A TTL far longer than the cleanup below may take, so that expiry cannot do it instead.
+    let lock = masters
+        .lock()
+        .timeout(Duration::from_secs(60))
+        .wait_timeout(Some(Duration::from_secs(2)));
     lock.acquire().await.unwrap().release().await.unwrap();
+    let sets_before = [2, 4].map(|i| masters.calls(i, "set"));
 
     {
         let _paused = masters.pause(&[2]);
@@ -294,8 +328,27 @@ async fn a_hung_master_does_not_stretch_a_round() {
         assert!(masters.occupied(&[0, 3]).is_empty());
     }
 
-    // Resumed: the commands they queued run now; whatever they set is ours from failed rounds, and a
-    // fresh lock on another key works at once.
+    // Resumed: the commands they queued run now. fred wrote its commands to the hung masters 2 and 4
+    // at once, so the SETs of the rounds that timed out there land now (deadpool's master 1 may not
+    // have got as far as sending one: its pool was still checking a connection). Whatever they set
+    // is ours from failed rounds, and is released (by a release queued behind it, or by the
+    // background release retrying until it lands), long before the 60 s TTL would free it.
+    let landed = eventually(PATIENCE, || {
+        [2, 4]
+            .iter()
+            .zip(sets_before)
+            .all(|(&i, before)| masters.calls(i, "set") > before)
+    })
+    .await;
+    assert!(landed, "the late SETs never ran on masters 2 and 4");
+    let cleaned = eventually(PATIENCE, || masters.occupied(&[1, 2, 4]).is_empty()).await;
+    assert!(
+        cleaned,
+        "the key is still held on the resumed masters {:?}",
+        masters.occupied(&[1, 2, 4])
+    );
+
+    // And a fresh lock on another key works at once.
     let other = Redlock::new(masters.nodes.clone(), format!("{}:after", masters.key))
         .node_timeout(NODE_TIMEOUT)
         .wait_timeout(Some(Duration::from_secs(5)));
@@ -466,7 +519,7 @@ async fn hold_renews_through_the_quorum_and_reports_a_majority_takeover() {
         let held = guard.hold(work).await;
         (guard, held, Instant::now())
     });
-    let lost_at = std::sync::Mutex::new(None);
+    let taken_from = std::sync::Mutex::new(None);
     let chaos = async {
         // Past the TTL: still held everywhere, thanks to the renewals.
         sleep(ttl + Duration::from_millis(300)).await;
@@ -476,13 +529,16 @@ async fn hold_renews_through_the_quorum_and_reports_a_majority_takeover() {
         sleep(ttl + Duration::from_millis(300)).await;
         assert_eq!(masters.holding(&token, &[1, 2, 3, 4]), [1, 2, 3, 4]);
         // Another client takes a majority.
+        *taken_from.lock().unwrap() = Some(Instant::now());
         masters.take_over(&[1, 2, 3], "thief");
-        *lost_at.lock().unwrap() = Some(Instant::now());
     };
     chaos.await;
     let (guard, result, ended) = holding.await.unwrap();
-    let noticed_after =
-        ended.saturating_duration_since(lost_at.lock().unwrap().expect("taken over"));
+    // Not before the takeover began: that would be a loss reported for no reason. (The loss may be
+    // noticed before the third SET, once the thief holds two masters and master 0 is down.)
+    let noticed_after = ended
+        .checked_duration_since(taken_from.lock().unwrap().expect("taken over"))
+        .expect("the loss was reported before the takeover began");
     match result {
         Err(LockError::Lost { key, reason }) => {
             assert_eq!(key, masters.key);

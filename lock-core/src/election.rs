@@ -492,4 +492,57 @@ mod tests {
             "ünïcödé-with-no-uuid-but-long-enough-to-slice"
         );
     }
+
+    /// The memory store behind a backend that cannot run anything in the background: what a guard
+    /// leaves to a background release stays until its TTL.
+    #[derive(Debug, Default)]
+    struct NoRuntime(MemoryBackend);
+
+    #[async_trait]
+    impl LockBackend for NoRuntime {
+        async fn set_nx(
+            &self,
+            key: &str,
+            value: &str,
+            ttl: Duration,
+        ) -> Result<bool, BackendError> {
+            self.0.set_nx(key, value, ttl).await
+        }
+
+        async fn eval_script(
+            &self,
+            script: &Script,
+            keys: &[&str],
+            args: &[&str],
+        ) -> Result<ScriptValue, BackendError> {
+            self.0.eval_script(script, keys, args).await
+        }
+    }
+
+    #[test]
+    fn resign_deletes_the_election_key_itself() {
+        block_on(async {
+            let backend = Arc::new(NoRuntime::default());
+            let election = Election::new(backend.clone(), "resigning").id("a");
+            let term = election.campaign().await.expect("campaign");
+            assert!(backend.0.get("resigning").is_some());
+            assert!(term.resign().await.expect("resign"));
+            assert_eq!(
+                backend.0.get("resigning"),
+                None,
+                "resign left the key to a background release (none runs here) or to the TTL"
+            );
+            assert_eq!(election.leader().await.expect("leader"), None);
+        });
+    }
+
+    #[test]
+    fn debug_names_the_candidate_and_the_key() {
+        let election = Election::new(MemoryBackend::new(), "scheduler").id("node-a");
+        let shown = format!("{election:?}");
+        assert!(
+            shown.contains("node-a") && shown.contains("scheduler"),
+            "{shown}"
+        );
+    }
 }

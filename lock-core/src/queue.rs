@@ -13,11 +13,21 @@
 use crate::time::Moment;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+#[cfg(not(test))]
+use std::sync::{Mutex, MutexGuard};
 
 use futures::channel::oneshot;
+use futures::future::FusedFuture;
 
 use crate::backend::LockBackend;
+// The model checker must be able to switch threads wherever the lines are locked, or it never reaches
+// the interleavings that matter; `model::Mutex` is std's outside a model run.
+#[cfg(test)]
+use model::{Mutex, MutexGuard};
+
+#[cfg(test)]
+mod model;
 
 /// The per-key waiting lines of one backend (shared by its clones).
 ///
@@ -47,6 +57,12 @@ impl LocalQueues {
     fn lines(&self) -> MutexGuard<'_, HashMap<Arc<str>, Line>> {
         // Nothing panics while the lock is held; recover rather than poison the queues.
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many tasks of this process wait in line for `key` now (not counting the one holding its
+    /// baton).
+    pub fn waiting(&self, key: &str) -> usize {
+        self.lines().get(key).map_or(0, |line| line.waiting.len())
     }
 
     /// Takes the baton for `key` at once, or joins the line for it.
@@ -85,10 +101,17 @@ impl LocalQueues {
         }
     }
 
-    /// Leaves the line without the baton (gave up, or went ahead without it).
-    pub(crate) fn leave(&self, key: &str, ticket: u64) {
+    /// Leaves the line: the waiter holding `ticket` and `receiver` gave up, or went ahead without the
+    /// baton. If the baton was handed to it meanwhile, hands it on, so that it is never lost.
+    pub(crate) fn leave(&self, key: &str, ticket: u64, receiver: &mut oneshot::Receiver<()>) {
         let mut lines = self.lines();
-        if let Some(line) = lines.get_mut(key) {
+        // Decided under the mutex that `pass` sends under: either the baton is in `receiver` already
+        // (`pass` took this waiter off the line and sent it), or this waiter is still in line and,
+        // removed now, can no longer be picked. Looking at the receiver before taking the mutex would
+        // miss a baton sent in between, and leave the key taken by nobody.
+        if let Ok(Some(())) = receiver.try_recv() {
+            Self::hand_on(&mut lines, key);
+        } else if let Some(line) = lines.get_mut(key) {
             line.waiting.retain(|(t, _)| *t != ticket);
             Self::forget_if_idle(&mut lines, key);
         }
@@ -96,19 +119,24 @@ impl LocalQueues {
 
     /// Puts the baton down: hands it to the first waiter still waiting, or frees the key.
     pub(crate) fn pass(&self, key: &str) {
-        let mut lines = self.lines();
+        Self::hand_on(&mut self.lines(), key);
+    }
+
+    /// [`pass`](Self::pass), with the lines locked.
+    fn hand_on(lines: &mut HashMap<Arc<str>, Line>, key: &str) {
         let Some(line) = lines.get_mut(key) else {
             return;
         };
         line.holder = None;
         while let Some((_, sender)) = line.waiting.pop_front() {
-            // A waiter whose future was dropped no longer listens: try the next.
+            // A waiter whose receiver is gone no longer listens: try the next. (`InLine` leaves the line
+            // before its receiver drops, so this is only a safeguard.)
             if sender.send(()).is_ok() {
                 return;
             }
         }
         line.taken = false;
-        Self::forget_if_idle(&mut lines, key);
+        Self::forget_if_idle(lines, key);
     }
 
     fn forget_if_idle(lines: &mut HashMap<Arc<str>, Line>, key: &str) {
@@ -177,22 +205,28 @@ pub(crate) struct InLine {
 }
 
 impl InLine {
-    /// The baton arrived: take it.
+    /// The baton arrived: take it. Call only once `receiver` has yielded the baton.
     pub(crate) fn into_baton(self) -> Baton {
-        let baton = Baton::new(self.backend.clone(), self.key.clone());
-        std::mem::forget(self);
-        baton
+        debug_assert!(
+            self.receiver.is_terminated(),
+            "into_baton before the baton arrived"
+        );
+        // `self` then drops as usual (its receiver is spent, so its `Drop` has nothing to do), freeing
+        // its share of the backend, the key and the channel: forgetting it would leak all three on
+        // every hand-off.
+        Baton::new(self.backend.clone(), self.key.clone())
     }
 }
 
 impl Drop for InLine {
     fn drop(&mut self) {
-        let Some(queues) = self.backend.local_queues() else {
+        // A spent receiver (the baton was taken, by `into_baton`'s caller, or the sender was dropped
+        // unsent) can receive nothing more, whoever runs meanwhile: nothing to leave or pass on.
+        if self.receiver.is_terminated() {
             return;
-        };
-        match self.receiver.try_recv() {
-            Ok(Some(())) => queues.pass(&self.key),
-            _ => queues.leave(&self.key, self.ticket),
+        }
+        if let Some(queues) = self.backend.local_queues() {
+            queues.leave(&self.key, self.ticket, &mut self.receiver);
         }
     }
 }
@@ -247,7 +281,11 @@ mod tests {
         let Turn::Later { receiver: gone, .. } = queues.join(&key("k")) else {
             panic!()
         };
-        let Turn::Later { ticket: left, .. } = queues.join(&key("k")) else {
+        let Turn::Later {
+            ticket: left,
+            receiver: mut left_receiver,
+        } = queues.join(&key("k"))
+        else {
             panic!()
         };
         let Turn::Later {
@@ -258,9 +296,35 @@ mod tests {
             panic!()
         };
         drop(gone);
-        queues.leave("k", left);
+        queues.leave("k", left, &mut left_receiver);
         queues.pass("k");
         assert_eq!(third.try_recv(), Ok(Some(())));
+    }
+
+    #[test]
+    fn a_waiter_leaving_after_the_baton_was_sent_to_it_hands_it_on() {
+        let queues = LocalQueues::new();
+        assert!(matches!(queues.join(&key("k")), Turn::Now));
+        let Turn::Later {
+            ticket: first,
+            receiver: mut first_receiver,
+        } = queues.join(&key("k"))
+        else {
+            panic!()
+        };
+        let Turn::Later {
+            receiver: mut second,
+            ..
+        } = queues.join(&key("k"))
+        else {
+            panic!()
+        };
+        // The baton is sent to the first waiter, which gives up before it looks: it must not be lost.
+        queues.pass("k");
+        queues.leave("k", first, &mut first_receiver);
+        assert_eq!(second.try_recv(), Ok(Some(())), "handed on to the next");
+        queues.pass("k");
+        assert_eq!(queues.lines().len(), 0, "and then the key is free");
     }
 
     #[test]
@@ -274,5 +338,17 @@ mod tests {
         queues.pass("k");
         assert_eq!(queues.holder("k"), None);
         assert_eq!(queues.lines().len(), 0);
+    }
+
+    #[test]
+    fn waiting_counts_the_tasks_in_line_for_a_key() {
+        let queues = LocalQueues::new();
+        assert_eq!(queues.waiting("k"), 0);
+        assert!(matches!(queues.join(&key("k")), Turn::Now));
+        assert_eq!(queues.waiting("k"), 0, "the baton holder is not waiting");
+        let _first = queues.join(&key("k"));
+        let _second = queues.join(&key("k"));
+        assert_eq!(queues.waiting("k"), 2);
+        assert_eq!(queues.waiting("other"), 0);
     }
 }

@@ -270,6 +270,10 @@ mod tests {
             Moment::from_origin(Duration::from_secs(3)).since_origin(),
             Duration::from_secs(3)
         );
+        assert_eq!(
+            format!("{:?}", Moment::from_origin(Duration::from_millis(1500))),
+            "Moment(1.5s)"
+        );
     }
 
     /// CLOCK_BOOTTIME and CLOCK_MONOTONIC agree on elapsed time while the machine is not suspended.

@@ -24,7 +24,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use std::time::Duration;
+//! use std::time::{Duration, Instant};
 //!
 //! use lock_deadpool::{DeadpoolBackend, deadpool_redis};
 //!
@@ -62,11 +62,15 @@
 //!   a multiplexed connection never reconnects, and a cluster connection routes the pipeline by the
 //!   script's key (not `WAIT`'s default of every primary) and redirects or retries it as a whole. Every
 //!   successful lock write writes (a re-sent acquisition resets the TTL), so a retried pipeline's `WAIT`
-//!   still covers the first write. A `WAIT` longer than redis-rs's response timeout fails the call: keep
-//!   the replica timeout below it (500 ms by default for a pool's, a Sentinel pool's and a lone
-//!   multiplexed connection, see below, and not adjustable for deadpool's Sentinel pools; unset for
-//!   cluster connections unless `ClusterClientBuilder::response_timeout` sets one). The call is bounded
-//!   by the command timeout plus the `WAIT` timeout.
+//!   still covers the first write. The call is bounded by the command timeout plus the `WAIT` timeout
+//!   (twice that after a `NOSCRIPT`: the `WAIT` behind the failed `EVALSHA` runs for nothing before
+//!   `EVAL` and another `WAIT` are sent), and each pipeline goes over a clone of the connection (same
+//!   socket) whose redis-rs response timeout is raised to that bound, so a `WAIT` longer than
+//!   redis-rs's default 500 ms answers how many replicas acknowledged (a lock then reports
+//!   [`NotReplicated`](lock_core::LockError::NotReplicated) when too few did) rather than a transient
+//!   timeout. A cluster connection cannot be adjusted per request: its response timeout is unset
+//!   unless `ClusterClientBuilder::response_timeout` sets one, which must then exceed the replica
+//!   timeout.
 //!
 //! # Timeouts
 //!
@@ -81,7 +85,9 @@
 //!   creates), along with a 1 s connection timeout. When it elapses redis-rs reports an I/O error of
 //!   kind `TimedOut`, which this adapter maps to a transient [`BackendError`]. The lock scripts are O(1)
 //!   so 500 ms is ample; raise it with `AsyncConnectionConfig::set_response_timeout` (and
-//!   `deadpool_redis::Manager::new_with_config` for a pool) if your server is slow.
+//!   `deadpool_redis::Manager::new_with_config` for a pool) if your server is slow. The script and
+//!   `WAIT` of a replicated call are the exception: their request's response timeout is the adapter's
+//!   bound for that call (see [Cluster and Sentinel](#cluster-and-sentinel)).
 //! - deadpool's own pool timeouts (wait, create, recycle), which are unset by default.
 //!
 //! So against a frozen server, a call over a multiplexed connection fails after 500 ms, while a pool
@@ -112,7 +118,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -222,8 +228,9 @@ impl Drop for Blocked {
     }
 }
 
-/// The longest a release wait blocks a connection: below redis-rs's 500 ms response timeout.
-const MAX_RELEASE_WAIT: Duration = Duration::from_millis(400);
+/// The longest a release wait blocks a connection: well below redis-rs's 500 ms response timeout, so
+/// that a loaded machine still reads the reply in time.
+const MAX_RELEASE_WAIT: Duration = Duration::from_millis(250);
 
 /// A connection in use by one call.
 enum CheckedOut {
@@ -250,6 +257,36 @@ impl CheckedOut {
         }
     }
 
+    /// This connection for a request that blocks on the server for up to `blocking` (`WAIT`): a clone
+    /// of a multiplexed connection (sharing its socket, so the request still goes over this connection)
+    /// whose redis-rs response timeout is raised to `response_timeout`, or the cluster connection as
+    /// it is.
+    ///
+    /// redis-rs's own response timeout (500 ms unless configured) would otherwise cut a `WAIT` longer
+    /// than it short and report a transient timeout instead of the replicas' count. The clone keeps the
+    /// pooled connection's own setting for every other call. A cluster connection has no per-request
+    /// setting: its response timeout is unset unless the cluster client set one, which must then exceed
+    /// the replica timeout (see the crate documentation).
+    fn for_blocking(&mut self, response_timeout: Duration) -> Blocking<'_> {
+        let mut conn = match self {
+            CheckedOut::Pooled(conn) => MultiplexedConnection::clone(conn),
+            CheckedOut::Multiplexed(conn) => conn.clone(),
+            CheckedOut::Sentinel(conn) => MultiplexedConnection::clone(conn),
+            CheckedOut::Cluster(conn) => return Blocking::Cluster(conn),
+        };
+        conn.set_response_timeout(response_timeout);
+        Blocking::Multiplexed(conn)
+    }
+}
+
+/// A connection for a request that blocks on the server, see [`CheckedOut::for_blocking`]. Borrows the
+/// checked-out connection, which stays out of the pool while the request runs.
+enum Blocking<'a> {
+    Multiplexed(MultiplexedConnection),
+    Cluster(&'a mut deadpool_redis::cluster::Connection),
+}
+
+impl Blocking<'_> {
     /// Sends `pipe` as one request over this one connection (in a cluster, to the node of its first
     /// key), with one result per command.
     async fn query_pipeline(
@@ -257,10 +294,8 @@ impl CheckedOut {
         pipe: &redis::Pipeline,
     ) -> Result<Vec<redis::RedisResult<Value>>, RedisError> {
         match self {
-            CheckedOut::Pooled(conn) => pipe.query_async(&mut **conn).await,
-            CheckedOut::Multiplexed(conn) => pipe.query_async(conn).await,
-            CheckedOut::Cluster(conn) => pipe.query_async(&mut **conn).await,
-            CheckedOut::Sentinel(conn) => pipe.query_async(&mut **conn).await,
+            Blocking::Multiplexed(conn) => pipe.query_async(conn).await,
+            Blocking::Cluster(conn) => pipe.query_async(&mut **conn).await,
         }
     }
 }
@@ -272,7 +307,7 @@ impl CheckedOut {
 /// connection never reconnects, and a cluster connection sends, redirects (`MOVED`, `ASK`, with
 /// `ASKING`) and retries the pipeline as a whole, on the node of the script's first key.
 async fn script_then_wait(
-    conn: &mut CheckedOut,
+    conn: &mut Blocking<'_>,
     script_cmd: redis::Cmd,
     replicas: usize,
     wait_ms: u64,
@@ -415,7 +450,10 @@ impl LockBackend for DeadpoolBackend {
 
     /// The script and `WAIT` pipelined on one connection (see `script_then_wait`): `EVALSHA`, and
     /// `EVAL` again with `WAIT` when the server answered `NOSCRIPT`. Bounded by the command timeout plus
-    /// `timeout`. redis-rs's own response timeout (500 ms by default) must exceed `timeout` too.
+    /// `timeout`, and only by that: the request goes over a clone of the connection whose redis-rs
+    /// response timeout is that bound too (except on a cluster connection, see the crate docs). After
+    /// `NOSCRIPT` (the `WAIT` behind the failed `EVALSHA` ran for nothing), the `EVAL` and its `WAIT`
+    /// get one more such bound.
     async fn eval_script_replicated(
         &self,
         script: &Script,
@@ -430,19 +468,28 @@ impl LockBackend for DeadpoolBackend {
             cmd.arg(body).arg(keys.len()).arg(keys).arg(args);
             cmd
         };
+        // The adapter's bound covers the `WAIT`; redis-rs's own response timeout must not end it
+        // sooner (see `CheckedOut::for_blocking`).
         let bound = self.command_timeout.saturating_add(timeout);
-        let (reply, acked) = bounded(bound, async {
-            let mut conn = self.connection().await?;
+        let (mut checked_out, first) = bounded(bound, async {
+            let mut checked_out = self.connection().await?;
             let evalsha = script_cmd("EVALSHA", script.sha1());
-            match script_then_wait(&mut conn, evalsha, replicas, wait_ms).await? {
-                (Err(err), _) if is_noscript(&err) => {
-                    let eval = script_cmd("EVAL", script.source());
-                    script_then_wait(&mut conn, eval, replicas, wait_ms).await
-                }
-                replies => Ok(replies),
-            }
+            let mut conn = checked_out.for_blocking(bound);
+            let replies = script_then_wait(&mut conn, evalsha, replicas, wait_ms).await?;
+            drop(conn);
+            Ok((checked_out, replies))
         })
         .await?;
+        let (reply, acked) = match first {
+            // The `WAIT` after the failed `EVALSHA` ran for nothing, for up to `timeout`: the script and
+            // a `WAIT` again, within a bound of their own.
+            (Err(err), _) if is_noscript(&err) => {
+                let eval = script_cmd("EVAL", script.source());
+                let mut conn = checked_out.for_blocking(bound);
+                bounded(bound, script_then_wait(&mut conn, eval, replicas, wait_ms)).await?
+            }
+            replies => replies,
+        };
         let reply = script_value(reply.map_err(redis_error)?)?;
         let acked = match acked.map_err(redis_error)? {
             Value::Int(n) => usize::try_from(n).unwrap_or(0),
@@ -493,12 +540,19 @@ impl LockBackend for DeadpoolBackend {
                 let Some(conn) = blocked.0.as_mut() else {
                     return Ok(false);
                 };
-                let reply = conn.query(&blpop).await;
-                if reply.is_ok() {
-                    // Answered: the connection is free again, back to the pool.
-                    drop(blocked.0.take());
+                let started = Instant::now();
+                match conn.query_raw(&blpop).await {
+                    Ok(value) => {
+                        // Answered: the connection is free again, back to the pool.
+                        drop(blocked.0.take());
+                        Ok(!matches!(value, Value::Nil))
+                    }
+                    // redis-rs's response timeout fired after the blocking window was over: nobody
+                    // signalled in time, which is "not woken", not a failure (the connection, whose
+                    // reply may still come, is discarded with `blocked`).
+                    Err(error) if error.is_timeout() && started.elapsed() >= block => Ok(false),
+                    Err(error) => Err(redis_error(error)),
                 }
-                reply.map(|value| !matches!(value, Value::Nil))
             },
         )))
     }

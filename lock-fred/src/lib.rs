@@ -63,7 +63,8 @@
 //! replica. So a broken connection, or a `MOVED` or `ASK` redirection (after a resharding, or while the
 //! lock's slot is migrating), fails such a call transiently instead; [`hold`](lock_core::LockGuard::hold)
 //! retries renewals, and fred has learnt the new slot owner for the next call after a `MOVED`. The call is
-//! bounded by the command timeout plus the `WAIT` timeout. `WAIT` blocks the connection it runs on, so
+//! bounded by the command timeout plus the `WAIT` timeout, twice that after a `NOSCRIPT` (the `WAIT`
+//! behind the failed `EVALSHA` runs for nothing before `EVAL` and another `WAIT` are sent). `WAIT` blocks the connection it runs on, so
 //! other commands of the same client wait behind it for up to the `WAIT` timeout when replicas are slow.
 //!
 //! # Errors
@@ -97,7 +98,7 @@ use async_trait::async_trait;
 use fred::clients::{Client, Pool};
 use fred::error::{Error, ErrorKind};
 use fred::interfaces::{
-    ClientLike, KeysInterface, ListInterface, LuaInterface, ServerInterface, TransactionInterface,
+    ClientLike, KeysInterface, LuaInterface, ServerInterface, TransactionInterface,
 };
 use fred::types::config::Options;
 use fred::types::{ClusterHash, CustomCommand, Expiration, InfoKind, SetOptions, Value};
@@ -528,7 +529,8 @@ impl LockBackend for FredBackend {
     /// both. In a cluster both go to the node owning `keys[0]`'s slot; the commands are written once
     /// (fred's `max_attempts` of 1), so a `MOVED`/`ASK` redirection or a broken connection fails the call
     /// (transiently) instead of sending `WAIT` elsewhere. The call is bounded by the command timeout
-    /// plus `timeout`.
+    /// plus `timeout`; after `NOSCRIPT` (the `WAIT` behind the failed `EVALSHA` ran for nothing), the
+    /// `EVAL` and its `WAIT` get one more such bound.
     async fn eval_script_replicated(
         &self,
         script: &Script,
@@ -549,36 +551,34 @@ impl LockBackend for FredBackend {
         };
         let replicas = i64::try_from(replicas).unwrap_or(i64::MAX);
         let wait_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let call = async {
-            let first = script_then_wait(
-                client,
-                &options,
-                "EVALSHA",
-                script.sha1(),
-                keys,
-                args,
-                replicas,
-                wait_ms,
-            )
-            .await?;
-            match first {
-                (Err(error), _) if convert::is_noscript(&error) => {
-                    script_then_wait(
-                        client,
-                        &options,
-                        "EVAL",
-                        script.source(),
-                        keys,
-                        args,
-                        replicas,
-                        wait_ms,
-                    )
-                    .await
-                }
-                replies => Ok(replies),
+        let first = script_then_wait(
+            client,
+            &options,
+            "EVALSHA",
+            script.sha1(),
+            keys,
+            args,
+            replicas,
+            wait_ms,
+        );
+        let (reply, acked) = match bounded_by(bound, first).await? {
+            // The `WAIT` after the failed `EVALSHA` ran for nothing, for up to `timeout`: the script and
+            // a `WAIT` again, within a bound of their own.
+            (Err(error), _) if convert::is_noscript(&error) => {
+                let again = script_then_wait(
+                    client,
+                    &options,
+                    "EVAL",
+                    script.source(),
+                    keys,
+                    args,
+                    replicas,
+                    wait_ms,
+                );
+                bounded_by(bound, again).await?
             }
+            replies => replies,
         };
-        let (reply, acked) = bounded_by(bound, call).await?;
         let reply = convert::script_value(reply.map_err(convert::backend_error)?)?;
         let acked = convert::wait_reply(acked.map_err(convert::backend_error)?)?;
         Ok((reply, acked))
@@ -636,13 +636,17 @@ impl LockBackend for FredBackend {
             let Some(client) = blocker.client.as_ref() else {
                 return Ok(false);
             };
-            let popped: Option<(String, String)> = bounded_by(
-                self.command_timeout + block,
-                client.blpop(signal, block.as_secs_f64()),
-            )
-            .await?;
+            // As a custom command: fred's `blpop` turns the nil reply of a wait that nothing woke into
+            // an error (`ErrorKind::Timeout`, "Request timed out."), which would end the acquisition.
+            let blpop = CustomCommand::new_static("BLPOP", ClusterHash::FirstKey, true);
+            let args = vec![
+                Value::from(signal),
+                Value::from(format!("{:.3}", block.as_secs_f64())),
+            ];
+            let popped: Value =
+                bounded_by(self.command_timeout + block, client.custom(blpop, args)).await?;
             blocker.done();
-            Ok(popped.is_some())
+            Ok(!popped.is_null())
         }))
     }
 

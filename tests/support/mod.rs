@@ -232,6 +232,59 @@ impl RedisServer {
         }
     }
 
+    /// Starts a replica of this server (`--replicaof`) and waits until it is in sync: its link to this
+    /// server is up and this server counts it as an online replica.
+    ///
+    /// # Panics
+    ///
+    /// If the replica cannot be started or does not sync within the readiness timeout.
+    pub fn start_replica(&self) -> RedisServer {
+        // A full sync would otherwise wait 5 s for more replicas to share it.
+        self.command(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"])
+            .unwrap_or_else(|e| panic!("CONFIG SET repl-diskless-sync-delay: {e}"));
+        let port = self.port.to_string();
+        let replica = Self::start_with_args(&["--replicaof", "127.0.0.1", &port]);
+        self.wait_for_replicas(1);
+        replica
+    }
+
+    /// Waits until `replicas` replicas acknowledge a write made on this server now (a `SET` of a probe
+    /// key, then `WAIT`, over one connection): they are connected and caught up, so that a `WAIT` after
+    /// the next write counts them all.
+    ///
+    /// # Panics
+    ///
+    /// If that does not happen within the readiness timeout (15 s).
+    pub fn wait_for_replicas(&self, replicas: usize) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let wanted = replicas.to_string();
+        loop {
+            let acked = resp_pipeline(
+                self.addr(),
+                &[
+                    &["SET", "redlease-test:replica-probe", "1"],
+                    &["WAIT", &wanted, "100"],
+                ],
+                PROBE_TIMEOUT,
+            );
+            let last = match &acked {
+                Ok(replies) => match replies.as_slice() {
+                    [Ok(_), Ok(n)] if n.parse::<usize>().is_ok_and(|n| n >= replicas) => return,
+                    other => format!("{other:?}"),
+                },
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "{replicas} replica(s) of port {} did not acknowledge a write within \
+                     {READY_TIMEOUT:?}: last answer {last}",
+                    self.port
+                ));
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Freezes the server process (SIGSTOP): connections are still accepted
     /// by the kernel, but no command is answered until [`Self::resume`].
     pub fn pause(&self) {
