@@ -8,10 +8,9 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
-use redlease::fred::{FredBackend, fred::prelude::*};
 use redlease::{Backoff, LockBackend, LockError, RedisLock};
 use support::RedisServer;
+use support::inputs::{self, INPUTS, Input, RedisRsTimeouts};
 
 const CALL_BOUND: Duration = Duration::from_millis(300);
 /// Room for a noisy 2-core machine on top of the bounds under test.
@@ -24,94 +23,15 @@ const ONE_BOUND: Duration = Duration::from_secs(3);
 /// still well below a second bound, so that a second call spending its bound fails the test.
 const MARGIN: Duration = Duration::from_millis(1500);
 
-#[derive(Debug, Clone, Copy)]
-enum Input {
-    FredClient,
-    FredPool,
-    DeadpoolPool,
-    RedisConnection,
-}
-
-const INPUTS: [Input; 4] = [
-    Input::FredClient,
-    Input::FredPool,
-    Input::DeadpoolPool,
-    Input::RedisConnection,
-];
-
 async fn backend(input: Input, url: &str) -> Arc<dyn LockBackend> {
-    match input {
-        Input::FredClient => {
-            let client = Builder::from_config(Config::from_url(url).unwrap())
-                .build()
-                .unwrap();
-            client.init().await.unwrap();
-            Arc::new(FredBackend::from(client).command_timeout(CALL_BOUND))
-        }
-        Input::FredPool => {
-            let pool = Builder::from_config(Config::from_url(url).unwrap())
-                .build_pool(2)
-                .unwrap();
-            pool.init().await.unwrap();
-            Arc::new(FredBackend::from(pool).command_timeout(CALL_BOUND))
-        }
-        Input::DeadpoolPool => {
-            let pool = deadpool_redis::Config::from_url(url)
-                .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                .unwrap();
-            Arc::new(DeadpoolBackend::from(pool).command_timeout(CALL_BOUND))
-        }
-        Input::RedisConnection => {
-            let connection = deadpool_redis::redis::Client::open(url)
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            Arc::new(DeadpoolBackend::from(connection).command_timeout(CALL_BOUND))
-        }
-    }
+    inputs::backend(input, url, CALL_BOUND, RedisRsTimeouts::Default).await
 }
 
 /// A backend over `input` whose calls are bounded by the adapter's command timeout, `bound`, and by
 /// nothing shorter: redis-rs's own response and connection timeouts (500 ms and 1 s by default) are
 /// turned off, so that a hung call takes exactly one adapter bound, whichever input it goes through.
 async fn bounded_backend(input: Input, url: &str, bound: Duration) -> Arc<dyn LockBackend> {
-    use deadpool_redis::redis::AsyncConnectionConfig;
-    let no_timeouts = || {
-        AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(None)
-    };
-    match input {
-        // fred has no per-command timeout of its own unless one is configured.
-        Input::FredClient => {
-            let client = Builder::from_config(Config::from_url(url).unwrap())
-                .build()
-                .unwrap();
-            client.init().await.unwrap();
-            Arc::new(FredBackend::from(client).command_timeout(bound))
-        }
-        Input::FredPool => {
-            let pool = Builder::from_config(Config::from_url(url).unwrap())
-                .build_pool(2)
-                .unwrap();
-            pool.init().await.unwrap();
-            Arc::new(FredBackend::from(pool).command_timeout(bound))
-        }
-        Input::DeadpoolPool => {
-            let manager = deadpool_redis::Manager::new_with_config(url, no_timeouts()).unwrap();
-            let pool = deadpool_redis::Pool::builder(manager).build().unwrap();
-            Arc::new(DeadpoolBackend::from(pool).command_timeout(bound))
-        }
-        Input::RedisConnection => {
-            let connection = deadpool_redis::redis::Client::open(url)
-                .unwrap()
-                .get_multiplexed_async_connection_with_config(&no_timeouts())
-                .await
-                .unwrap();
-            Arc::new(DeadpoolBackend::from(connection).command_timeout(bound))
-        }
-    }
+    inputs::backend(input, url, bound, RedisRsTimeouts::Off).await
 }
 
 fn assert_backend_error(input: Input, result: Result<impl std::fmt::Debug, LockError>, key: &str) {

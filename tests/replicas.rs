@@ -10,66 +10,14 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
-use redlease::fred::{FredBackend, fred::prelude::*};
-use redlease::{LockBackend, LockError, LockGuard, RedisLock};
+use redlease::{LockError, LockGuard, RedisLock};
+use support::inputs::{self, INPUTS, Input, RedisRsTimeouts};
 use support::{RedisServer, key_prefix};
 
 /// Room for a noisy 2-core machine on top of the bounds under test.
 const SLACK: Duration = Duration::from_secs(3);
-
-#[derive(Debug, Clone, Copy)]
-enum Input {
-    FredClient,
-    FredPool,
-    DeadpoolPool,
-    RedisConnection,
-}
-
-const INPUTS: [Input; 4] = [
-    Input::FredClient,
-    Input::FredPool,
-    Input::DeadpoolPool,
-    Input::RedisConnection,
-];
-
-/// A backend over `input` with the adapter's bound on every call set to `call_bound`. The redis-rs
-/// inputs keep redis-rs's default connection settings (a 500 ms response timeout).
-async fn backend(input: Input, url: &str, call_bound: Duration) -> Arc<dyn LockBackend> {
-    match input {
-        Input::FredClient => {
-            let client = Builder::from_config(Config::from_url(url).unwrap())
-                .build()
-                .unwrap();
-            client.init().await.unwrap();
-            Arc::new(FredBackend::from(client).command_timeout(call_bound))
-        }
-        Input::FredPool => {
-            let pool = Builder::from_config(Config::from_url(url).unwrap())
-                .build_pool(2)
-                .unwrap();
-            pool.init().await.unwrap();
-            Arc::new(FredBackend::from(pool).command_timeout(call_bound))
-        }
-        Input::DeadpoolPool => {
-            let pool = deadpool_redis::Config::from_url(url)
-                .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                .unwrap();
-            Arc::new(DeadpoolBackend::from(pool).command_timeout(call_bound))
-        }
-        Input::RedisConnection => {
-            let connection = deadpool_redis::redis::Client::open(url)
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            Arc::new(DeadpoolBackend::from(connection).command_timeout(call_bound))
-        }
-    }
-}
 
 #[track_caller]
 fn assert_not_replicated<T: std::fmt::Debug>(
@@ -105,7 +53,8 @@ async fn a_wait_longer_than_the_response_timeout_answers_not_replicated() {
     let wait = Duration::from_millis(800);
     let call_bound = Duration::from_secs(2);
     for input in INPUTS {
-        let backend = backend(input, &primary.url(), call_bound).await;
+        let backend =
+            inputs::backend(input, &primary.url(), call_bound, RedisRsTimeouts::Default).await;
         let lock = |name: &str| {
             RedisLock::new(backend.clone(), format!("{}{name}", key_prefix()))
                 .timeout(Duration::from_secs(30))
@@ -166,7 +115,8 @@ async fn a_wait_sent_again_after_noscript_answers_not_replicated() {
     let wait = Duration::from_millis(1600);
     let call_bound = Duration::from_millis(1500);
     for input in INPUTS {
-        let backend = backend(input, &primary.url(), call_bound).await;
+        let backend =
+            inputs::backend(input, &primary.url(), call_bound, RedisRsTimeouts::Default).await;
         let lock = RedisLock::new(backend, format!("{}flushed", key_prefix()))
             .timeout(Duration::from_secs(30))
             .replicas(1, wait);

@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod inputs;
 pub mod probe;
 pub mod proxy;
 pub mod sentinel;
