@@ -10,7 +10,8 @@ use super::quorum::{confirmed, decided_by_errors, quorum_deadline, written_answe
 use super::rounds::{Holdings, bounded, release_everywhere};
 use crate::backend::{BackendError, ScriptValue};
 use crate::error::{LockError, NodeError, Result};
-use crate::guard::{Renewable, Written, hold_renewed};
+use crate::guard::Written;
+use crate::lease::{Renewable, hold_renewed};
 use crate::script::{self, Script};
 use crate::time::{Moment, to_millis, validity_deadline};
 

@@ -12,8 +12,8 @@ use super::quorum::{Failed, clock_skew, duplicate_servers, first_duplicate, gran
 use super::{LAYER, Node, Redlock, ServerId, default_node_timeout};
 use crate::backend::{BackendError, LockBackend, ScriptValue};
 use crate::error::{LockError, NodeError, Result};
-use crate::guard::{Until, retry_in_background};
 use crate::keys;
+use crate::lease::{Until, retry_in_background};
 use crate::lock::fenced_reply;
 use crate::script;
 use crate::time::{to_millis, ttl_millis, validity_deadline};
