@@ -50,6 +50,7 @@ mod election;
 mod error;
 mod guard;
 mod keys;
+mod lease;
 mod lock;
 pub mod memory;
 mod queue;

@@ -1,0 +1,278 @@
+//! Backend wrappers for tests: counting the calls that reach a backend, bypassing the in-process
+//! waiting line, and injecting faults.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+
+use crate::backend::{BackendError, LockBackend, ScriptValue};
+use crate::queue::LocalQueues;
+use crate::script::Script;
+
+/// A backend wrapper that counts the calls reaching the backend, to prove what was (not) sent.
+#[derive(Debug)]
+pub struct CountingBackend<B> {
+    inner: B,
+    set_nx_calls: AtomicUsize,
+    script_calls: AtomicUsize,
+    last_set_nx_ttl: std::sync::Mutex<Option<Duration>>,
+    replicated_acks: std::sync::Mutex<Vec<usize>>,
+}
+
+impl<B: LockBackend> CountingBackend<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            set_nx_calls: AtomicUsize::new(0),
+            script_calls: AtomicUsize::new(0),
+            last_set_nx_ttl: std::sync::Mutex::new(None),
+            replicated_acks: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How many replicas each successful `eval_script_replicated` call answered, in call order.
+    pub fn replicated_acks(&self) -> Vec<usize> {
+        self.replicated_acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The TTL the last `set_nx` call asked for.
+    pub fn last_set_nx_ttl(&self) -> Option<Duration> {
+        *self
+            .last_set_nx_ttl
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many `set_nx` calls were made.
+    pub fn set_nx_calls(&self) -> usize {
+        self.set_nx_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many `eval_script` calls were made.
+    pub fn script_calls(&self) -> usize {
+        self.script_calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl<B: LockBackend> LockBackend for CountingBackend<B> {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        self.set_nx_calls.fetch_add(1, Ordering::SeqCst);
+        *self
+            .last_set_nx_ttl
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(ttl);
+        self.inner.set_nx(key, value, ttl).await
+    }
+
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError> {
+        self.script_calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.eval_script(script, keys, args).await
+    }
+
+    /// Counted as a script call; what it answered is kept (see [`Self::replicated_acks`]).
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        self.script_calls.fetch_add(1, Ordering::SeqCst);
+        let reply = self
+            .inner
+            .eval_script_replicated(script, keys, args, replicas, timeout)
+            .await?;
+        self.replicated_acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reply.1);
+        Ok(reply)
+    }
+
+    crate::backend::forward_capabilities!(|this| this.inner);
+}
+
+/// A backend wrapper without the in-process waiting line: tasks locking through it each talk to Redis
+/// on their own, as tasks in different processes do. Mixed with the wrapped backend, it makes
+/// contention race in the store itself, not only in the local line.
+#[derive(Debug)]
+pub struct Unqueued<B>(pub B);
+
+#[async_trait]
+impl<B: LockBackend> LockBackend for Unqueued<B> {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        self.0.set_nx(key, value, ttl).await
+    }
+
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError> {
+        self.0.eval_script(script, keys, args).await
+    }
+
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        self.0
+            .eval_script_replicated(script, keys, args, replicas, timeout)
+            .await
+    }
+
+    fn now(&self) -> crate::Moment {
+        self.0.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.0.sleep(duration)
+    }
+
+    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+        self.0.spawn_detached(task)
+    }
+
+    fn release_signals(&self) -> bool {
+        self.0.release_signals()
+    }
+
+    fn wait_for_release<'a>(
+        &'a self,
+        signal: &'a str,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
+        self.0.wait_for_release(signal, timeout)
+    }
+
+    fn instance_id(&self) -> usize {
+        self.0.instance_id()
+    }
+
+    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
+        self.0.server_id()
+    }
+}
+
+/// A fault a [`FaultyBackend`] injects into every call until changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Calls pass through.
+    None,
+    /// Calls fail with a transient error without reaching the store.
+    Error,
+    /// Calls wait this long before reaching the store.
+    Delay(Duration),
+    /// Calls never complete and never reach the store.
+    Never,
+    /// Calls reach the store, then the reply is held back this long: the server ran the command but
+    /// the caller has not heard (a slow or lost reply).
+    DelayReply(Duration),
+    /// Calls reach the store twice and the caller gets the second reply: a client that applied a
+    /// command, lost the reply with its connection, and re-sent it over a new one (fred's default).
+    Resend,
+}
+
+/// A backend wrapper that injects [`Fault`]s around a real backend, for cancellation and fault tests.
+#[derive(Debug)]
+pub struct FaultyBackend<B> {
+    inner: B,
+    fault: std::sync::Mutex<Fault>,
+}
+
+impl<B: LockBackend> FaultyBackend<B> {
+    /// Wraps `inner`, passing calls through until a fault is set.
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            fault: std::sync::Mutex::new(Fault::None),
+        }
+    }
+
+    /// Injects `fault` into every later call.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+    }
+
+    fn fault(&self) -> Fault {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn inject<T, F: Future<Output = Result<T, BackendError>>>(
+        &self,
+        call: impl Fn() -> F,
+    ) -> Result<T, BackendError> {
+        let call = || call();
+        match self.fault() {
+            Fault::Resend => {
+                let _first = call().await;
+                call().await
+            }
+            Fault::None => call().await,
+            Fault::Error => Err(BackendError::transient("faulty", "injected failure")),
+            Fault::Delay(delay) => {
+                self.inner.sleep(delay).await;
+                call().await
+            }
+            Fault::Never => futures::future::pending().await,
+            Fault::DelayReply(delay) => {
+                let reply = call().await;
+                self.inner.sleep(delay).await;
+                reply
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<B: LockBackend> LockBackend for FaultyBackend<B> {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        self.inject(|| self.inner.set_nx(key, value, ttl)).await
+    }
+
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError> {
+        self.inject(|| self.inner.eval_script(script, keys, args))
+            .await
+    }
+
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        self.inject(|| {
+            self.inner
+                .eval_script_replicated(script, keys, args, replicas, timeout)
+        })
+        .await
+    }
+
+    crate::backend::forward_capabilities!(|this| this.inner);
+}
