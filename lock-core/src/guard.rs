@@ -184,12 +184,19 @@ impl LockGuard {
     /// Whether the lock is still held with this guard's token.
     ///
     /// Answers `Ok(false)` without asking Redis once [`valid_for`](Self::valid_for) is zero. A `true` is a
-    /// snapshot: checking then writing elsewhere is a race under pauses.
+    /// snapshot: checking then writing elsewhere is a race under pauses. A `false` from Redis ends the
+    /// guard's validity, as a `false` from [`renew`](Self::renew) or [`extend`](Self::extend) does:
+    /// `valid_for` is zero from then on.
     pub async fn is_owner(&self) -> Result<bool> {
         if self.valid_for().is_zero() {
             return Ok(false);
         }
-        self.eval_flag(&script::IS_OWNER, &[]).await
+        let sent_at = self.now();
+        let ours = self.eval_flag(&script::IS_OWNER, &[]).await?;
+        if !ours {
+            self.disown(sent_at);
+        }
+        Ok(ours)
     }
 
     /// Moves the lock's expiry `by` later than its expiry as this guard last confirmed it. `Ok(false)`
@@ -219,14 +226,14 @@ impl LockGuard {
                         }
                         read.server_expiry_ms
                     }
-                    None => return Ok(false),
+                    None => return Ok(self.settle(sent_at, None)),
                 }
             }
         };
         let target = base.saturating_add(by_ms).to_string();
         let sent_at = self.now();
         let written = self.eval_write(&script::EXTEND, &[&target]).await?;
-        Ok(written.map(|w| self.confirm(sent_at, w)).is_some())
+        Ok(self.settle(sent_at, written))
     }
 
     /// Sets the lock's TTL to the lock's own timeout, unless it already lives longer (after an
@@ -236,7 +243,7 @@ impl LockGuard {
     pub async fn renew(&self) -> Result<bool> {
         let sent_at = self.now();
         let written = self.eval_write(&script::RENEW, &[&self.ttl_arg]).await?;
-        Ok(written.map(|w| self.confirm(sent_at, w)).is_some())
+        Ok(self.settle(sent_at, written))
     }
 
     /// Releases the lock. `Ok(true)` when it was still ours, `Ok(false)` when it was not: another holder
@@ -281,6 +288,37 @@ impl LockGuard {
 
     fn now(&self) -> Moment {
         self.lease.backend.now()
+    }
+
+    /// Records what a token-checked request sent at `sent_at` found: `Some` confirms the lease
+    /// ([`confirm`](Self::confirm)), `None` ("not ours") ends it, so that the guard claims nothing once
+    /// Redis said the key is no longer ours, even when a reply to an older request arrives after.
+    /// Answers whether the lease was confirmed.
+    fn settle(&self, sent_at: Moment, written: Option<Written>) -> bool {
+        match written {
+            Some(written) => {
+                self.confirm(sent_at, written);
+                true
+            }
+            None => {
+                self.disown(sent_at);
+                false
+            }
+        }
+    }
+
+    /// Redis answered a request sent at `sent_at` with "not ours": from then on the guard claims no
+    /// validity. Replies to requests sent earlier are older news and are ignored by `confirm`.
+    fn disown(&self, sent_at: Moment) {
+        let mut validity = self.lock_validity();
+        if sent_at < validity.sent_at {
+            return;
+        }
+        validity.sent_at = sent_at;
+        validity.until = validity.until.min(sent_at);
+        drop(validity);
+        // Local waiters need not wait for a lease we no longer have.
+        self.tell_line(sent_at);
     }
 
     /// Records a confirmed write (or read) sent at `sent_at`: the key then lived `written.pttl` from some

@@ -224,7 +224,7 @@ pub async fn expired_lock_is_never_recreated(
     probe: &dyn Probe,
     key: String,
 ) {
-    let guard = RedisLock::new(backend, key.clone())
+    let guard = RedisLock::new(backend.clone(), key.clone())
         .timeout(10 * SECOND)
         .acquire()
         .await
@@ -234,8 +234,18 @@ pub async fn expired_lock_is_never_recreated(
     assert!(!guard.renew().await.expect("renew"));
     assert!(!guard.is_owner().await.expect("is_owner"));
     assert_eq!(probe.get(&key).await, None, "an expired lock stays expired");
-    // The key vanished while this guard's own clock says it is still valid: a release cannot tell
-    // whether it deleted it itself (a re-send) or the store lost it.
+    // Redis said "not ours": the guard claims nothing any more, and its release is "not ours" too.
+    assert!(guard.valid_for().is_zero(), "{:?}", guard.valid_for());
+    assert!(!guard.release().await.expect("release"));
+
+    // A key that vanished while the guard's own clock says it is still valid, first noticed by the
+    // release: it cannot tell whether it deleted it itself (a re-send) or the store lost it.
+    let guard = RedisLock::new(backend, key.clone())
+        .timeout(10 * SECOND)
+        .acquire()
+        .await
+        .expect("acquire");
+    probe.del(&key).await;
     let released = guard.release().await;
     assert!(
         matches!(released, Err(LockError::InDoubt { .. })),
@@ -243,7 +253,8 @@ pub async fn expired_lock_is_never_recreated(
     );
 }
 
-/// `is_owner` is true while our token is there, false once the key expired or changed hands.
+/// `is_owner` is true while our token is there, false once the key expired or changed hands, and
+/// false for good after that: the guard lost the lease even if its token comes back.
 pub async fn is_owner_follows_the_token(
     backend: Arc<dyn LockBackend>,
     probe: &dyn Probe,
@@ -254,9 +265,14 @@ pub async fn is_owner_follows_the_token(
     assert!(guard.is_owner().await.expect("is_owner"));
     probe.set(&key, "new-holder", 10 * SECOND).await;
     assert!(!guard.is_owner().await.expect("is_owner"));
+    assert_eq!(guard.valid_for(), Duration::ZERO, "not ours: no validity");
     probe.set(&key, guard.token(), 10 * SECOND).await;
-    assert!(guard.is_owner().await.expect("is_owner"));
-    assert!(guard.release().await.expect("release"));
+    assert!(
+        !guard.is_owner().await.expect("is_owner"),
+        "a lost lease stays lost"
+    );
+    probe.del(&key).await;
+    assert!(!guard.release().await.expect("release"));
 
     // Past its local validity a guard answers false without asking: no call reaches the store.
     let counting = Arc::new(CountingBackend::new(backend.clone()));
