@@ -67,6 +67,20 @@ pub fn is_transient_code(code: &str) -> bool {
     TRANSIENT_ERROR_CODES.contains(&code)
 }
 
+/// A client's error as a [`BackendError`] of `backend`, transient or permanent as the adapter
+/// classified it, keeping the error as the source.
+pub fn backend_error(
+    backend: &'static str,
+    transient: bool,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+) -> BackendError {
+    if transient {
+        BackendError::transient(backend, source)
+    } else {
+        BackendError::permanent(backend, source)
+    }
+}
+
 /// One argument of a Redis command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arg<'a> {
@@ -303,6 +317,15 @@ mod tests {
             assert!(!is_transient_code(code), "{code}");
         }
         assert_eq!(TRANSIENT_ERROR_CODES.len(), 6);
+    }
+
+    #[test]
+    fn classified_errors_keep_their_source() {
+        let err = backend_error("x", true, "LOADING");
+        assert!(err.is_transient());
+        assert_eq!(err.backend(), "x");
+        assert_eq!(err.source().unwrap().to_string(), "LOADING");
+        assert!(!backend_error("x", false, "ERR").is_transient());
     }
 
     #[test]

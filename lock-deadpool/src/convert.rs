@@ -52,11 +52,7 @@ pub(crate) fn is_transient(error: &RedisError) -> bool {
 
 /// A redis-rs error as a [`BackendError`], keeping the error as the source.
 pub(crate) fn backend_error(error: RedisError) -> BackendError {
-    if is_transient(&error) {
-        BackendError::transient(BACKEND, error)
-    } else {
-        BackendError::permanent(BACKEND, error)
-    }
+    adapter::backend_error(BACKEND, is_transient(&error), error)
 }
 
 /// A failure to check a connection out of a pool as a [`BackendError`], keeping it as the source.
@@ -66,11 +62,7 @@ pub(crate) fn pool_error(error: PoolError) -> BackendError {
         PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)) => is_transient(e),
         PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(HookError::Message(_)) => false,
     };
-    if transient {
-        BackendError::transient(BACKEND, error)
-    } else {
-        BackendError::permanent(BACKEND, error)
-    }
+    adapter::backend_error(BACKEND, transient, error)
 }
 
 /// An unexpected reply shape, as a permanent error.

@@ -95,11 +95,7 @@ pub(crate) fn is_transient(error: &Error) -> bool {
 
 /// A fred error as a [`BackendError`], keeping the error as the source.
 pub(crate) fn backend_error(error: Error) -> BackendError {
-    if is_transient(&error) {
-        BackendError::transient(BACKEND, error)
-    } else {
-        BackendError::permanent(BACKEND, error)
-    }
+    adapter::backend_error(BACKEND, is_transient(&error), error)
 }
 
 /// An unexpected reply shape, as a permanent error.
