@@ -12,6 +12,8 @@
 //!   holds it (the [`redlock`] module explains the algorithm, its safety argument and its limits);
 //! - [`LockError`], the one error type;
 //! - [`memory::MemoryBackend`], an in-process backend for unit tests and single-process use;
+//! - [`adapter`], for writing a backend: the command arguments, error codes and reply rules that
+//!   every Redis adapter shares (used by lock-fred and lock-deadpool);
 //! - with the `testing` feature, `testing`, the conformance suite every backend passes.
 //!
 //! ```
@@ -44,6 +46,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+pub mod adapter;
 mod backend;
 mod backoff;
 mod election;

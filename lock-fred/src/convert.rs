@@ -1,22 +1,52 @@
-//! Translating fred's replies and errors into lock-core's types.
+//! Translating between lock-core's types and fred's: commands, replies and errors.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use fred::error::{Error, ErrorKind};
-use fred::types::Value;
+use fred::types::{ClusterHash, CustomCommand, Value};
+use lock_core::adapter::{self, Arg, Command};
 use lock_core::{BackendError, ScriptValue};
 
 use crate::BACKEND;
 
-/// Server error codes after which trying again later may succeed: the server is loading its data, a
-/// multi-key operation met a slot being migrated, a replica lost its primary, the cluster is down, the
-/// node was demoted to a replica by a failover, or a long script is still running.
-const TRANSIENT_CODES: &[&str] = &[
-    "LOADING",
-    "TRYAGAIN",
-    "MASTERDOWN",
-    "CLUSTERDOWN",
-    "READONLY",
-    "BUSY",
-];
+/// `command` as a fred custom command routed by `hash`, and its arguments. `blocking` tells fred that
+/// the command blocks its connection on the server.
+pub(crate) fn custom(
+    command: Command<'_>,
+    hash: ClusterHash,
+    blocking: bool,
+) -> (CustomCommand, Vec<Value>) {
+    let arguments = command
+        .args
+        .into_iter()
+        .map(|arg| match arg {
+            Arg::Text(text) => Value::from(text.as_ref()),
+            Arg::Int(n) => Value::from(n),
+        })
+        .collect();
+    (
+        CustomCommand::new_static(command.name, hash, blocking),
+        arguments,
+    )
+}
+
+/// Runs `call` within `bound`, mapping its errors.
+pub(crate) async fn bounded_by<T>(
+    bound: Duration,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, BackendError> {
+    let started = Instant::now();
+    match tokio::time::timeout(bound, call).await {
+        Ok(Ok(reply)) => Ok(reply),
+        // fred's own per-command timeout, set to the same bound: report it like ours.
+        Ok(Err(error)) if *error.kind() == ErrorKind::Timeout && started.elapsed() >= bound => {
+            Err(BackendError::timed_out(BACKEND, bound))
+        }
+        Ok(Err(error)) => Err(backend_error(error)),
+        Err(_elapsed) => Err(BackendError::timed_out(BACKEND, bound)),
+    }
+}
 
 /// Whether `error` is the server's `NOSCRIPT` reply to an `EVALSHA` whose script is not cached.
 ///
@@ -24,34 +54,26 @@ const TRANSIENT_CODES: &[&str] = &[
 /// `NOSCRIPT` falls through to `ErrorKind::Unknown` with the whole reply as details, which is what fred's
 /// own `Script::evalsha_with_reload` tests too.
 pub(crate) fn is_noscript(error: &Error) -> bool {
-    error_code(error) == Some("NOSCRIPT")
+    adapter::error_code(error.details()) == Some(adapter::NOSCRIPT)
+}
+
+/// `TRYAGAIN`: a multi-key command reached a slot in mid-migration while its keys were split between
+/// the two nodes. It did not run, and may be sent again shortly.
+pub(crate) fn is_try_again(error: &Error) -> bool {
+    adapter::error_code(error.details()) == Some("TRYAGAIN")
 }
 
 /// Whether `error` is fred giving up on a command because it met more cluster redirections than its
 /// `max_redirections` allowed (`Command::decr_check_redirections` in src/protocol/command.rs). The command
 /// did not run: each redirection is a `MOVED` or `ASK` reply instead of a result.
-/// `TRYAGAIN`: a multi-key command reached a slot in mid-migration while its keys were split between
-/// the two nodes. It did not run, and may be sent again shortly.
-pub(crate) fn is_try_again(error: &Error) -> bool {
-    error_code(error) == Some("TRYAGAIN")
-}
-
 pub(crate) fn is_redirection_limit(error: &Error) -> bool {
     *error.kind() == ErrorKind::Routing && error.details() == "Too many redirections."
 }
 
-/// The error code of a server error reply (its first word, all capitals), if `error` looks like one.
-fn error_code(error: &Error) -> Option<&str> {
-    let first = error.details().split_whitespace().next()?;
-    let is_code = first
-        .bytes()
-        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    is_code.then_some(first)
-}
-
 /// Whether trying the call again later may succeed.
 pub(crate) fn is_transient(error: &Error) -> bool {
-    if error_code(error).is_some_and(|code| TRANSIENT_CODES.contains(&code)) {
+    // fred parses only a few server error codes into a kind of its own: read the code from the text.
+    if adapter::error_code(error.details()).is_some_and(adapter::is_transient_code) {
         return true;
     }
     match error.kind() {
@@ -73,27 +95,20 @@ pub(crate) fn is_transient(error: &Error) -> bool {
 
 /// A fred error as a [`BackendError`], keeping the error as the source.
 pub(crate) fn backend_error(error: Error) -> BackendError {
-    if is_transient(&error) {
-        BackendError::transient(BACKEND, error)
-    } else {
-        BackendError::permanent(BACKEND, error)
-    }
+    adapter::backend_error(BACKEND, is_transient(&error), error)
 }
 
 /// An unexpected reply shape, as a permanent error.
-fn unexpected(what: &str, value: &Value) -> BackendError {
-    BackendError::permanent(
-        BACKEND,
-        format!("unexpected {what} reply of type {}", value.kind()),
-    )
+fn unexpected(command: &str, value: &Value) -> BackendError {
+    adapter::unexpected_reply(BACKEND, command, value)
 }
 
 /// The reply to `SET key value NX PX ms GET`: nil when we set the key, else the value it held.
 pub(crate) fn set_nx_reply(reply: Value, value: &str) -> Result<bool, BackendError> {
     match reply {
-        Value::Null => Ok(true),
-        Value::String(held) => Ok(&*held == value),
-        Value::Bytes(held) => Ok(held == value.as_bytes()),
+        Value::Null => Ok(adapter::set_nx_outcome(None, value)),
+        Value::String(held) => Ok(adapter::set_nx_outcome(Some(held.as_bytes()), value)),
+        Value::Bytes(held) => Ok(adapter::set_nx_outcome(Some(&held), value)),
         other => Err(unexpected("SET NX GET", &other)),
     }
 }
@@ -101,7 +116,7 @@ pub(crate) fn set_nx_reply(reply: Value, value: &str) -> Result<bool, BackendErr
 /// The reply to `WAIT`: how many replicas acknowledged.
 pub(crate) fn wait_reply(reply: Value) -> Result<usize, BackendError> {
     match reply {
-        Value::Integer(n) => Ok(usize::try_from(n).unwrap_or(0)),
+        Value::Integer(n) => Ok(adapter::replicas_acknowledged(n)),
         other => Err(unexpected("WAIT", &other)),
     }
 }
@@ -110,23 +125,15 @@ pub(crate) fn wait_reply(reply: Value) -> Result<usize, BackendError> {
 ///
 /// RESP2 replies map directly. Under RESP3, Lua booleans arrive as booleans and are mapped the way RESP2
 /// would deliver them (`false` to nil, `true` to 1); doubles become strings and maps flat arrays of
-/// key, value pairs.
+/// key, value pairs (lock-core's `adapter` module holds these rules for every adapter).
 pub(crate) fn script_value(reply: Value) -> Result<ScriptValue, BackendError> {
     Ok(match reply {
-        Value::Null | Value::Boolean(false) => ScriptValue::Nil,
-        Value::Boolean(true) => ScriptValue::Int(1),
+        Value::Null => ScriptValue::Nil,
+        Value::Boolean(b) => adapter::script_boolean(b),
         Value::Integer(n) => ScriptValue::Int(n),
-        Value::Double(f) => ScriptValue::Str(f.to_string()),
+        Value::Double(f) => adapter::script_double(f),
         Value::String(s) => ScriptValue::Str(s.to_string()),
-        Value::Bytes(bytes) => match String::from_utf8(bytes.to_vec()) {
-            Ok(s) => ScriptValue::Str(s),
-            Err(_) => {
-                return Err(BackendError::permanent(
-                    BACKEND,
-                    "script replied with a string that is not UTF-8",
-                ));
-            }
-        },
+        Value::Bytes(bytes) => adapter::script_string(BACKEND, bytes.to_vec())?,
         Value::Array(items) => ScriptValue::Array(
             items
                 .into_iter()
@@ -159,6 +166,34 @@ mod tests {
 
     fn err(kind: ErrorKind, details: &'static str) -> Error {
         Error::new(kind, details)
+    }
+
+    #[test]
+    fn commands_keep_their_arguments() {
+        let (command, arguments) = custom(
+            Command::set_nx_get("k", "v", Duration::from_millis(1500)),
+            ClusterHash::FirstKey,
+            false,
+        );
+        assert_eq!(command.cmd, "SET");
+        assert!(!command.blocking);
+        assert_eq!(
+            arguments,
+            [
+                Value::from("k"),
+                Value::from("v"),
+                Value::from("NX"),
+                Value::from("PX"),
+                Value::Integer(1500),
+                Value::from("GET"),
+            ]
+        );
+        let (command, _) = custom(
+            Command::blpop("s", Duration::from_secs(1)),
+            ClusterHash::FirstKey,
+            true,
+        );
+        assert!(command.blocking, "BLPOP is sent as a blocking command");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! [`LockBackend`]: `SET key value NX PX ms GET` for acquiring (one round trip, Redis 7.0 or later),
 //! `EVALSHA` with an `EVAL` fallback on `NOSCRIPT` for the lock scripts, the script and `WAIT` on one
 //! connection for replica acknowledgement, tokio for sleeping and for background releases. Every call
-//! is bounded by [`FredBackend::command_timeout`] (5 s by default). No lock logic lives here.
+//! is bounded by [`FredBackend::command_timeout`] (5 s by default). No lock logic lives here: the
+//! command arguments, the transient error codes and the reply rules come from
+//! [`lock_core::adapter`], shared with the deadpool adapter.
 //!
 //! The client is yours: build, configure (reconnect policy, TLS, RESP version) and connect it as you
 //! like, then hand it over. The backend is cheap to clone and shares the client.
@@ -71,8 +73,9 @@
 //!
 //! Every [`BackendError`] names the backend `"fred"` and keeps fred's [`fred::error::Error`] as
 //! its source. Connection failures (IO, a closed connection, canceled commands), timeouts and the server
-//! replies `LOADING`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `READONLY` and `BUSY` are transient;
-//! everything else (script errors, `WRONGTYPE`, syntax errors, authentication) is permanent.
+//! replies `LOADING`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `READONLY` and `BUSY`
+//! ([`TRANSIENT_ERROR_CODES`](lock_core::adapter::TRANSIENT_ERROR_CODES)) are transient; everything
+//! else (script errors, `WRONGTYPE`, syntax errors, authentication) is permanent.
 //!
 //! # Timeouts and late writes
 //!
@@ -87,36 +90,37 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub use fred;
+pub use lock_core::adapter::DEFAULT_COMMAND_TIMEOUT;
 
+mod cluster;
 mod convert;
+mod release_wait;
+mod replicated;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::clients::{Client, Pool};
-use fred::error::{Error, ErrorKind};
-use fred::interfaces::{
-    ClientLike, KeysInterface, LuaInterface, ServerInterface, TransactionInterface,
-};
+use fred::error::Error;
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::types::config::Options;
-use fred::types::{ClusterHash, CustomCommand, Expiration, InfoKind, SetOptions, Value};
-use fred::util::redis_keyslot;
+use fred::types::{Expiration, InfoKind, SetOptions, Value};
 use futures::future::BoxFuture;
-use lock_core::Script;
-use lock_core::{BackendError, LocalQueues, LockBackend, ScriptValue};
+use lock_core::adapter;
+use lock_core::{BackendError, LocalQueues, LockBackend, Script, ScriptValue};
+
+use crate::release_wait::Blockers;
 
 /// The backend name in every [`BackendError`] of this crate.
 const BACKEND: &str = "fred";
 
-/// The default bound on every call, see [`FredBackend::command_timeout`].
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// A [`LockBackend`] over a fred [`Client`] or [`Pool`].
 ///
-/// Build it with `From`: `FredBackend::from(client)` or `FredBackend::from(pool)`. Cloning is cheap and
-/// shares the client (fred's clients are reference counted).
+/// Build it with `From`: `FredBackend::from(client)` or `FredBackend::from(pool)`, then optionally set
+/// [`command_timeout`](Self::command_timeout). Cloning is cheap and shares the client (fred's clients
+/// are reference counted).
 #[derive(Clone, Debug)]
 pub struct FredBackend {
     inner: Inner,
@@ -137,7 +141,7 @@ enum Inner {
 impl From<Client> for FredBackend {
     /// A backend sending every command through `client`.
     fn from(client: Client) -> Self {
-        Self::with_inner(Inner::Client(client))
+        Self::new(Inner::Client(client))
     }
 }
 
@@ -145,12 +149,12 @@ impl From<Pool> for FredBackend {
     /// A backend sending each command through the pool's next client (fred's own round robin, which
     /// prefers connected clients unless told otherwise).
     fn from(pool: Pool) -> Self {
-        Self::with_inner(Inner::Pool(pool))
+        Self::new(Inner::Pool(pool))
     }
 }
 
 impl FredBackend {
-    fn with_inner(inner: Inner) -> Self {
+    fn new(inner: Inner) -> Self {
         Self {
             inner,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
@@ -159,36 +163,22 @@ impl FredBackend {
         }
     }
 
-    /// An idle connection of our own for a blocking wait, or a new one with the client's config.
-    async fn blocker(&self) -> Result<Blocker<'_>, BackendError> {
-        let idle = self.blockers.take();
-        let client = match idle {
-            Some(client) => client,
-            None => {
-                let client = self.client().clone_new();
-                self.bounded(async {
-                    client.init().await?;
-                    Ok(())
-                })
-                .await?;
-                client
-            }
-        };
-        Ok(Blocker {
-            client: Some(client),
-            home: &self.blockers,
-        })
-    }
-
     /// Bounds every call in time: a call that has no reply within `bound` fails with a transient
     /// [`BackendError::timed_out`]. A script call falling back from `EVALSHA` to `EVAL` stays within one
     /// bound as a whole.
     ///
-    /// The default is [`DEFAULT_COMMAND_TIMEOUT`] (5 s). A zero bound is raised to 1 ms.
+    /// The default is [`DEFAULT_COMMAND_TIMEOUT`] (5 s). The bound is clamped to between 1 ms and one
+    /// day ([`lock_core::adapter::clamp_command_timeout`], the same rule in every adapter): a zero bound
+    /// is raised to 1 ms, and a longer one than a day, which means "no bound" in practice, is one day.
     #[must_use]
     pub fn command_timeout(mut self, bound: Duration) -> Self {
-        self.command_timeout = bound.max(Duration::from_millis(1));
+        self.command_timeout = adapter::clamp_command_timeout(bound);
         self
+    }
+
+    /// The bound set by [`command_timeout`](Self::command_timeout), after clamping.
+    pub fn get_command_timeout(&self) -> Duration {
+        self.command_timeout
     }
 
     /// The client the next command would go through: the client itself, or the pool's next connected
@@ -208,247 +198,26 @@ impl FredBackend {
         }
     }
 
-    /// Runs `call` within the bound, mapping its errors.
+    /// Runs `call` within the command timeout, mapping its errors.
     async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, BackendError> {
-        bounded_by(self.command_timeout, call).await
+        convert::bounded_by(self.command_timeout, call).await
     }
 }
 
-/// Idle connections for blocking waits, closed when the last clone of the backend goes.
-#[derive(Default)]
-struct Blockers(std::sync::Mutex<Vec<Client>>);
-
-impl Blockers {
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn take(&self) -> Option<Client> {
-        self.idle().pop()
-    }
-}
-
-impl Drop for Blockers {
-    fn drop(&mut self) {
-        for client in self.idle().drain(..) {
-            quit_in_background(client);
-        }
-    }
-}
-
-impl std::fmt::Debug for Blockers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} idle", self.idle().len())
-    }
-}
-
-/// A connection in a blocking wait: back to the idle list when answered, closed when the wait was
-/// cancelled or timed out (it may still be blocked on the server).
-struct Blocker<'a> {
-    client: Option<Client>,
-    home: &'a Blockers,
-}
-
-impl Blocker<'_> {
-    fn done(mut self) {
-        if let Some(client) = self.client.take() {
-            self.home.idle().push(client);
-        }
-    }
-}
-
-impl Drop for Blocker<'_> {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            quit_in_background(client);
-        }
-    }
-}
-
-/// Closes `client` without blocking: fred clients run until told to quit.
-fn quit_in_background(client: Client) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let _ = client.quit().await;
-        });
-    }
-}
-
-/// The longest a release wait blocks one of our connections.
-const MAX_RELEASE_WAIT: Duration = Duration::from_secs(1);
-
-/// Runs `call` within `bound`, mapping its errors.
-async fn bounded_by<T>(
-    bound: Duration,
-    call: impl Future<Output = Result<T, Error>>,
-) -> Result<T, BackendError> {
-    let started = Instant::now();
-    match tokio::time::timeout(bound, call).await {
-        Ok(Ok(reply)) => Ok(reply),
-        // fred's own per-command timeout, set to the same bound: report it like ours.
-        Ok(Err(error)) if *error.kind() == ErrorKind::Timeout && started.elapsed() >= bound => {
-            Err(BackendError::timed_out(BACKEND, bound))
-        }
-        Ok(Err(error)) => Err(convert::backend_error(error)),
-        Err(_elapsed) => Err(BackendError::timed_out(BACKEND, bound)),
-    }
-}
-
-/// `SET key value NX PX px GET` through `client`.
+/// `SET key value NX PX ttl GET` through `client`, a client or a pool with options.
 async fn set_nx_get<C: KeysInterface + Sync>(
     client: &C,
     key: &str,
     value: &str,
-    px: i64,
+    ttl: Duration,
 ) -> Result<Value, Error> {
+    let px = Expiration::PX(adapter::millis(ttl));
     client
-        .set(
-            key,
-            value,
-            Some(Expiration::PX(px)),
-            Some(SetOptions::NX),
-            true,
-        )
+        .set(key, value, Some(px), Some(SetOptions::NX), true)
         .await
-}
-
-/// `command` (`EVALSHA sha` or `EVAL source`) and `WAIT replicas wait_ms` as one pipeline, through
-/// `client` with `options`: the script's result and `WAIT`'s.
-///
-/// The pipeline hands both commands to fred's router in one message, which writes them back to back to
-/// one connection (the one for the keys' slot, as `options` routes them), so `WAIT` counts exactly the
-/// connection that ran the script. `options` must allow one write attempt only: fred re-sends a command
-/// whose connection broke over the next connection, and a `WAIT` re-sent alone would count that new
-/// connection's writes (none) and report every replica.
-#[allow(clippy::too_many_arguments)]
-async fn script_then_wait(
-    client: &Client,
-    options: &Options,
-    command: &'static str,
-    body: &str,
-    keys: &[&str],
-    args: &[&str],
-    replicas: i64,
-    wait_ms: i64,
-) -> Result<(Result<Value, Error>, Result<Value, Error>), Error> {
-    let pipeline = client.pipeline().with_options(options);
-    let hash = options.cluster_hash.clone().unwrap_or_default();
-    let () = pipeline
-        .custom(
-            CustomCommand::new_static(command, hash, false),
-            script_arguments(body, keys, args),
-        )
-        .await?;
-    let () = pipeline.wait(replicas, wait_ms).await?;
-    let mut results = pipeline.try_all::<Value>().await.into_iter();
-    match (results.next(), results.next()) {
-        (Some(script), Some(wait)) => Ok((script, wait)),
-        // The pipeline as a whole failed (not sent, or timed out).
-        (Some(Err(error)), None) => Err(error),
-        _ => Err(Error::new(
-            ErrorKind::Unknown,
-            "unexpected number of replies to a script and WAIT pipeline",
-        )),
-    }
-}
-
-/// On a cluster: `command arguments`, routed to the node of `slot`, following at most one `MOVED`, and
-/// sent again as a one-command transaction after an `ASK`.
-///
-/// fred 10.1 does not follow `ASK` for plain commands: `process_ask` (src/router/commands.rs) sends
-/// `ASKING` to the node the redirection names but then routes the command by its slot again, to the node
-/// that answered `ASK`, until the write attempts run out; the resulting error then makes the router drop
-/// and re-open every connection. Allowing one redirection (`max_redirections`) stops that after the
-/// first `ASK` with `Too many redirections.`, and fred's transactions (src/router/transactions.rs) do
-/// send `ASKING` and the transaction to the node `ASK` names. `MOVED` and `ASK` both mean the command did
-/// not run, so sending it again is safe.
-async fn send_clustered(
-    client: &Client,
-    command: &'static str,
-    arguments: Vec<Value>,
-    slot: u16,
-    timeout: Duration,
-) -> Result<Value, Error> {
-    // A script touching two keys of a slot whose keys are being migrated gets `TRYAGAIN` until the
-    // migration ends; redis-rs retries it by itself, fred does not. The caller's bound ends the loop.
-    loop {
-        match send_clustered_once(client, command, arguments.clone(), slot, timeout).await {
-            Err(error) if convert::is_try_again(&error) => {
-                tokio::time::sleep(TRY_AGAIN_PAUSE).await;
-            }
-            reply => return reply,
-        }
-    }
-}
-
-/// How long to wait before re-sending a command refused with `TRYAGAIN`.
-const TRY_AGAIN_PAUSE: Duration = Duration::from_millis(20);
-
-async fn send_clustered_once(
-    client: &Client,
-    command: &'static str,
-    arguments: Vec<Value>,
-    slot: u16,
-    timeout: Duration,
-) -> Result<Value, Error> {
-    let custom = CustomCommand::new_static(command, ClusterHash::Custom(slot), false);
-    let options = Options {
-        max_redirections: Some(1),
-        cluster_hash: Some(ClusterHash::Custom(slot)),
-        timeout: Some(timeout),
-        ..Options::default()
-    };
-    match client
-        .with_options(&options)
-        .custom::<Value, Value>(custom.clone(), arguments.clone())
-        .await
-    {
-        Err(error) if convert::is_redirection_limit(&error) => {
-            let transaction = client.multi();
-            let () = transaction.custom(custom, arguments).await?;
-            match transaction.exec::<Value>(true).await? {
-                Value::Array(mut replies) if replies.len() == 1 => Ok(replies.remove(0)),
-                other => Err(Error::new(
-                    ErrorKind::Protocol,
-                    format!("unexpected transaction reply of type {}", other.kind()),
-                )),
-            }
-        }
-        reply => reply,
-    }
-}
-
-/// `EVALSHA`, then `EVAL` (which also caches the script) if the server does not know the script, on a
-/// cluster (see `send_clustered`).
-async fn eval_clustered(
-    client: &Client,
-    script: &Script,
-    keys: &[&str],
-    args: &[&str],
-    timeout: Duration,
-) -> Result<Value, Error> {
-    let slot = keys.first().map_or(0, |key| redis_keyslot(key.as_bytes()));
-    let evalsha = script_arguments(script.sha1(), keys, args);
-    match send_clustered(client, "EVALSHA", evalsha, slot, timeout).await {
-        Err(error) if convert::is_noscript(&error) => {
-            let eval = script_arguments(script.source(), keys, args);
-            send_clustered(client, "EVAL", eval, slot, timeout).await
-        }
-        reply => reply,
-    }
-}
-
-/// `body numkeys keys.. args..`: the arguments of `EVALSHA` and `EVAL`.
-fn script_arguments(body: &str, keys: &[&str], args: &[&str]) -> Vec<Value> {
-    let mut arguments: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
-    arguments.push(body.into());
-    arguments.push(i64::try_from(keys.len()).unwrap_or(i64::MAX).into());
-    arguments.extend(keys.iter().map(|k| Value::from(*k)));
-    arguments.extend(args.iter().map(|a| Value::from(*a)));
-    arguments
 }
 
 /// `EVALSHA`, then `EVAL` (which also caches the script) if the server does not know the script.
@@ -473,8 +242,9 @@ async fn eval_with_fallback<C: LuaInterface + Sync>(
 
 #[async_trait]
 impl LockBackend for FredBackend {
+    /// `SET key value NX PX ttl GET`, also sent with fred's own per-command timeout (see the crate
+    /// documentation); on a cluster, routed as the `cluster` module says.
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
-        let px = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let options = Options {
             timeout: Some(self.command_timeout),
             ..Options::default()
@@ -482,22 +252,15 @@ impl LockBackend for FredBackend {
         let call = async {
             let client = self.client();
             if client.is_clustered() {
-                let arguments = vec![
-                    Value::from(key),
-                    Value::from(value),
-                    Value::from("NX"),
-                    Value::from("PX"),
-                    Value::from(px),
-                    Value::from("GET"),
-                ];
-                let slot = redis_keyslot(key.as_bytes());
-                return send_clustered(client, "SET", arguments, slot, self.command_timeout).await;
+                return cluster::set_nx_get(client, key, value, ttl, self.command_timeout).await;
             }
             match &self.inner {
                 Inner::Client(client) => {
-                    set_nx_get(&client.with_options(&options), key, value, px).await
+                    set_nx_get(&client.with_options(&options), key, value, ttl).await
                 }
-                Inner::Pool(pool) => set_nx_get(&pool.with_options(&options), key, value, px).await,
+                Inner::Pool(pool) => {
+                    set_nx_get(&pool.with_options(&options), key, value, ttl).await
+                }
             }
         };
         let reply = self.bounded(call).await?;
@@ -513,7 +276,7 @@ impl LockBackend for FredBackend {
         let call = async {
             let client = self.client();
             if client.is_clustered() {
-                return eval_clustered(client, script, keys, args, self.command_timeout).await;
+                return cluster::eval(client, script, keys, args, self.command_timeout).await;
             }
             match &self.inner {
                 Inner::Client(client) => eval_with_fallback(client, script, keys, args).await,
@@ -524,13 +287,10 @@ impl LockBackend for FredBackend {
         convert::script_value(reply)
     }
 
-    /// The script and `WAIT` as one pipeline on one connection (see `script_then_wait`): `EVALSHA`
-    /// first, again with `EVAL` when the server answered `NOSCRIPT`. A pool uses one of its clients for
-    /// both. In a cluster both go to the node owning `keys[0]`'s slot; the commands are written once
-    /// (fred's `max_attempts` of 1), so a `MOVED`/`ASK` redirection or a broken connection fails the call
-    /// (transiently) instead of sending `WAIT` elsewhere. The call is bounded by the command timeout
-    /// plus `timeout`; after `NOSCRIPT` (the `WAIT` behind the failed `EVALSHA` ran for nothing), the
-    /// `EVAL` and its `WAIT` get one more such bound.
+    /// The script and `WAIT` as one pipeline on one connection, see the `replicated` module. In a cluster both
+    /// go to the node owning `keys[0]`'s slot; the commands are written once (fred's `max_attempts` of
+    /// 1), so a `MOVED`/`ASK` redirection or a broken connection fails the call (transiently) instead of
+    /// sending `WAIT` elsewhere.
     async fn eval_script_replicated(
         &self,
         script: &Script,
@@ -539,49 +299,7 @@ impl LockBackend for FredBackend {
         replicas: usize,
         timeout: Duration,
     ) -> Result<(ScriptValue, usize), BackendError> {
-        let client = self.client();
-        let bound = self.command_timeout.saturating_add(timeout);
-        let options = Options {
-            max_attempts: Some(1),
-            timeout: Some(bound),
-            cluster_hash: keys
-                .first()
-                .map(|key| ClusterHash::Custom(redis_keyslot(key.as_bytes()))),
-            ..Options::default()
-        };
-        let replicas = i64::try_from(replicas).unwrap_or(i64::MAX);
-        let wait_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let first = script_then_wait(
-            client,
-            &options,
-            "EVALSHA",
-            script.sha1(),
-            keys,
-            args,
-            replicas,
-            wait_ms,
-        );
-        let (reply, acked) = match bounded_by(bound, first).await? {
-            // The `WAIT` after the failed `EVALSHA` ran for nothing, for up to `timeout`: the script and
-            // a `WAIT` again, within a bound of their own.
-            (Err(error), _) if convert::is_noscript(&error) => {
-                let again = script_then_wait(
-                    client,
-                    &options,
-                    "EVAL",
-                    script.source(),
-                    keys,
-                    args,
-                    replicas,
-                    wait_ms,
-                );
-                bounded_by(bound, again).await?
-            }
-            replies => replies,
-        };
-        let reply = convert::script_value(reply.map_err(convert::backend_error)?)?;
-        let acked = convert::wait_reply(acked.map_err(convert::backend_error)?)?;
-        Ok((reply, acked))
+        replicated::eval(self, script, keys, args, replicas, timeout).await
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
@@ -613,15 +331,13 @@ impl LockBackend for FredBackend {
             let info: String = self
                 .bounded(self.client().info(Some(InfoKind::Server)))
                 .await?;
-            lock_core::run_id_from_info(&info)
-                .map(str::to_owned)
-                .ok_or_else(|| BackendError::permanent(BACKEND, "INFO server answered no run_id"))
+            adapter::run_id(BACKEND, &info)
         }))
     }
 
     /// `BLPOP` on a connection of our own (made with the client's config on first use, then kept idle
-    /// between waits), so the shared client is never blocked. `None` in Redis Cluster, where releases
-    /// send no signal.
+    /// between waits), so the shared client is never blocked (the `release_wait` module). `None` in Redis
+    /// Cluster, where releases send no signal.
     fn wait_for_release<'a>(
         &'a self,
         signal: &'a str,
@@ -630,24 +346,9 @@ impl LockBackend for FredBackend {
         if !self.release_signals() {
             return None;
         }
-        let block = timeout.clamp(Duration::from_millis(1), MAX_RELEASE_WAIT);
-        Some(Box::pin(async move {
-            let blocker = self.blocker().await?;
-            let Some(client) = blocker.client.as_ref() else {
-                return Ok(false);
-            };
-            // As a custom command: fred's `blpop` turns the nil reply of a wait that nothing woke into
-            // an error (`ErrorKind::Timeout`, "Request timed out."), which would end the acquisition.
-            let blpop = CustomCommand::new_static("BLPOP", ClusterHash::FirstKey, true);
-            let args = vec![
-                Value::from(signal),
-                Value::from(format!("{:.3}", block.as_secs_f64())),
-            ];
-            let popped: Value =
-                bounded_by(self.command_timeout + block, client.custom(blpop, args)).await?;
-            blocker.done();
-            Ok(!popped.is_null())
-        }))
+        Some(Box::pin(release_wait::wait_for_release(
+            self, signal, timeout,
+        )))
     }
 
     fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
@@ -658,5 +359,37 @@ impl LockBackend for FredBackend {
             }
             Err(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::prelude::{Builder, Config};
+
+    use super::*;
+
+    fn backend() -> FredBackend {
+        // Not connected: building a client sends nothing.
+        let config = Config::from_url("redis://127.0.0.1:1/").unwrap();
+        FredBackend::from(Builder::from_config(config).build().unwrap())
+    }
+
+    #[test]
+    fn command_timeout_default_and_getter() {
+        let backend = backend();
+        assert_eq!(backend.get_command_timeout(), Duration::from_secs(5));
+        let backend = backend.command_timeout(Duration::from_millis(300));
+        assert_eq!(backend.get_command_timeout(), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn command_timeout_is_clamped() {
+        let backend = backend().command_timeout(Duration::ZERO);
+        assert_eq!(backend.get_command_timeout(), Duration::from_millis(1));
+        let backend = backend.command_timeout(Duration::MAX);
+        assert_eq!(
+            backend.get_command_timeout(),
+            lock_core::adapter::MAX_COMMAND_TIMEOUT
+        );
     }
 }

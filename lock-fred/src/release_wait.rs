@@ -1,0 +1,124 @@
+//! Waiting for a release signal: `BLPOP` on idle connections of our own, sent as a custom command.
+//!
+//! `BLPOP` holds up every other command on its connection while it blocks, so it never runs on the
+//! shared client: the backend makes connections with the client's config on first use and keeps them
+//! idle between waits. A wait that was cancelled or timed out closes its connection instead, since that
+//! connection may still be blocked on the server.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+use fred::types::{ClusterHash, Value};
+use lock_core::BackendError;
+use lock_core::adapter::{self, Command};
+
+use crate::FredBackend;
+use crate::convert::{self, bounded_by};
+
+/// The longest a release wait blocks one of our connections.
+const MAX_RELEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits up to `timeout` (at most [`MAX_RELEASE_WAIT`]) for a release pushed to `signal`: `true` when
+/// one was, `false` when the window passed.
+pub(crate) async fn wait_for_release(
+    backend: &FredBackend,
+    signal: &str,
+    timeout: Duration,
+) -> Result<bool, BackendError> {
+    let window = adapter::release_wait_window(timeout, MAX_RELEASE_WAIT);
+    let blocker = blocker(backend).await?;
+    let Some(client) = blocker.client.as_ref() else {
+        return Ok(false);
+    };
+    // As a custom command: fred's `blpop` turns the nil reply of a wait that nothing woke into an
+    // error (`ErrorKind::Timeout`, "Request timed out."), which would end the acquisition.
+    let (blpop, args) =
+        convert::custom(Command::blpop(signal, window), ClusterHash::FirstKey, true);
+    let bound = backend.get_command_timeout().saturating_add(window);
+    let popped: Value = bounded_by(bound, client.custom(blpop, args)).await?;
+    blocker.done();
+    Ok(!popped.is_null())
+}
+
+/// An idle connection of our own for a blocking wait, or a new one with the client's config.
+async fn blocker(backend: &FredBackend) -> Result<Blocker<'_>, BackendError> {
+    let client = match backend.blockers.take() {
+        Some(client) => client,
+        None => {
+            let client = backend.client().clone_new();
+            backend
+                .bounded(async {
+                    client.init().await?;
+                    Ok(())
+                })
+                .await?;
+            client
+        }
+    };
+    Ok(Blocker {
+        client: Some(client),
+        home: &backend.blockers,
+    })
+}
+
+/// Idle connections for blocking waits, closed when the last clone of the backend goes.
+#[derive(Default)]
+pub(crate) struct Blockers(Mutex<Vec<Client>>);
+
+impl Blockers {
+    fn idle(&self) -> MutexGuard<'_, Vec<Client>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self) -> Option<Client> {
+        self.idle().pop()
+    }
+}
+
+impl Drop for Blockers {
+    fn drop(&mut self) {
+        for client in self.idle().drain(..) {
+            quit_in_background(client);
+        }
+    }
+}
+
+impl std::fmt::Debug for Blockers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} idle", self.idle().len())
+    }
+}
+
+/// A connection in a blocking wait: back to the idle list when answered, closed when the wait was
+/// cancelled or timed out (it may still be blocked on the server).
+struct Blocker<'a> {
+    client: Option<Client>,
+    home: &'a Blockers,
+}
+
+impl Blocker<'_> {
+    fn done(mut self) {
+        if let Some(client) = self.client.take() {
+            self.home.idle().push(client);
+        }
+    }
+}
+
+impl Drop for Blocker<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            quit_in_background(client);
+        }
+    }
+}
+
+/// Closes `client` without blocking: fred clients run until told to quit.
+fn quit_in_background(client: Client) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = client.quit().await;
+        });
+    }
+}
