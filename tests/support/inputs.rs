@@ -14,9 +14,9 @@ use redlease::LockBackend;
 use redlease::deadpool::deadpool_redis::redis::AsyncConnectionConfig;
 use redlease::deadpool::deadpool_redis::redis::aio::MultiplexedConnection;
 use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
+use redlease::fred::FredBackend;
 use redlease::fred::fred::clients::{Client as FredClient, Pool as FredPool};
 use redlease::fred::fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
-use redlease::fred::{FredBackend, fred};
 use redlease::memory::MemoryBackend;
 
 /// One way to hand the library a client.
@@ -274,15 +274,6 @@ impl RawClient {
             RawClient::Deadpool(pool) => deadpool(DeadpoolBackend::from(pool.clone())),
             RawClient::Redis(connection) => deadpool(DeadpoolBackend::from(connection.clone())),
             RawClient::Memory(memory) => Arc::new(memory.clone()),
-        }
-    }
-
-    /// The fred client the next command goes through, for the fred inputs (a pool's next client).
-    pub fn fred_client(&self) -> Option<&fred::clients::Client> {
-        match self {
-            RawClient::Fred(client) => Some(client),
-            RawClient::FredPool(pool) => Some(pool.next()),
-            _ => None,
         }
     }
 }
