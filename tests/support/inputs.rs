@@ -69,11 +69,6 @@ impl Input {
         Input::ALL.into_iter().find(|input| input.name() == name)
     }
 
-    /// Whether this input talks to a Redis server (all but [`Input::Memory`]).
-    pub fn is_redis(self) -> bool {
-        self != Input::Memory
-    }
-
     /// The client itself, connected to `url` (fred clients and pools are initialised; a deadpool pool
     /// connects on first use).
     ///
