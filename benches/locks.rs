@@ -16,118 +16,68 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::Criterion;
-use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
-use redlease::fred::{FredBackend, fred::prelude::*};
+use redlease::deadpool::deadpool_redis;
+use redlease::fred::fred::prelude::*;
 use redlease::script::RELEASE;
 use redlease::{LockBackend, RedisLock};
 use support::RedisServer;
+use support::inputs::{Input, Options, RawClient};
 
 const TTL: Duration = Duration::from_secs(10);
 const CONTENDERS: usize = 8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Adapter {
-    FredClient,
-    FredPool,
-    DeadpoolPool,
+/// The inputs benchmarked, in the tables' order. Their names ([`Input::name`]) are the benchmark ids
+/// and the values of `REDLEASE_BENCH_PROFILE`.
+const INPUTS: [Input; 3] = [Input::FredClient, Input::FredPool, Input::DeadpoolPool];
+
+/// A fred pool of 4 clients; every other client with its defaults.
+fn options() -> Options {
+    Options::new().fred_pool_size(4)
 }
 
-impl Adapter {
-    const ALL: [Adapter; 3] = [
-        Adapter::FredClient,
-        Adapter::FredPool,
-        Adapter::DeadpoolPool,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Adapter::FredClient => "fred-client",
-            Adapter::FredPool => "fred-pool",
-            Adapter::DeadpoolPool => "deadpool-pool",
-        }
-    }
-
-    fn parse(name: &str) -> Adapter {
-        Adapter::ALL
-            .into_iter()
-            .find(|a| a.name() == name)
-            .unwrap_or_else(|| panic!("unknown adapter {name}"))
-    }
+/// One input's client, usable raw (the floor) and as a lock backend over the same connections.
+async fn connect(input: Input, url: &str) -> RawClient {
+    input.client(url, &options()).await
 }
 
-/// One adapter's client, usable raw (the floor) and as a lock backend.
-enum Client_ {
-    Fred(Client),
-    FredPool(Pool),
-    Deadpool(deadpool_redis::Pool),
+fn parse_input(name: &str) -> Input {
+    Input::from_name(name).unwrap_or_else(|| panic!("unknown input {name}"))
 }
 
-impl Client_ {
-    async fn connect(adapter: Adapter, url: &str) -> Self {
-        match adapter {
-            Adapter::FredClient => {
-                let client = Builder::from_config(Config::from_url(url).unwrap())
-                    .build()
-                    .unwrap();
-                client.init().await.unwrap();
-                Client_::Fred(client)
-            }
-            Adapter::FredPool => {
-                let pool = Builder::from_config(Config::from_url(url).unwrap())
-                    .build_pool(4)
-                    .unwrap();
-                pool.init().await.unwrap();
-                Client_::FredPool(pool)
-            }
-            Adapter::DeadpoolPool => {
-                let pool = deadpool_redis::Config::from_url(url)
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .unwrap();
-                Client_::Deadpool(pool)
-            }
+/// The floor: the library's two round trips, sent by hand through `client`.
+async fn raw_cycle(client: &RawClient, key: &str, token: &str) {
+    let ttl_ms = TTL.as_millis() as i64;
+    match client {
+        RawClient::Fred(c) => raw_fred(c, key, token, ttl_ms).await,
+        RawClient::FredPool(p) => raw_fred(p.next(), key, token, ttl_ms).await,
+        RawClient::Deadpool(pool) => {
+            use deadpool_redis::redis::cmd;
+            let mut conn = pool.get().await.unwrap();
+            let previous: Option<String> = cmd("SET")
+                .arg(key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .arg("GET")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(previous.is_none());
+            drop(conn);
+            let mut conn = pool.get().await.unwrap();
+            let released: i64 = cmd("EVALSHA")
+                .arg(RELEASE.sha1())
+                .arg(1)
+                .arg(key)
+                .arg(token)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(released, 1);
         }
-    }
-
-    fn backend(&self) -> Arc<dyn LockBackend> {
-        match self {
-            Client_::Fred(c) => Arc::new(FredBackend::from(c.clone())),
-            Client_::FredPool(p) => Arc::new(FredBackend::from(p.clone())),
-            Client_::Deadpool(p) => Arc::new(DeadpoolBackend::from(p.clone())),
-        }
-    }
-
-    /// The floor: the library's two round trips, sent by hand.
-    async fn raw_cycle(&self, key: &str, token: &str) {
-        let ttl_ms = TTL.as_millis() as i64;
-        match self {
-            Client_::Fred(c) => raw_fred(c, key, token, ttl_ms).await,
-            Client_::FredPool(p) => raw_fred(p.next(), key, token, ttl_ms).await,
-            Client_::Deadpool(pool) => {
-                use deadpool_redis::redis::cmd;
-                let mut conn = pool.get().await.unwrap();
-                let previous: Option<String> = cmd("SET")
-                    .arg(key)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .arg("GET")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                assert!(previous.is_none());
-                drop(conn);
-                let mut conn = pool.get().await.unwrap();
-                let released: i64 = cmd("EVALSHA")
-                    .arg(RELEASE.sha1())
-                    .arg(1)
-                    .arg(key)
-                    .arg(token)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                assert_eq!(released, 1);
-            }
+        RawClient::Redis(_) | RawClient::Memory(_) => {
+            panic!("this bench has no raw floor for that input")
         }
     }
 }
@@ -166,18 +116,22 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn s1_uncontended(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) {
     let mut group = c.benchmark_group("S1-uncontended");
-    for adapter in Adapter::ALL {
-        let client = rt.block_on(Client_::connect(adapter, url));
-        let key = format!("bench:s1:{}", adapter.name());
+    for input in INPUTS {
+        let client = rt.block_on(connect(input, url));
+        let key = format!("bench:s1:{}", input.name());
         let token = uuid::Uuid::new_v4().to_string();
         // Load the release script so the floor's EVALSHA finds it.
-        rt.block_on(client.backend().eval_script(&RELEASE, &[&key], &[&token]))
-            .unwrap();
-        group.bench_function(format!("{}/raw", adapter.name()), |b| {
-            b.to_async(rt).iter(|| client.raw_cycle(&key, &token))
+        rt.block_on(
+            client
+                .backend(None)
+                .eval_script(&RELEASE, &[&key], &[&token]),
+        )
+        .unwrap();
+        group.bench_function(format!("{}/raw", input.name()), |b| {
+            b.to_async(rt).iter(|| raw_cycle(&client, &key, &token))
         });
-        let lock = RedisLock::new(client.backend(), key.clone()).timeout(TTL);
-        group.bench_function(format!("{}/redlease", adapter.name()), |b| {
+        let lock = RedisLock::new(client.backend(None), key.clone()).timeout(TTL);
+        group.bench_function(format!("{}/redlease", input.name()), |b| {
             b.to_async(rt).iter(|| async {
                 let guard = lock.acquire().await.unwrap();
                 assert!(guard.release().await.unwrap());
@@ -256,14 +210,14 @@ fn commands_total(server: &RedisServer) -> u64 {
 
 fn spawn_child(
     role: &str,
-    adapter: Adapter,
+    input: Input,
     url: &str,
     key: &str,
     extra: &[(&str, String)],
 ) -> std::process::Child {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.env("REDLEASE_BENCH_ROLE", role)
-        .env("REDLEASE_BENCH_ADAPTER", adapter.name())
+        .env("REDLEASE_BENCH_ADAPTER", input.name())
         .env("REDLEASE_BENCH_URL", url)
         .env("REDLEASE_BENCH_KEY", key)
         .stdin(std::process::Stdio::piped())
@@ -288,7 +242,7 @@ fn print_row(cells: &[String]) {
 fn contention_scenarios(
     rt: &tokio::runtime::Runtime,
     server: &RedisServer,
-    floor_cycles_per_sec: &[(Adapter, f64)],
+    floor_cycles_per_sec: &[(Input, f64)],
 ) {
     let run_for = if quick() {
         Duration::from_secs(1)
@@ -312,25 +266,25 @@ fn contention_scenarios(
         .map(String::from),
     );
     print_row(&["---"; 8].map(String::from));
-    for adapter in Adapter::ALL {
+    for input in INPUTS {
         let floor = floor_cycles_per_sec
             .iter()
-            .find(|(a, _)| *a == adapter)
+            .find(|(a, _)| *a == input)
             .map(|(_, f)| *f)
             .unwrap_or(f64::NAN);
         for processes in [1usize, 2] {
             let key = format!(
                 "bench:s2:{}:{processes}:{}",
-                adapter.name(),
+                input.name(),
                 uuid::Uuid::new_v4()
             );
-            let client = rt.block_on(Client_::connect(adapter, &server.url()));
+            let client = rt.block_on(connect(input, &server.url()));
             let before = commands_total(server);
             let local_tasks = CONTENDERS / processes;
             let child = (processes == 2).then(|| {
                 spawn_child(
                     "contend",
-                    adapter,
+                    input,
                     &server.url(),
                     &key,
                     &[
@@ -342,7 +296,7 @@ fn contention_scenarios(
                     ],
                 )
             });
-            let mut result = rt.block_on(contend(client.backend(), &key, local_tasks, run_for));
+            let mut result = rt.block_on(contend(client.backend(None), &key, local_tasks, run_for));
             if let Some(child) = child {
                 let out = child.wait_with_output().unwrap();
                 for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -368,7 +322,7 @@ fn contention_scenarios(
             let min = *result.counts.iter().min().unwrap_or(&0) as f64;
             let max = *result.counts.iter().max().unwrap_or(&1) as f64;
             print_row(&[
-                adapter.name().into(),
+                input.name().into(),
                 processes.to_string(),
                 format!("{per_sec:.0}"),
                 format!("{:.2}", per_sec / floor),
@@ -418,11 +372,11 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
     println!("\n### S3 hand-off (release returned → waiter's acquire returned), {rounds} rounds\n");
     print_row(&["adapter", "where", "p50", "p99"].map(String::from));
     print_row(&["---"; 4].map(String::from));
-    for adapter in Adapter::ALL {
-        let client = rt.block_on(Client_::connect(adapter, &server.url()));
+    for input in INPUTS {
+        let client = rt.block_on(connect(input, &server.url()));
         // One process: holder and waiter share the backend.
-        let key = format!("bench:s3:{}:{}", adapter.name(), uuid::Uuid::new_v4());
-        let lock = RedisLock::new(client.backend(), key)
+        let key = format!("bench:s3:{}:{}", input.name(), uuid::Uuid::new_v4());
+        let lock = RedisLock::new(client.backend(None), key)
             .timeout(TTL)
             .wait_timeout(Some(Duration::from_secs(30)));
         let mut samples: Vec<u128> = (0..rounds)
@@ -431,7 +385,7 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
         samples.sort();
         let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
         print_row(&[
-            adapter.name().into(),
+            input.name().into(),
             "one process".into(),
             format!("{:.3} ms", p(0.5)),
             format!("{:.3} ms", p(0.99)),
@@ -439,11 +393,11 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
 
         // Two processes: the waiter is a child process. Each round: we hold the lock, tell the child
         // to start waiting, release, and read back when its acquire returned.
-        let key = format!("bench:s3x:{}:{}", adapter.name(), uuid::Uuid::new_v4());
-        let lock = RedisLock::new(client.backend(), key.clone())
+        let key = format!("bench:s3x:{}:{}", input.name(), uuid::Uuid::new_v4());
+        let lock = RedisLock::new(client.backend(None), key.clone())
             .timeout(TTL)
             .wait_timeout(Some(Duration::from_secs(30)));
-        let mut child = spawn_child("waiter", adapter, &server.url(), &key, &[]);
+        let mut child = spawn_child("waiter", input, &server.url(), &key, &[]);
         let mut to_child = child.stdin.take().unwrap();
         let mut from_child = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut samples = Vec::new();
@@ -470,7 +424,7 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
         samples.sort();
         let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
         print_row(&[
-            adapter.name().into(),
+            input.name().into(),
             "two processes".into(),
             format!("{:.3} ms", p(0.5)),
             format!("{:.3} ms", p(0.99)),
@@ -479,9 +433,9 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
 }
 
 /// Only the library's S1 loop, for a profiler: `REDLEASE_BENCH_PROFILE=fred-client perf record -g ...`.
-fn profile_loop(rt: &tokio::runtime::Runtime, server: &RedisServer, adapter: Adapter) {
-    let client = rt.block_on(Client_::connect(adapter, &server.url()));
-    let lock = RedisLock::new(client.backend(), "bench:profile").timeout(TTL);
+fn profile_loop(rt: &tokio::runtime::Runtime, server: &RedisServer, input: Input) {
+    let client = rt.block_on(connect(input, &server.url()));
+    let lock = RedisLock::new(client.backend(None), "bench:profile").timeout(TTL);
     let n = 20_000;
     let started = Instant::now();
     rt.block_on(async {
@@ -495,11 +449,11 @@ fn profile_loop(rt: &tokio::runtime::Runtime, server: &RedisServer, adapter: Ada
 
 /// A child process: contends (S2) or waits for hand-offs (S3), and reports on stdout.
 fn child(role: &str) {
-    let adapter = Adapter::parse(&std::env::var("REDLEASE_BENCH_ADAPTER").unwrap());
+    let input = parse_input(&std::env::var("REDLEASE_BENCH_ADAPTER").unwrap());
     let url = std::env::var("REDLEASE_BENCH_URL").unwrap();
     let key = std::env::var("REDLEASE_BENCH_KEY").unwrap();
     let rt = runtime();
-    let client = rt.block_on(Client_::connect(adapter, &url));
+    let client = rt.block_on(connect(input, &url));
     match role {
         "contend" => {
             let tasks: usize = std::env::var("REDLEASE_BENCH_TASKS")
@@ -511,7 +465,7 @@ fn child(role: &str) {
                 .parse()
                 .unwrap();
             let result = rt.block_on(contend(
-                client.backend(),
+                client.backend(None),
                 &key,
                 tasks,
                 Duration::from_millis(millis),
@@ -526,7 +480,7 @@ fn child(role: &str) {
             println!("waits {}", waits.join(","));
         }
         "waiter" => {
-            let lock = RedisLock::new(client.backend(), key)
+            let lock = RedisLock::new(client.backend(None), key)
                 .timeout(TTL)
                 .wait_timeout(Some(Duration::from_secs(30)));
             let stdin = std::io::stdin();
@@ -552,8 +506,8 @@ fn main() {
     }
     let server = RedisServer::start();
     let rt = runtime();
-    if let Ok(adapter) = std::env::var("REDLEASE_BENCH_PROFILE") {
-        profile_loop(&rt, &server, Adapter::parse(&adapter));
+    if let Ok(input) = std::env::var("REDLEASE_BENCH_PROFILE") {
+        profile_loop(&rt, &server, parse_input(&input));
         return;
     }
     let mut criterion = Criterion::default()
@@ -568,11 +522,11 @@ fn main() {
     println!("\n### S1 uncontended (mean of a timed loop; criterion's figures above)\n");
     print_row(&["adapter", "raw floor", "redlease", "ratio"].map(String::from));
     print_row(&["---"; 4].map(String::from));
-    for adapter in Adapter::ALL {
-        let client = rt.block_on(Client_::connect(adapter, &server.url()));
-        let key = format!("bench:s1loop:{}", adapter.name());
+    for input in INPUTS {
+        let client = rt.block_on(connect(input, &server.url()));
+        let key = format!("bench:s1loop:{}", input.name());
         let token = uuid::Uuid::new_v4().to_string();
-        let lock = RedisLock::new(client.backend(), key.clone()).timeout(TTL);
+        let lock = RedisLock::new(client.backend(None), key.clone()).timeout(TTL);
         let n = if quick() { 500 } else { 3000 };
         let (mut raw, mut lib) = (Duration::ZERO, Duration::ZERO);
         // Interleave blocks so machine noise hits both sides alike.
@@ -580,7 +534,7 @@ fn main() {
             let t = Instant::now();
             rt.block_on(async {
                 for _ in 0..n / 5 {
-                    client.raw_cycle(&key, &token).await;
+                    raw_cycle(&client, &key, &token).await;
                 }
             });
             raw += t.elapsed();
@@ -594,9 +548,9 @@ fn main() {
             lib += t.elapsed();
         }
         let per = |d: Duration| d / n as u32;
-        floors.push((adapter, n as f64 / raw.as_secs_f64()));
+        floors.push((input, n as f64 / raw.as_secs_f64()));
         print_row(&[
-            adapter.name().into(),
+            input.name().into(),
             format!("{:.1} µs", per(raw).as_secs_f64() * 1e6),
             format!("{:.1} µs", per(lib).as_secs_f64() * 1e6),
             format!("{:.3}", lib.as_secs_f64() / raw.as_secs_f64()),

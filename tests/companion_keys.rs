@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lock_core::testing::companion_keys;
-use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
-use redlease::fred::{FredBackend, fred::prelude::*};
 use redlease::{Backoff, Election, LockBackend, RedisLock};
 use support::RedisServer;
+use support::inputs::{Input, Options};
 
 const USER: &str = "locker";
 const PASSWORD: &str = "locker-pw";
@@ -90,21 +89,6 @@ impl<T> OrPanic<T> for redlease::Result<T> {
     fn or_panic(self, adapter: &str, step: &str) -> T {
         self.unwrap_or_else(|error| panic!("{adapter}: {step}: {error:?}"))
     }
-}
-
-async fn fred_backend(url: &str) -> Arc<dyn LockBackend> {
-    let client = Builder::from_config(Config::from_url(url).expect("url"))
-        .build()
-        .expect("fred client");
-    client.init().await.expect("fred connects as locker");
-    Arc::new(FredBackend::from(client))
-}
-
-async fn deadpool_backend(url: &str) -> Arc<dyn LockBackend> {
-    let pool = deadpool_redis::Config::from_url(url)
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .expect("create pool");
-    Arc::new(DeadpoolBackend::from(pool))
 }
 
 /// Every lock feature as `locker`, through `holder` and a second backend `waiter` (another process, as
@@ -271,8 +255,8 @@ async fn outside_the_namespace_is_refused(adapter: &str, backend: &Arc<dyn LockB
 async fn fred_works_for_a_user_limited_to_its_key_pattern() {
     let server = server_with_restricted_user();
     let url = restricted_url(&server);
-    let holder = fred_backend(&url).await;
-    let waiter = fred_backend(&url).await;
+    let holder = Input::FredClient.connect(&url, Options::new()).await;
+    let waiter = Input::FredClient.connect(&url, Options::new()).await;
     every_feature_within_the_namespace("fred", &server, holder.clone(), waiter).await;
     outside_the_namespace_is_refused("fred", &holder).await;
 }
@@ -281,8 +265,8 @@ async fn fred_works_for_a_user_limited_to_its_key_pattern() {
 async fn deadpool_works_for_a_user_limited_to_its_key_pattern() {
     let server = server_with_restricted_user();
     let url = restricted_url(&server);
-    let holder = deadpool_backend(&url).await;
-    let waiter = deadpool_backend(&url).await;
+    let holder = Input::DeadpoolPool.connect(&url, Options::new()).await;
+    let waiter = Input::DeadpoolPool.connect(&url, Options::new()).await;
     every_feature_within_the_namespace("deadpool", &server, holder.clone(), waiter).await;
     outside_the_namespace_is_refused("deadpool", &holder).await;
 }

@@ -10,35 +10,21 @@ use std::time::{Duration, Instant};
 
 use lock_core::script::{EXTEND, IS_OWNER, RELEASE, RENEW};
 use lock_core::{BackendError, LockBackend, Script, ScriptValue};
-use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
+use redlease::deadpool::DeadpoolBackend;
+use support::inputs::{Input, Options};
 use support::{RedisServer, key_prefix};
 
 /// Far above anything a healthy local call needs, far below "hung": the CI box has 2 noisy cores.
 const BOUND: Duration = Duration::from_secs(3);
 
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Pool,
-    Multiplexed,
-}
+/// The inputs the deadpool adapter takes.
+const KINDS: [Input; 2] = [Input::DeadpoolPool, Input::RedisConnection];
 
-const KINDS: [Kind; 2] = [Kind::Pool, Kind::Multiplexed];
-
-async fn backend(kind: Kind, url: &str) -> DeadpoolBackend {
-    match kind {
-        Kind::Pool => DeadpoolBackend::from(
-            deadpool_redis::Config::from_url(url)
-                .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                .expect("create pool"),
-        ),
-        Kind::Multiplexed => DeadpoolBackend::from(
-            deadpool_redis::redis::Client::open(url)
-                .expect("client")
-                .get_multiplexed_async_connection()
-                .await
-                .expect("multiplexed connection"),
-        ),
-    }
+async fn backend(kind: Input, url: &str) -> DeadpoolBackend {
+    kind.client(url, &Options::new())
+        .await
+        .deadpool()
+        .unwrap_or_else(|| panic!("{kind} is not a redis-rs input"))
 }
 
 fn cmd(server: &RedisServer, args: &[&str]) -> String {
@@ -49,7 +35,7 @@ fn cmd(server: &RedisServer, args: &[&str]) -> String {
 
 /// The `{pttl, pexpiretime}` reply of RENEW and EXTEND.
 #[track_caller]
-fn pttl_and_expiry(reply: &ScriptValue, kind: Kind) -> (i64, i64) {
+fn pttl_and_expiry(reply: &ScriptValue, kind: Input) -> (i64, i64) {
     match reply {
         ScriptValue::Array(items) => match items.as_slice() {
             [ScriptValue::Int(left), ScriptValue::Int(expiry)] => (*left, *expiry),
@@ -449,7 +435,7 @@ async fn paused_server_times_out_transiently() {
     }
 
     // A pool with no connection yet: connecting to a frozen server is bounded too.
-    let pool = backend(Kind::Pool, &server.url())
+    let pool = backend(Input::DeadpoolPool, &server.url())
         .await
         .command_timeout(timeout);
     server.pause();
@@ -531,12 +517,13 @@ async fn killed_server_fails_fast() {
         let after_restart = backend.set_nx(&key, "a", Duration::from_secs(30)).await;
         match kind {
             // The pool replaces the dead connection.
-            Kind::Pool => assert!(
+            Input::DeadpoolPool => assert!(
                 after_restart.unwrap(),
                 "pool reconnects to the restarted (empty) server"
             ),
             // A lone MultiplexedConnection never reconnects (documented in the crate docs).
-            Kind::Multiplexed => assert!(after_restart.unwrap_err().is_transient()),
+            Input::RedisConnection => assert!(after_restart.unwrap_err().is_transient()),
+            other => unreachable!("{other} is not in KINDS"),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use redlease::{Backoff, LockBackend, LockError, RedisLock};
 use support::RedisServer;
-use support::inputs::{self, INPUTS, Input, RedisRsTimeouts};
+use support::inputs::{Input, Options, RedisRsTimeouts};
 
 const CALL_BOUND: Duration = Duration::from_millis(300);
 /// Room for a noisy 2-core machine on top of the bounds under test.
@@ -24,14 +24,19 @@ const ONE_BOUND: Duration = Duration::from_secs(3);
 const MARGIN: Duration = Duration::from_millis(1500);
 
 async fn backend(input: Input, url: &str) -> Arc<dyn LockBackend> {
-    inputs::backend(input, url, CALL_BOUND, RedisRsTimeouts::Default).await
+    input
+        .connect(url, Options::new().call_bound(CALL_BOUND))
+        .await
 }
 
 /// A backend over `input` whose calls are bounded by the adapter's command timeout, `bound`, and by
 /// nothing shorter: redis-rs's own response and connection timeouts (500 ms and 1 s by default) are
 /// turned off, so that a hung call takes exactly one adapter bound, whichever input it goes through.
 async fn bounded_backend(input: Input, url: &str, bound: Duration) -> Arc<dyn LockBackend> {
-    inputs::backend(input, url, bound, RedisRsTimeouts::Off).await
+    let options = Options::new()
+        .call_bound(bound)
+        .redis_rs_timeouts(RedisRsTimeouts::Off);
+    input.connect(url, options).await
 }
 
 fn assert_backend_error(input: Input, result: Result<impl std::fmt::Debug, LockError>, key: &str) {
@@ -39,21 +44,21 @@ fn assert_backend_error(input: Input, result: Result<impl std::fmt::Debug, LockE
         Err(err @ LockError::Backend { .. }) => {
             assert!(
                 err.is_transient(),
-                "{input:?}: an outage is transient: {err:?}"
+                "{input}: an outage is transient: {err:?}"
             );
             assert!(err.backend().is_some());
             assert!(
                 err.to_string().contains(key),
-                "{input:?}: {err} names the key"
+                "{input}: {err} names the key"
             );
         }
-        other => panic!("{input:?}: expected LockError::Backend, got {other:?}"),
+        other => panic!("{input}: expected LockError::Backend, got {other:?}"),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_fails_acquire_promptly_without_silent_retries() {
-    for input in INPUTS {
+    for input in Input::REDIS {
         let mut server = RedisServer::start();
         let backend = backend(input, &server.url()).await;
         let key = format!("{}killed", support::key_prefix());
@@ -68,7 +73,7 @@ async fn killed_server_fails_acquire_promptly_without_silent_retries() {
         assert_backend_error(input, result, &key);
         assert!(
             started.elapsed() < CALL_BOUND + SLACK,
-            "{input:?}: acquire took {:?} against a dead server",
+            "{input}: acquire took {:?} against a dead server",
             started.elapsed()
         );
         let result = lock.try_acquire().await;
@@ -83,7 +88,7 @@ async fn killed_server_fails_acquire_promptly_without_silent_retries() {
 /// guard's `is_owner` fails the same way, meanwhile; once the server answers again, the guard works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_server_fails_acquire_within_one_call_bound() {
-    for input in INPUTS {
+    for input in Input::REDIS {
         let server = RedisServer::start();
         let key = format!("{}frozen", support::key_prefix());
         let holder = bounded_backend(input, &server.url(), ONE_BOUND).await;
@@ -91,7 +96,7 @@ async fn frozen_server_fails_acquire_within_one_call_bound() {
         let backend = bounded_backend(input, &server.url(), ONE_BOUND).await;
         let lock = RedisLock::new(backend, key.clone()).wait_timeout(Some(Duration::from_secs(60)));
         // Connected before the freeze, and the key is held.
-        assert!(lock.try_acquire().await.unwrap().is_none(), "{input:?}");
+        assert!(lock.try_acquire().await.unwrap().is_none(), "{input}");
 
         server.pause();
         let (acquired, is_owner) = tokio::join!(timed(lock.acquire()), timed(guard.is_owner()));
@@ -104,12 +109,12 @@ async fn frozen_server_fails_acquire_within_one_call_bound() {
             assert_backend_error(input, result, &key);
             assert!(
                 elapsed >= ONE_BOUND && elapsed < ONE_BOUND + MARGIN,
-                "{input:?}: {what} took {elapsed:?} against a frozen server, where one call bound is \
+                "{input}: {what} took {elapsed:?} against a frozen server, where one call bound is \
                  {ONE_BOUND:?}"
             );
         }
         // Once the server answers again, the guard still works.
-        assert!(guard.release().await.unwrap(), "{input:?}");
+        assert!(guard.release().await.unwrap(), "{input}");
     }
 }
 
@@ -151,11 +156,11 @@ async fn a_failed_signal_wait_ends_the_wait_within_one_call_bound() {
         if blocked {
             server.resume();
         }
-        assert!(blocked, "{input:?}: the waiter never blocked on the signal");
+        assert!(blocked, "{input}: the waiter never blocked on the signal");
         assert_backend_error(input, result, &key);
         assert!(
             elapsed < wait + ONE_BOUND + MARGIN,
-            "{input:?}: a {wait:?} wait failed after {elapsed:?}, where one call bound is {ONE_BOUND:?}"
+            "{input}: a {wait:?} wait failed after {elapsed:?}, where one call bound is {ONE_BOUND:?}"
         );
     }
 }
@@ -166,7 +171,7 @@ async fn a_failed_signal_wait_ends_the_wait_within_one_call_bound() {
 /// second bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_holder_check_ends_the_wait_within_one_call_bound() {
-    for input in INPUTS {
+    for input in Input::REDIS {
         let server = RedisServer::start();
         let key = format!("{}held-here", support::key_prefix());
         let backend = bounded_backend(input, &server.url(), ONE_BOUND).await;
@@ -187,9 +192,9 @@ async fn a_failed_holder_check_ends_the_wait_within_one_call_bound() {
         assert_backend_error(input, result, &key);
         assert!(
             elapsed < wait + ONE_BOUND + MARGIN,
-            "{input:?}: a {wait:?} wait failed after {elapsed:?}, where one call bound is {ONE_BOUND:?}"
+            "{input}: a {wait:?} wait failed after {elapsed:?}, where one call bound is {ONE_BOUND:?}"
         );
-        assert!(guard.release().await.unwrap(), "{input:?}");
+        assert!(guard.release().await.unwrap(), "{input}");
     }
 }
 
@@ -202,7 +207,7 @@ async fn timed<T>(call: impl std::future::Future<Output = T>) -> (T, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_failure_after_the_work_still_returns_the_value() {
-    for input in INPUTS {
+    for input in Input::REDIS {
         let mut server = RedisServer::start();
         let backend = backend(input, &server.url()).await;
         let lock = RedisLock::new(backend, format!("{}run", support::key_prefix()));
@@ -212,6 +217,6 @@ async fn release_failure_after_the_work_still_returns_the_value() {
                 "finished"
             })
             .await;
-        assert_eq!(value.unwrap(), "finished", "{input:?}");
+        assert_eq!(value.unwrap(), "finished", "{input}");
     }
 }

@@ -6,28 +6,10 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use lock_core::testing::companion_keys;
-use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
-use redlease::fred::{FredBackend, fred::prelude::*};
-use redlease::{LockBackend, RedisLock, ScriptValue, script};
+use redlease::{RedisLock, ScriptValue, script};
 use support::RedisServer;
-
-async fn fred(url: &str) -> Arc<dyn LockBackend> {
-    let client = Builder::from_config(Config::from_url(url).expect("url"))
-        .build()
-        .expect("fred client");
-    client.init().await.expect("fred connects");
-    Arc::new(FredBackend::from(client))
-}
-
-fn deadpool(url: &str) -> Arc<dyn LockBackend> {
-    let pool = deadpool_redis::Config::from_url(url)
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .expect("deadpool pool");
-    Arc::new(DeadpoolBackend::from(pool))
-}
+use support::inputs::{Input, Options};
 
 /// `GET key` behind the lock's back.
 fn get(server: &RedisServer, key: &str) -> String {
@@ -37,10 +19,8 @@ fn get(server: &RedisServer, key: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fences_never_repeat_after_a_rolled_back_counter_or_a_flushall() {
     let server = tokio::task::block_in_place(RedisServer::start);
-    for (adapter, backend) in [
-        ("fred", fred(&server.url()).await),
-        ("deadpool", deadpool(&server.url())),
-    ] {
+    for adapter in [Input::FredClient, Input::DeadpoolPool] {
+        let backend = adapter.connect(&server.url(), Options::new()).await;
         let prefix = support::key_prefix();
         let key = format!("{prefix}lock");
         let resource = format!("{prefix}resource");
@@ -132,7 +112,9 @@ async fn fences_never_repeat_after_a_rolled_back_counter_or_a_flushall() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_counters_are_incremented_exactly() {
     let server = tokio::task::block_in_place(RedisServer::start);
-    let backend = deadpool(&server.url());
+    let backend = Input::DeadpoolPool
+        .connect(&server.url(), Options::new())
+        .await;
     let key = format!("{}lock", support::key_prefix());
     let counter = companion_keys(&key)[0].clone();
     // 2^53 − 2: the next fence, 2^53 − 1, is the largest integer a double holds exactly.

@@ -9,39 +9,36 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fred::clients::{Client, Pool};
-use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
+use fred::prelude::ClientLike;
 use lock_core::script::{EXTEND, IS_OWNER, RELEASE, RENEW};
 use lock_core::{BackendError, LockBackend, Script, ScriptValue};
 use redlease::fred::{FredBackend, fred};
+use support::inputs::{Input, Options};
 use support::{RedisServer, key_prefix};
 
 /// Generous slack on top of a call's bound, for a loaded machine.
 const SLACK_BOUND: Duration = Duration::from_secs(3);
 
-async fn client(url: &str) -> Client {
-    let config = Config::from_url(url).expect("valid redis url");
-    let client = Builder::from_config(config).build().expect("fred client");
-    client.init().await.expect("fred client connects");
-    client
-}
-
-async fn pool(url: &str) -> Pool {
-    let config = Config::from_url(url).expect("valid redis url");
-    let pool = Builder::from_config(config)
-        .build_pool(2)
-        .expect("fred pool");
-    pool.init().await.expect("fred pool connects");
-    pool
+/// The fred adapter over a new client of `input` (a fred one), connected to `url`.
+async fn fred_backend(input: Input, url: &str, options: Options) -> FredBackend {
+    input
+        .client(url, &options)
+        .await
+        .fred()
+        .unwrap_or_else(|| panic!("{input} is not a fred input"))
 }
 
 /// A backend over a `Client` and one over a `Pool` of 2, both connected to `server`.
 async fn backends(server: &RedisServer) -> Vec<(&'static str, FredBackend)> {
     let url = server.url();
-    vec![
-        ("client", FredBackend::from(client(&url).await)),
-        ("pool", FredBackend::from(pool(&url).await)),
-    ]
+    let mut backends = Vec::new();
+    for input in [Input::FredClient, Input::FredPool] {
+        backends.push((
+            input.name(),
+            fred_backend(input, &url, Options::new()).await,
+        ));
+    }
+    backends
 }
 
 fn get(server: &RedisServer, key: &str) -> String {
@@ -520,15 +517,16 @@ async fn a_killed_server_gives_an_error_not_a_hang() {
 
     // Without a reconnect policy fred fails the calls itself; with one that retries forever, commands
     // wait for a connection and only our bound ends them.
-    let plain_client = FredBackend::from(client(&url).await).command_timeout(bound);
-    let plain_pool = FredBackend::from(pool(&url).await).command_timeout(bound);
-    let config = Config::from_url(&url).unwrap();
-    let retrying = Builder::from_config(config)
-        .set_policy(ReconnectPolicy::new_constant(0, 100))
-        .build()
-        .unwrap();
-    retrying.init().await.unwrap();
-    let retrying = FredBackend::from(retrying).command_timeout(bound);
+    let plain_client = fred_backend(Input::FredClient, &url, Options::new())
+        .await
+        .command_timeout(bound);
+    let plain_pool = fred_backend(Input::FredPool, &url, Options::new())
+        .await
+        .command_timeout(bound);
+    let retrying = Options::new().fred_reconnect(Duration::from_millis(100));
+    let retrying = fred_backend(Input::FredClient, &url, retrying)
+        .await
+        .command_timeout(bound);
 
     let key = format!("{}lock", key_prefix());
     let all = [
@@ -660,11 +658,11 @@ async fn backend_is_cheap_to_share_and_debuggable() {
     let server = RedisServer::start();
     let url = server.url();
 
-    let from_client = FredBackend::from(client(&url).await);
+    let from_client = fred_backend(Input::FredClient, &url, Options::new()).await;
     assert!(from_client.pool().is_none());
     assert!(from_client.client().is_connected());
 
-    let from_pool = FredBackend::from(pool(&url).await);
+    let from_pool = fred_backend(Input::FredPool, &url, Options::new()).await;
     assert_eq!(from_pool.pool().map(fred::clients::Pool::size), Some(2));
     assert!(from_pool.client().is_connected());
 

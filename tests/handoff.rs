@@ -7,33 +7,9 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
-use redlease::fred::{FredBackend, fred::prelude::*};
-use redlease::{Backoff, LockBackend, RedisLock};
+use redlease::{Backoff, RedisLock};
 use support::RedisServer;
-
-async fn fred_client(url: &str) -> Arc<dyn LockBackend> {
-    let client = Builder::from_config(Config::from_url(url).unwrap())
-        .build()
-        .unwrap();
-    client.init().await.unwrap();
-    Arc::new(FredBackend::from(client))
-}
-
-async fn fred_pool(url: &str) -> Arc<dyn LockBackend> {
-    let pool = Builder::from_config(Config::from_url(url).unwrap())
-        .build_pool(2)
-        .unwrap();
-    pool.init().await.unwrap();
-    Arc::new(FredBackend::from(pool))
-}
-
-fn deadpool(url: &str) -> Arc<dyn LockBackend> {
-    let pool = deadpool_redis::Config::from_url(url)
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .unwrap();
-    Arc::new(DeadpoolBackend::from(pool))
-}
+use support::inputs::{Input, Options};
 
 /// A waiter whose backoff would sleep 20 s between attempts still gets the lock soon after a release
 /// by a holder it shares no process state with: the release signal woke it.
@@ -41,16 +17,10 @@ fn deadpool(url: &str) -> Arc<dyn LockBackend> {
 async fn a_release_wakes_a_waiter_elsewhere() {
     let server = RedisServer::start();
     let url = server.url();
-    // Two backends per input: holder and waiter share no process state, as in two processes.
-    let inputs: [(&str, [Arc<dyn LockBackend>; 2]); 3] = [
-        (
-            "fred client",
-            [fred_client(&url).await, fred_client(&url).await],
-        ),
-        ("fred pool", [fred_pool(&url).await, fred_pool(&url).await]),
-        ("deadpool pool", [deadpool(&url), deadpool(&url)]),
-    ];
-    for (name, [holder_backend, waiter_backend]) in inputs {
+    for input in [Input::FredClient, Input::FredPool, Input::DeadpoolPool] {
+        // Two backends: holder and waiter share no process state, as in two processes.
+        let holder_backend = input.connect(&url, Options::new()).await;
+        let waiter_backend = input.connect(&url, Options::new()).await;
         let key = format!("{}handoff", support::key_prefix());
         let holder = RedisLock::new(holder_backend, key.clone()).timeout(Duration::from_secs(60));
         let slow_poller = Backoff::new(Duration::from_secs(20), Duration::from_secs(20));
@@ -76,13 +46,13 @@ async fn a_release_wakes_a_waiter_elsewhere() {
             let took = acquired
                 .checked_duration_since(releasing)
                 .unwrap_or_else(|| {
-                    panic!("{name} round {round}: the waiter acquired before the release was sent")
+                    panic!("{input} round {round}: the waiter acquired before the release was sent")
                 });
             // Polling would take up to 20 s; the signal takes about a round trip. The bound leaves
             // room for a loaded machine.
             assert!(
                 took < Duration::from_secs(3),
-                "{name} round {round}: woken after {took:?}"
+                "{input} round {round}: woken after {took:?}"
             );
         }
     }
@@ -93,10 +63,8 @@ async fn a_release_wakes_a_waiter_elsewhere() {
 async fn local_waiters_are_served_in_order() {
     let server = RedisServer::start();
     let url = server.url();
-    for (name, backend) in [
-        ("fred client", fred_client(&url).await),
-        ("deadpool pool", deadpool(&url)),
-    ] {
+    for input in [Input::FredClient, Input::DeadpoolPool] {
+        let backend = input.connect(&url, Options::new()).await;
         let lock = RedisLock::new(backend, format!("{}fifo", support::key_prefix()))
             .timeout(Duration::from_secs(60))
             .wait_timeout(Some(Duration::from_secs(60)));
@@ -119,7 +87,7 @@ async fn local_waiters_are_served_in_order() {
             while queues.waiting(lock.key()) < n + 1 {
                 assert!(
                     joined.elapsed() < Duration::from_secs(10),
-                    "{name}: waiter {n} never joined"
+                    "{input}: waiter {n} never joined"
                 );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -128,6 +96,10 @@ async fn local_waiters_are_served_in_order() {
         for waiter in waiters {
             waiter.await.unwrap();
         }
-        assert_eq!(*order.lock().unwrap(), (0..6).collect::<Vec<_>>(), "{name}");
+        assert_eq!(
+            *order.lock().unwrap(),
+            (0..6).collect::<Vec<_>>(),
+            "{input}"
+        );
     }
 }

@@ -13,10 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lock_core::testing::companion_keys;
-use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
-use redlease::fred::{FredBackend, fred::prelude::*};
 use redlease::{LockBackend, LockError, NodeError, Redlock, RedlockGuard};
 use support::RedisServer;
+use support::inputs::{Input, Options};
 
 /// The adapters' own bound on every call: above the node timeout, so that the node timeout is what
 /// bounds a round.
@@ -150,19 +149,15 @@ impl Drop for Paused<'_> {
 
 /// Masters 0, 2 and 4 through a fred client (reconnecting), 1 and 3 through a deadpool pool.
 async fn backend(index: usize, url: &str) -> Arc<dyn LockBackend> {
-    if index.is_multiple_of(2) {
-        let client = Builder::from_config(Config::from_url(url).expect("url"))
-            .set_policy(ReconnectPolicy::new_constant(0, 50))
-            .build()
-            .expect("fred client");
-        client.init().await.expect("fred connects");
-        Arc::new(FredBackend::from(client).command_timeout(CALL_BOUND))
+    let input = if index.is_multiple_of(2) {
+        Input::FredClient
     } else {
-        let pool = deadpool_redis::Config::from_url(url)
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .expect("deadpool pool");
-        Arc::new(DeadpoolBackend::from(pool).command_timeout(CALL_BOUND))
-    }
+        Input::DeadpoolPool
+    };
+    let options = Options::new()
+        .call_bound(CALL_BOUND)
+        .fred_reconnect(Duration::from_millis(50));
+    input.connect(url, options).await
 }
 
 fn failed_nodes(errors: &[NodeError]) -> Vec<usize> {

@@ -13,7 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redlease::{LockError, LockGuard, RedisLock};
-use support::inputs::{self, INPUTS, Input, RedisRsTimeouts};
+use support::inputs::{Input, Options};
 use support::{RedisServer, key_prefix};
 
 /// Room for a noisy 2-core machine on top of the bounds under test.
@@ -32,7 +32,7 @@ fn assert_not_replicated<T: std::fmt::Debug>(
             ..
         }) => {}
         other => {
-            panic!("{input:?} {what}: expected NotReplicated (1 wanted, 0 acked), got {other:?}")
+            panic!("{input} {what}: expected NotReplicated (1 wanted, 0 acked), got {other:?}")
         }
     }
 }
@@ -52,9 +52,10 @@ async fn a_wait_longer_than_the_response_timeout_answers_not_replicated() {
     let replica = primary.start_replica();
     let wait = Duration::from_millis(800);
     let call_bound = Duration::from_secs(2);
-    for input in INPUTS {
-        let backend =
-            inputs::backend(input, &primary.url(), call_bound, RedisRsTimeouts::Default).await;
+    for input in Input::REDIS {
+        let backend = input
+            .connect(&primary.url(), Options::new().call_bound(call_bound))
+            .await;
         let lock = |name: &str| {
             RedisLock::new(backend.clone(), format!("{}{name}", key_prefix()))
                 .timeout(Duration::from_secs(30))
@@ -64,12 +65,12 @@ async fn a_wait_longer_than_the_response_timeout_answers_not_replicated() {
         let held: LockGuard = lock("held")
             .try_acquire()
             .await
-            .unwrap_or_else(|e| panic!("{input:?}: acknowledged by the running replica: {e:?}"))
+            .unwrap_or_else(|e| panic!("{input}: acknowledged by the running replica: {e:?}"))
             .expect("free");
-        assert!(held.renew().await.unwrap(), "{input:?}");
+        assert!(held.renew().await.unwrap(), "{input}");
         assert!(
             held.extend(Duration::from_secs(1)).await.unwrap(),
-            "{input:?}"
+            "{input}"
         );
 
         replica.pause();
@@ -94,14 +95,14 @@ async fn a_wait_longer_than_the_response_timeout_answers_not_replicated() {
         for took in took {
             assert!(
                 took >= wait && took < wait + call_bound + SLACK,
-                "{input:?}: a call took {took:?}"
+                "{input}: a call took {took:?}"
             );
         }
         assert!(
             !exists(&primary, refused.key()),
-            "{input:?}: the unreplicated acquisition was released"
+            "{input}: the unreplicated acquisition was released"
         );
-        assert!(held.release().await.unwrap(), "{input:?}");
+        assert!(held.release().await.unwrap(), "{input}");
     }
 }
 
@@ -114,9 +115,10 @@ async fn a_wait_sent_again_after_noscript_answers_not_replicated() {
     let replica = primary.start_replica();
     let wait = Duration::from_millis(1600);
     let call_bound = Duration::from_millis(1500);
-    for input in INPUTS {
-        let backend =
-            inputs::backend(input, &primary.url(), call_bound, RedisRsTimeouts::Default).await;
+    for input in Input::REDIS {
+        let backend = input
+            .connect(&primary.url(), Options::new().call_bound(call_bound))
+            .await;
         let lock = RedisLock::new(backend, format!("{}flushed", key_prefix()))
             .timeout(Duration::from_secs(30))
             .replicas(1, wait);
@@ -132,11 +134,11 @@ async fn a_wait_sent_again_after_noscript_answers_not_replicated() {
         assert_not_replicated(input, "try_acquire", acquired);
         assert!(
             took >= 2 * wait && took < 2 * (wait + call_bound) + SLACK,
-            "{input:?}: try_acquire took {took:?}"
+            "{input}: try_acquire took {took:?}"
         );
         assert!(
             !exists(&primary, lock.key()),
-            "{input:?}: the unreplicated acquisition was released"
+            "{input}: the unreplicated acquisition was released"
         );
     }
 }
