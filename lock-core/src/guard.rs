@@ -539,3 +539,6 @@ impl Renewable for LockGuard {
             .release_in_background(self.ttl, "hold reported the lease lost");
     }
 }
+
+#[cfg(test)]
+mod tests;

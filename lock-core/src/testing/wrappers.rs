@@ -180,6 +180,9 @@ pub enum Fault {
     None,
     /// Calls fail with a transient error without reaching the store.
     Error,
+    /// Calls fail with a permanent error without reaching the store (a user whose ACL forbids the
+    /// command, say): retrying cannot help.
+    Refused,
     /// Calls wait this long before reaching the store.
     Delay(Duration),
     /// Calls never complete and never reach the store.
@@ -229,6 +232,7 @@ impl<B: LockBackend> FaultyBackend<B> {
             }
             Fault::None => call().await,
             Fault::Error => Err(BackendError::transient("faulty", "injected failure")),
+            Fault::Refused => Err(BackendError::permanent("faulty", "injected refusal")),
             Fault::Delay(delay) => {
                 self.inner.sleep(delay).await;
                 call().await
