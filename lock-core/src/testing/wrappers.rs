@@ -200,6 +200,8 @@ pub enum Fault {
 pub struct FaultyBackend<B> {
     inner: B,
     fault: std::sync::Mutex<Fault>,
+    /// Calls still to fail with a transient error before `fault` applies again ([`FaultyBackend::fail_next`]).
+    failing: std::sync::atomic::AtomicUsize,
 }
 
 impl<B: LockBackend> FaultyBackend<B> {
@@ -208,7 +210,22 @@ impl<B: LockBackend> FaultyBackend<B> {
         Self {
             inner,
             fault: std::sync::Mutex::new(Fault::None),
+            failing: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Makes the next `calls` calls fail with a transient error without reaching the store; later
+    /// calls get the fault set by [`set_fault`](Self::set_fault) again. A blip, rather than an outage.
+    pub fn fail_next(&self, calls: usize) {
+        self.failing
+            .store(calls, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn take_failure(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.failing
+            .fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1))
+            .is_ok()
     }
 
     /// Injects `fault` into every later call.
@@ -225,6 +242,9 @@ impl<B: LockBackend> FaultyBackend<B> {
         call: impl Fn() -> F,
     ) -> Result<T, BackendError> {
         let call = || call();
+        if self.take_failure() {
+            return Err(BackendError::transient("faulty", "injected failure"));
+        }
         match self.fault() {
             Fault::Resend => {
                 let _first = call().await;
