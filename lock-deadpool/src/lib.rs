@@ -104,9 +104,10 @@
 //!
 //! # Runtime
 //!
-//! This adapter requires a Tokio runtime with the time driver enabled (as redis-rs does):
-//! [`LockBackend::sleep`] is [`tokio::time::sleep`] and [`LockBackend::spawn_detached`] spawns onto the
-//! current runtime, answering `false` when called outside one.
+//! This adapter requires a Tokio runtime with the time driver enabled (as redis-rs does): the
+//! [`Runtime`] it hands its locks ([`LockBackend::runtime`]) sleeps with
+//! [`tokio::time::sleep`] and spawns onto the current runtime, answering `false` when called outside
+//! one.
 //!
 //! [deadpool-redis]: https://docs.rs/deadpool-redis
 //! [redis-rs]: https://docs.rs/redis
@@ -117,12 +118,11 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use lock_core::{BackendError, LocalQueues, LockBackend, Script, ScriptValue};
+use lock_core::{BackendError, Capabilities, Executor, LockBackend, Runtime, Script, ScriptValue};
 
 pub use deadpool_redis;
 
@@ -145,8 +145,8 @@ const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct DeadpoolBackend {
     conn: Conn,
     command_timeout: Duration,
-    /// Local waiting lines, shared by clones: one contender per key in this process.
-    queues: Arc<LocalQueues>,
+    /// Tokio's timer and spawner, shared by clones (so are the in-process waiting lines it carries).
+    runtime: Runtime,
 }
 
 /// Where connections come from.
@@ -180,7 +180,7 @@ impl DeadpoolBackend {
         Self {
             conn,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
-            queues: Arc::default(),
+            runtime: Runtime::new(Tokio),
         }
     }
 
@@ -503,61 +503,75 @@ impl LockBackend for DeadpoolBackend {
         Ok((reply, acked))
     }
 
+    /// `BLPOP` on a connection checked out of the pool for the wait. Refused (permanently) on a lone
+    /// multiplexed connection, which cannot block without holding up every other call on it, and on a
+    /// cluster, which sends no signals: waiters poll there. A wait that is cancelled or times out
+    /// discards its connection rather than return it to the pool still blocked.
+    async fn wait_for_release(
+        &self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        if !self.capabilities().blocking_waits {
+            return Err(BackendError::permanent(
+                BACKEND,
+                "no blocking waits on a lone multiplexed connection or a cluster",
+            ));
+        }
+        let block = timeout.clamp(Duration::from_millis(1), MAX_RELEASE_WAIT);
+        bounded(self.command_timeout + block, async move {
+            let mut blocked = Blocked(Some(self.connection().await?));
+            let mut blpop = redis::cmd("BLPOP");
+            blpop.arg(signal).arg(format!("{:.3}", block.as_secs_f64()));
+            let Some(conn) = blocked.0.as_mut() else {
+                return Ok(false);
+            };
+            let started = Instant::now();
+            match conn.query_raw(&blpop).await {
+                Ok(value) => {
+                    // Answered: the connection is free again, back to the pool.
+                    drop(blocked.0.take());
+                    Ok(!matches!(value, Value::Nil))
+                }
+                // redis-rs's response timeout fired after the blocking window was over: nobody
+                // signalled in time, which is "not woken", not a failure (the connection, whose
+                // reply may still come, is discarded with `blocked`).
+                Err(error) if error.is_timeout() && started.elapsed() >= block => Ok(false),
+                Err(error) => Err(redis_error(error)),
+            }
+        })
+        .await
+    }
+
+    /// Replica acknowledgement; release signals except on a cluster (a script touching two keys is
+    /// refused while their slot migrates), and blocking waits where a connection can be checked out for
+    /// them (not on a lone multiplexed connection, which still sends signals for waiters elsewhere).
+    fn capabilities(&self) -> Capabilities {
+        let cluster = matches!(self.conn, Conn::Cluster(_));
+        let lone = matches!(self.conn, Conn::Multiplexed(_));
+        Capabilities::new()
+            .with_replica_acks(true)
+            .with_release_signals(!cluster)
+            .with_blocking_waits(!cluster && !lone)
+            .with_cluster(cluster)
+    }
+
+    /// Tokio's, shared by clones: they are one backend, with one waiting line per key.
+    fn runtime(&self) -> Option<&Runtime> {
+        Some(&self.runtime)
+    }
+}
+
+/// Tokio's timer and spawner; the lease clock stays lock-core's default.
+struct Tokio;
+
+impl Executor for Tokio {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         Box::pin(tokio::time::sleep(duration))
     }
 
-    fn local_queues(&self) -> Option<&LocalQueues> {
-        Some(&self.queues)
-    }
-
-    /// Off in Redis Cluster (see [`LockBackend::release_signals`]); a lone multiplexed connection still
-    /// sends them, for waiters that can block.
-    fn release_signals(&self) -> bool {
-        !matches!(self.conn, Conn::Cluster(_))
-    }
-
-    /// `BLPOP` on a connection checked out of the pool for the wait (a lone multiplexed connection
-    /// cannot block without holding up every other call on it, and a cluster sends no signals: `None`,
-    /// and waiters poll). A wait that
-    /// is cancelled or times out discards its connection rather than return it to the pool still
-    /// blocked.
-    fn wait_for_release<'a>(
-        &'a self,
-        signal: &'a str,
-        timeout: Duration,
-    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
-        if matches!(self.conn, Conn::Multiplexed(_) | Conn::Cluster(_)) {
-            return None;
-        }
-        let block = timeout.clamp(Duration::from_millis(1), MAX_RELEASE_WAIT);
-        Some(Box::pin(bounded(
-            self.command_timeout + block,
-            async move {
-                let mut blocked = Blocked(Some(self.connection().await?));
-                let mut blpop = redis::cmd("BLPOP");
-                blpop.arg(signal).arg(format!("{:.3}", block.as_secs_f64()));
-                let Some(conn) = blocked.0.as_mut() else {
-                    return Ok(false);
-                };
-                let started = Instant::now();
-                match conn.query_raw(&blpop).await {
-                    Ok(value) => {
-                        // Answered: the connection is free again, back to the pool.
-                        drop(blocked.0.take());
-                        Ok(!matches!(value, Value::Nil))
-                    }
-                    // redis-rs's response timeout fired after the blocking window was over: nobody
-                    // signalled in time, which is "not woken", not a failure (the connection, whose
-                    // reply may still come, is discarded with `blocked`).
-                    Err(error) if error.is_timeout() && started.elapsed() >= block => Ok(false),
-                    Err(error) => Err(redis_error(error)),
-                }
-            },
-        )))
-    }
-
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+    /// Onto the current runtime; `false` outside one.
+    fn spawn(&self, task: BoxFuture<'static, ()>) -> bool {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 drop(handle.spawn(task));
@@ -565,41 +579,6 @@ impl LockBackend for DeadpoolBackend {
             }
             Err(_) => false,
         }
-    }
-
-    /// Clones share the pool or connection (and this backend's state), so they answer one identity.
-    fn instance_id(&self) -> usize {
-        Arc::as_ptr(&self.queues).cast::<()>().addr()
-    }
-
-    /// The `run_id` from `INFO server`, bounded by the command timeout. `None` for a cluster pool,
-    /// where `INFO` may reach any node.
-    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
-        if matches!(self.conn, Conn::Cluster(_)) {
-            return None;
-        }
-        Some(Box::pin(async move {
-            let mut info = redis::cmd("INFO");
-            info.arg("server");
-            let reply = bounded(self.command_timeout, async {
-                self.connection().await?.query(&info).await
-            })
-            .await?;
-            let text = match reply {
-                Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                Value::VerbatimString { text, .. } => text,
-                Value::SimpleString(text) => text,
-                other => {
-                    return Err(BackendError::permanent(
-                        BACKEND,
-                        format!("unexpected reply to INFO server: {other:?}"),
-                    ));
-                }
-            };
-            lock_core::run_id_from_info(&text)
-                .map(str::to_owned)
-                .ok_or_else(|| BackendError::permanent(BACKEND, "INFO server answered no run_id"))
-        }))
     }
 }
 
