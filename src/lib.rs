@@ -9,9 +9,9 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub use lock_core::{
-    BackendError, Backoff, Election, Leadership, LocalQueues, LockBackend, LockError, LockGuard,
-    NodeError, RedisLock, Redlock, RedlockGuard, Result, Script, ScriptValue, async_trait, memory,
-    redlock, run_id_from_info, script,
+    BackendError, Backoff, Capabilities, Election, Executor, Leadership, LockBackend, LockError,
+    LockGuard, Moment, NodeError, RedisLock, Redlock, RedlockGuard, Result, Runtime, Script,
+    ScriptValue, async_trait, memory, redlock, run_id_from_info, script,
 };
 
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or

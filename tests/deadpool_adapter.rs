@@ -533,9 +533,14 @@ async fn runtime_hooks_use_tokio() {
     let server = RedisServer::start();
     for kind in KINDS {
         let backend = backend(kind, &server.url()).await;
+        let runtime = backend.runtime().expect("deadpool has a runtime").clone();
+        assert!(
+            backend.clone().runtime().unwrap().same_as(&runtime),
+            "{kind:?}: clones share it"
+        );
 
         let (tx, rx) = tokio::sync::oneshot::channel();
-        assert!(backend.spawn_detached(Box::pin(async move {
+        assert!(runtime.spawn(Box::pin(async move {
             tx.send(std::thread::current().name().map(str::to_owned))
                 .unwrap();
         })));
@@ -546,10 +551,10 @@ async fn runtime_hooks_use_tokio() {
         );
 
         // No runtime on a plain thread: the task is dropped, never run, and nothing blocks.
-        let outside = backend.clone();
+        let outside = runtime.clone();
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let spawned = std::thread::spawn(move || {
-            outside.spawn_detached(Box::pin(async move { tx.send(()).unwrap() }))
+            outside.spawn(Box::pin(async move { tx.send(()).unwrap() }))
         })
         .join()
         .unwrap();
@@ -557,7 +562,7 @@ async fn runtime_hooks_use_tokio() {
         assert!(rx.try_recv().is_err(), "{kind:?}: the task was dropped");
 
         let started = Instant::now();
-        backend.sleep(Duration::from_millis(50)).await;
+        runtime.sleep(Duration::from_millis(50)).await;
         assert!(started.elapsed() >= Duration::from_millis(50));
 
         assert!(format!("{backend:?}").starts_with("DeadpoolBackend {"));

@@ -601,12 +601,17 @@ async fn a_killed_server_gives_an_error_not_a_hang() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spawn_detached_and_sleep_use_tokio() {
+async fn the_runtime_spawns_and_sleeps_on_tokio() {
     let server = RedisServer::start();
     for (kind, backend) in backends(&server).await {
+        let runtime = backend.runtime().expect("fred has a runtime").clone();
+        assert!(
+            backend.clone().runtime().unwrap().same_as(&runtime),
+            "{kind}: clones share it"
+        );
         let (tx, rx) = tokio::sync::oneshot::channel();
         assert!(
-            backend.spawn_detached(Box::pin(async move {
+            runtime.spawn(Box::pin(async move {
                 tx.send(()).unwrap();
             })),
             "{kind}"
@@ -627,7 +632,7 @@ async fn spawn_detached_and_sleep_use_tokio() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let releaser = Arc::new(backend.clone());
         let release_key = key.clone();
-        assert!(backend.spawn_detached(Box::pin(async move {
+        assert!(runtime.spawn(Box::pin(async move {
             let reply = releaser
                 .eval_script(&RELEASE, &[&release_key], &["tok"])
                 .await;
@@ -641,14 +646,14 @@ async fn spawn_detached_and_sleep_use_tokio() {
         assert_eq!(get(&server, &key), "(nil)", "{kind}");
 
         // Outside a runtime there is nowhere to spawn: the task is dropped, nothing blocks.
-        let outside = backend.clone();
-        let spawned = std::thread::spawn(move || outside.spawn_detached(Box::pin(async {})))
+        let outside = runtime.clone();
+        let spawned = std::thread::spawn(move || outside.spawn(Box::pin(async {})))
             .join()
             .unwrap();
         assert!(!spawned, "{kind}");
 
         let started = Instant::now();
-        backend.sleep(Duration::from_millis(50)).await;
+        runtime.sleep(Duration::from_millis(50)).await;
         assert!(started.elapsed() >= Duration::from_millis(50), "{kind}");
     }
 }
@@ -733,12 +738,13 @@ async fn a_signal_wait_that_nothing_wakes_is_not_an_error() {
     let block = Duration::from_millis(200);
     for (kind, backend) in backends(&server).await {
         let signal = format!("{}{kind}:signal", key_prefix());
+        assert!(
+            backend.capabilities().blocking_waits,
+            "{kind}: fred blocks on release signals"
+        );
         for round in 0..2 {
             let started = Instant::now();
-            let woken = backend
-                .wait_for_release(&signal, block)
-                .expect("fred blocks on release signals")
-                .await;
+            let woken = backend.wait_for_release(&signal, block).await;
             let took = started.elapsed();
             assert!(
                 !woken.unwrap_or_else(|e| panic!("{kind} #{round}: {e:?} after {took:?}")),
@@ -750,10 +756,7 @@ async fn a_signal_wait_that_nothing_wakes_is_not_an_error() {
             );
         }
         server.command(&["RPUSH", &signal, "released"]).unwrap();
-        let woken = backend
-            .wait_for_release(&signal, block)
-            .expect("fred blocks on release signals")
-            .await;
+        let woken = backend.wait_for_release(&signal, block).await;
         assert!(woken.unwrap(), "{kind}: woken by the push");
         assert_eq!(server.command(&["LLEN", &signal]).unwrap(), "0", "{kind}");
     }

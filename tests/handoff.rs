@@ -79,12 +79,12 @@ async fn local_waiters_are_served_in_order() {
                 guard.release().await.unwrap();
             }));
             // Waiter n joins the line before waiter n + 1 starts (however loaded the machine).
-            let queues = lock
+            let runtime = lock
                 .backend()
-                .local_queues()
-                .expect("the adapters keep local lines");
+                .runtime()
+                .expect("the adapters have a runtime");
             let joined = Instant::now();
-            while queues.waiting(lock.key()) < n + 1 {
+            while runtime.waiting(lock.key()) < n + 1 {
                 assert!(
                     joined.elapsed() < Duration::from_secs(10),
                     "{input}: waiter {n} never joined"

@@ -1,5 +1,11 @@
-//! The [`LockBackend`] trait: the two Redis operations the lock algorithm needs, and the runtime handle
-//! the algorithm reads time, sleeps and spawns through (`now`, `sleep`, `spawn_detached`).
+//! The [`LockBackend`] trait: the Redis operations the lock algorithm needs, and what a backend can do
+//! ([`Capabilities`]). The runtime its locks run on (clock, sleep, spawn) is a separate handle,
+//! [`Runtime`], that a backend hands out but never uses itself.
+//!
+//! A third-party backend writes the Redis calls (`set_nx`, `eval_script`, and where it can
+//! `eval_script_replicated` and `wait_for_release`), says which it supports in `capabilities()`, and
+//! returns its [`Runtime`] if it has one. Nothing else: the in-process waiting lines, the clock rules
+//! and every retry are the lock side's.
 
 use std::error::Error as StdError;
 use std::fmt::{self, Debug};
@@ -7,11 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 
-use crate::queue::LocalQueues;
+use crate::runtime::Runtime;
 use crate::script::Script;
-use crate::time::Moment;
 
 /// What a lock needs from Redis, implemented once per client.
 ///
@@ -19,6 +23,10 @@ use crate::time::Moment;
 /// not change when the client does. Adapters are thin: they translate these calls into their client's
 /// commands, run scripts by `EVALSHA` with an `EVAL` fallback on `NOSCRIPT`, bound every call in time and
 /// map failures into [`BackendError`]. No lock logic lives in a backend.
+///
+/// Only [`set_nx`](Self::set_nx) and [`eval_script`](Self::eval_script) are required. A backend that
+/// can do more says so in [`capabilities`](Self::capabilities), and one that runs on an async runtime
+/// returns it from [`runtime`](Self::runtime).
 #[async_trait]
 pub trait LockBackend: Debug + Send + Sync + 'static {
     /// `SET key value NX PX ttl`: `true` when the key was set by this call, or already holds exactly
@@ -30,6 +38,9 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError>;
 
     /// Runs `script` with `keys` and `args`: `EVALSHA` first, `EVAL` when the server answers `NOSCRIPT`.
+    ///
+    /// Lock-core's scripts are in [`script`](crate::script); [`Redlock`](crate::Redlock) also runs
+    /// [`SERVER_ID`](crate::script::SERVER_ID), without keys, to learn which server a master is.
     async fn eval_script(
         &self,
         script: &Script,
@@ -46,8 +57,9 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
     /// timeout would block forever). Implementations bound the call by their per-call bound plus
     /// `timeout`, and in a cluster send `WAIT` to the node that owns `keys[0]`'s slot.
     ///
-    /// Optional: the default answers a permanent error saying this backend cannot wait for replicas, which
-    /// is what a lock with [`replicas`](crate::RedisLock::replicas) then reports.
+    /// Optional ([`Capabilities::replica_acks`]): the default answers a permanent error saying this
+    /// backend cannot wait for replicas, which is what a lock with
+    /// [`replicas`](crate::RedisLock::replicas) then reports.
     async fn eval_script_replicated(
         &self,
         script: &Script,
@@ -63,186 +75,218 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
         ))
     }
 
-    /// Now, on the lease clock this backend's locks measure validity, wait deadlines and `max_hold` on.
-    ///
-    /// Together with [`sleep`](Self::sleep) and [`spawn_detached`](Self::spawn_detached) this is the
-    /// runtime handle of the lock algorithm: lock-core reads no other clock. The default,
-    /// [`Moment::now`], counts time spent suspended (`CLOCK_BOOTTIME` on Linux), as Redis's clock does;
-    /// a test or a simulation overrides the three together to run on virtual time.
-    fn now(&self) -> Moment {
-        Moment::now()
-    }
-
-    /// A future that completes after `duration`, on this backend's runtime.
-    ///
-    /// The default is a runtime-neutral timer (futures-timer); adapters for a runtime pass its own, so
-    /// that tests can pause or drive time.
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        Box::pin(futures_timer::Delay::new(duration))
-    }
-
-    /// Runs `task` in the background, if this backend knows a runtime to run it on.
-    ///
-    /// Returns `false` (dropping the task) when it cannot, which is the default: a guard dropped without
-    /// `release` then relies on the lock's TTL. Implementations must never block.
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-        drop(task);
-        false
-    }
-
-    /// Whether a release should also push a wake-up to the key's signal list (one more key in the
-    /// release script), for waiters in other processes blocked in
-    /// [`wait_for_release`](Self::wait_for_release).
-    ///
-    /// The Redis adapters answer `true` except in Redis Cluster, where a script touching two keys is
-    /// refused (`TRYAGAIN`) while their slot migrates: there, waiters poll. The default is `false`.
-    fn release_signals(&self) -> bool {
-        false
-    }
-
     /// Waits, on a connection of its own, until a release pushes to the signal list `signal` (`BLPOP`)
-    /// or `timeout` passes: `Ok(true)` when woken. `None` when this backend cannot block without holding
-    /// up its other calls (a single shared connection, say); waiters then poll with backoff.
+    /// or `timeout` passes: `Ok(true)` when woken, `Ok(false)` when the time passed.
+    ///
+    /// Optional ([`Capabilities::blocking_waits`]): the lock calls it only on a backend that can block
+    /// without holding up its other calls; elsewhere (a single shared connection, say) waiters poll
+    /// with backoff. The default answers a permanent error saying this backend cannot block.
     ///
     /// Wake-ups are hints: a waiter always tries the lock again afterwards, and every wait is capped.
-    fn wait_for_release<'a>(
-        &'a self,
-        signal: &'a str,
+    async fn wait_for_release(
+        &self,
+        signal: &str,
         timeout: Duration,
-    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
+    ) -> Result<bool, BackendError> {
         let _ = (signal, timeout);
-        None
+        Err(BackendError::permanent(
+            "redlease",
+            "this backend cannot block waiting for a release (BLPOP)",
+        ))
     }
 
-    /// The per-key waiting lines of this backend's locks in this process, shared by its clones.
-    ///
-    /// With them, tasks contending for one key through this backend wait in FIFO order and only one of
-    /// them at a time talks to Redis: hand-offs inside the process cost one round trip and every task
-    /// gets its turn. The default, `None`, lets every task poll on its own.
-    fn local_queues(&self) -> Option<&LocalQueues> {
-        None
+    /// What this backend can do beyond `set_nx` and `eval_script`. The default: nothing.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
-    /// Identifies this backend value, and everything sharing its state, within this process: two
-    /// backends answering the same number send to the same store, so [`Redlock`](crate::Redlock)
-    /// refuses them as two of its masters ([`LockError::InvalidArgument`](crate::LockError)).
+    /// The runtime this backend's locks run on (clock, sleep, spawn), shared by its clones: build it
+    /// once with [`Runtime::new`] where the clones share state, and return it here.
     ///
-    /// The default is the address of the value, so the same backend listed twice (clones of one `Arc`,
-    /// say) is recognised. Backends whose clones share their connections or their data answer the
-    /// address of what the clones share (both Redis adapters, [`MemoryBackend`](crate::memory::MemoryBackend)),
-    /// and wrappers that forward calls to an inner backend (`Arc`, `Box`, the testing wrappers) answer
-    /// the inner backend's. Two separately built clients of one server are told apart only by
-    /// [`server_id`](Self::server_id).
-    fn instance_id(&self) -> usize {
-        std::ptr::from_ref(self).cast::<()>().addr()
-    }
-
-    /// Asks the server for its identity: Redis's `run_id` (from `INFO server`), which is random per
-    /// server process. [`Redlock`](crate::Redlock) asks each master once, at first contact, and refuses
-    /// two masters that turn out to be one server
-    /// ([`LockError::InvalidArgument`](crate::LockError)), whatever clients reach it.
-    ///
-    /// `None`, the default, when this backend cannot tell (the in-memory backend, a Redis Cluster
-    /// client, whose commands may land on any node); then only [`instance_id`](Self::instance_id)
-    /// tells masters apart. A permanent error (a user whose ACL forbids `INFO`, say) is taken as "cannot
-    /// tell" too; a transient one is asked again at the next acquisition. Implementations bound the
-    /// call like every other.
-    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
+    /// `None`, the default, runs the locks on a runtime-neutral one
+    /// ([`Moment::now`](crate::Moment::now), a futures-timer sleep, no spawning: a guard dropped
+    /// without `release` is then freed by its TTL) without in-process waiting lines, and leaves the
+    /// backend without an identity: a [`Redlock`](crate::Redlock) then tells its masters apart only by
+    /// the server they answer [`SERVER_ID`](crate::script::SERVER_ID) with.
+    fn runtime(&self) -> Option<&Runtime> {
         None
     }
 }
 
-/// Forwards the provided (capability) methods of [`LockBackend`] to `$target`, an expression of `$this`
-/// (`self`): for wrappers that intercept only the calls to Redis.
-macro_rules! forward_capabilities {
-    (|$this:ident| $target:expr) => {
-        fn now(&self) -> crate::time::Moment {
-            let $this = self;
-            $target.now()
-        }
-
-        fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-            let $this = self;
-            $target.sleep(duration)
-        }
-
-        fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-            let $this = self;
-            $target.spawn_detached(task)
-        }
-
-        fn local_queues(&self) -> Option<&LocalQueues> {
-            let $this = self;
-            $target.local_queues()
-        }
-
-        fn wait_for_release<'a>(
-            &'a self,
-            signal: &'a str,
-            timeout: Duration,
-        ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
-            let $this = self;
-            $target.wait_for_release(signal, timeout)
-        }
-
-        fn release_signals(&self) -> bool {
-            let $this = self;
-            $target.release_signals()
-        }
-
-        fn instance_id(&self) -> usize {
-            let $this = self;
-            $target.instance_id()
-        }
-
-        fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
-            let $this = self;
-            $target.server_id()
-        }
-    };
-}
-#[cfg_attr(not(feature = "testing"), allow(unused_imports))]
-pub(crate) use forward_capabilities;
-
-macro_rules! forward_lock_backend {
-    ($($wrapper:ident),*) => {$(
-        #[async_trait]
-        impl<T: LockBackend + ?Sized> LockBackend for $wrapper<T> {
-            async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
-                (**self).set_nx(key, value, ttl).await
-            }
-
-            async fn eval_script(
-                &self,
-                script: &Script,
-                keys: &[&str],
-                args: &[&str],
-            ) -> Result<ScriptValue, BackendError> {
-                (**self).eval_script(script, keys, args).await
-            }
-
-            async fn eval_script_replicated(
-                &self,
-                script: &Script,
-                keys: &[&str],
-                args: &[&str],
-                replicas: usize,
-                timeout: Duration,
-            ) -> Result<(ScriptValue, usize), BackendError> {
-                (**self)
-                    .eval_script_replicated(script, keys, args, replicas, timeout)
-                    .await
-            }
-
-            forward_capabilities!(|this| (**this));
-        }
-    )*};
+/// What a [`LockBackend`] can do beyond the two required calls, in the manner of OpenDAL's
+/// `Capability`: plain data, all `false` by default.
+///
+/// Build it in one expression with the `with_*` methods (they are `const`):
+///
+/// ```
+/// use lock_core::Capabilities;
+///
+/// let clustered = true;
+/// let capabilities = Capabilities::new()
+///     .with_replica_acks(true)
+///     .with_release_signals(!clustered)
+///     .with_blocking_waits(!clustered)
+///     .with_cluster(clustered);
+/// assert!(capabilities.replica_acks && !capabilities.blocking_waits);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// [`eval_script_replicated`](LockBackend::eval_script_replicated) works: the backend can run
+    /// `WAIT` on the connection that wrote.
+    pub replica_acks: bool,
+    /// A release should also push a wake-up to the key's signal list (one more key in the release
+    /// script), for waiters elsewhere blocked in [`wait_for_release`](LockBackend::wait_for_release).
+    ///
+    /// The Redis adapters send them except in Redis Cluster, where a script touching two keys is
+    /// refused (`TRYAGAIN`) while their slot migrates: there, waiters poll.
+    pub release_signals: bool,
+    /// [`wait_for_release`](LockBackend::wait_for_release) works: the backend can block on a
+    /// connection of its own. Without it, waiters poll with backoff.
+    pub blocking_waits: bool,
+    /// The backend talks to a Redis Cluster: a script without keys may run on any node, so a
+    /// [`Redlock`](crate::Redlock) does not ask it which server it is.
+    pub cluster: bool,
 }
 
-forward_lock_backend!(Arc, Box);
+impl Capabilities {
+    /// Nothing: the same as `Capabilities::default()`.
+    pub const fn new() -> Self {
+        Self {
+            replica_acks: false,
+            release_signals: false,
+            blocking_waits: false,
+            cluster: false,
+        }
+    }
 
-/// The server's `run_id` in the reply to `INFO server` (a line `run_id:<40 hex digits>`), for
-/// adapters implementing [`LockBackend::server_id`]. `None` when the reply has no such line.
+    /// With [`replica_acks`](Self::replica_acks) set to `yes`.
+    pub const fn with_replica_acks(mut self, yes: bool) -> Self {
+        self.replica_acks = yes;
+        self
+    }
+
+    /// With [`release_signals`](Self::release_signals) set to `yes`.
+    pub const fn with_release_signals(mut self, yes: bool) -> Self {
+        self.release_signals = yes;
+        self
+    }
+
+    /// With [`blocking_waits`](Self::blocking_waits) set to `yes`.
+    pub const fn with_blocking_waits(mut self, yes: bool) -> Self {
+        self.blocking_waits = yes;
+        self
+    }
+
+    /// With [`cluster`](Self::cluster) set to `yes`.
+    pub const fn with_cluster(mut self, yes: bool) -> Self {
+        self.cluster = yes;
+        self
+    }
+}
+
+/// The runtime the lock side runs `backend`'s locks on: the backend's own, or the neutral one without
+/// lines.
+pub(crate) fn runtime_of<B: LockBackend + ?Sized>(backend: &B) -> &Runtime {
+    match backend.runtime() {
+        Some(runtime) => runtime,
+        None => Runtime::fallback(),
+    }
+}
+
+#[async_trait]
+impl<T: LockBackend + ?Sized> LockBackend for Arc<T> {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        (**self).set_nx(key, value, ttl).await
+    }
+
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError> {
+        (**self).eval_script(script, keys, args).await
+    }
+
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        (**self)
+            .eval_script_replicated(script, keys, args, replicas, timeout)
+            .await
+    }
+
+    async fn wait_for_release(
+        &self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        (**self).wait_for_release(signal, timeout).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+
+    fn runtime(&self) -> Option<&Runtime> {
+        (**self).runtime()
+    }
+}
+
+#[async_trait]
+impl<T: LockBackend + ?Sized> LockBackend for Box<T> {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        (**self).set_nx(key, value, ttl).await
+    }
+
+    async fn eval_script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<ScriptValue, BackendError> {
+        (**self).eval_script(script, keys, args).await
+    }
+
+    async fn eval_script_replicated(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<(ScriptValue, usize), BackendError> {
+        (**self)
+            .eval_script_replicated(script, keys, args, replicas, timeout)
+            .await
+    }
+
+    async fn wait_for_release(
+        &self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        (**self).wait_for_release(signal, timeout).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+
+    fn runtime(&self) -> Option<&Runtime> {
+        (**self).runtime()
+    }
+}
+
+/// The server's `run_id` in the reply to `INFO server` (a line `run_id:<40 hex digits>`): what
+/// [`SERVER_ID`](crate::script::SERVER_ID) answers, for code that reads `INFO` itself. `None` when the
+/// reply has no such line.
 pub fn run_id_from_info(info: &str) -> Option<&str> {
     info.lines()
         .find_map(|line| line.trim_end().strip_prefix("run_id:"))
@@ -382,19 +426,65 @@ mod tests {
     }
 
     #[test]
-    fn instance_ids_see_through_wrappers() {
+    fn wrappers_forward_the_runtime_and_the_capabilities() {
         let a = Arc::new(crate::memory::MemoryBackend::new());
         let b = crate::memory::MemoryBackend::new();
         let wrapped: Arc<dyn LockBackend> = Arc::new(a.clone());
         let boxed: Box<dyn LockBackend> = Box::new(a.clone());
-        assert_eq!(wrapped.instance_id(), a.instance_id());
-        assert_eq!(boxed.instance_id(), a.instance_id());
-        assert_eq!(
-            (*a).clone().instance_id(),
-            a.instance_id(),
-            "clones share the store"
+        let runtime = a.runtime().expect("memory has a runtime");
+        assert!(wrapped.runtime().unwrap().same_as(runtime));
+        assert!(boxed.runtime().unwrap().same_as(runtime));
+        assert!(
+            (*a).clone().runtime().unwrap().same_as(runtime),
+            "clones share the runtime"
         );
-        assert_ne!(b.instance_id(), a.instance_id());
+        assert!(!b.runtime().unwrap().same_as(runtime));
+        assert_eq!(wrapped.capabilities(), a.capabilities());
+        assert_eq!(boxed.capabilities(), a.capabilities());
+    }
+
+    /// A backend with only the two required calls.
+    #[derive(Debug)]
+    struct Minimal;
+
+    #[async_trait]
+    impl LockBackend for Minimal {
+        async fn set_nx(&self, _: &str, _: &str, _: Duration) -> Result<bool, BackendError> {
+            Ok(true)
+        }
+
+        async fn eval_script(
+            &self,
+            _: &Script,
+            _: &[&str],
+            _: &[&str],
+        ) -> Result<ScriptValue, BackendError> {
+            Ok(ScriptValue::Nil)
+        }
+    }
+
+    #[test]
+    fn the_defaults_can_do_nothing_and_say_so() {
+        let backend = Minimal;
+        assert_eq!(backend.capabilities(), Capabilities::default());
+        assert_eq!(Capabilities::new(), Capabilities::default());
+        assert!(backend.runtime().is_none());
+        assert!(runtime_of(&backend).lines().is_none(), "no waiting lines");
+        let script = Script::new("noop", "return 1");
+        let replicated = futures::executor::block_on(backend.eval_script_replicated(
+            &script,
+            &["k"],
+            &[],
+            1,
+            Duration::from_millis(1),
+        ))
+        .unwrap_err();
+        assert!(!replicated.is_transient());
+        let wait =
+            futures::executor::block_on(backend.wait_for_release("s", Duration::from_millis(1)))
+                .unwrap_err();
+        assert!(!wait.is_transient());
+        assert!(wait.source().unwrap().to_string().contains("cannot block"));
     }
 
     #[test]

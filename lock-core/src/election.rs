@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{LockBackend, ScriptValue};
+use crate::backend::{LockBackend, ScriptValue, runtime_of};
 use crate::backoff::Backoff;
 use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
@@ -129,7 +129,7 @@ impl Election {
                         ?delay,
                         "campaigning failed; trying again"
                     );
-                    lock.backend().sleep(delay).await;
+                    runtime_of(lock.backend()).sleep(delay).await;
                 }
                 Err(error) => return Err(error),
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::backend::{BackendError, LockBackend, ScriptValue};
+use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, Result};
 use crate::keys;
 use crate::lease::{Lease, Renewable, hold_renewed};
@@ -287,7 +287,7 @@ impl LockGuard {
     }
 
     fn now(&self) -> Moment {
-        self.lease.backend.now()
+        runtime_of(&*self.lease.backend).now()
     }
 
     /// Records what a token-checked request sent at `sent_at` found: `Some` confirms the lease
@@ -520,7 +520,7 @@ impl Renewable for LockGuard {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        self.lease.backend.sleep(duration)
+        runtime_of(&*self.lease.backend).sleep(duration)
     }
 
     fn renew_once(&self) -> BoxFuture<'_, Result<bool>> {

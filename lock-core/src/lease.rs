@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, Either, select};
 
-use crate::backend::{BackendError, LockBackend};
+use crate::backend::{BackendError, LockBackend, runtime_of};
 use crate::error::{LockError, Result};
 use crate::guard::Released;
 use crate::script;
@@ -126,20 +126,21 @@ pub(crate) fn retry_in_background<F>(
 ) where
     F: Fn() -> BoxFuture<'static, std::result::Result<(), BackendError>> + Send + 'static,
 {
-    let runtime = backend.clone();
+    let runtime = runtime_of(&*backend).clone();
     let task_key = key.clone();
+    let task_runtime = runtime.clone();
     let task = Box::pin(async move {
-        let key = task_key;
-        let give_up_at = backend.now() + horizon;
+        let (key, runtime) = (task_key, task_runtime);
+        let give_up_at = runtime.now() + horizon;
         let mut pause = BACKGROUND_RETRY_FIRST;
         loop {
             match attempt().await {
-                Ok(()) if until == Until::Horizon && backend.now() + pause < give_up_at => {}
+                Ok(()) if until == Until::Horizon && runtime.now() + pause < give_up_at => {}
                 Ok(()) => {
                     tracing::debug!(%key, why, "released a lock in the background");
                     return;
                 }
-                Err(error) if error.is_transient() && backend.now() + pause < give_up_at => {
+                Err(error) if error.is_transient() && runtime.now() + pause < give_up_at => {
                     tracing::debug!(%key, why, %error, ?pause, "background release failed; retrying");
                 }
                 Err(error) => {
@@ -152,11 +153,11 @@ pub(crate) fn retry_in_background<F>(
                     return;
                 }
             }
-            backend.sleep(jittered(pause)).await;
+            runtime.sleep(jittered(pause)).await;
             pause = (pause * 2).min(BACKGROUND_RETRY_MAX);
         }
     });
-    if !runtime.spawn_detached(task) {
+    if !runtime.spawn(task) {
         tracing::debug!(%key, why, "no runtime to release a lock in the background; its TTL will free it");
     }
 }
@@ -338,7 +339,7 @@ async fn release_and_signal(
     signal: &str,
     token: &str,
 ) -> std::result::Result<Released, crate::BackendError> {
-    let reply = if backend.release_signals() {
+    let reply = if backend.capabilities().release_signals {
         backend
             .eval_script(
                 &script::RELEASE_AND_SIGNAL,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::{Either, select};
 
-use crate::backend::{BackendError, LockBackend, ScriptValue};
+use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::backoff::Backoff;
 use crate::error::{LockError, Result};
 use crate::guard::{Grant, LockGuard};
@@ -193,7 +193,8 @@ impl RedisLock {
     /// can spawn, otherwise when the TTL runs out.
     pub async fn acquire(&self) -> Result<LockGuard> {
         let plan = self.validate()?;
-        let started = self.backend.now();
+        let runtime = runtime_of(&*self.backend);
+        let started = runtime.now();
         // A deadline too far away to represent is no deadline.
         let deadline = self.wait_timeout.and_then(|wait| started.checked_add(wait));
         let token = self.new_token();
@@ -207,7 +208,7 @@ impl RedisLock {
                 }
                 return Ok(guard);
             }
-            let now = self.backend.now();
+            let now = runtime.now();
             let left = match deadline {
                 Some(deadline) if now >= deadline => {
                     return Err(LockError::Timeout {
@@ -221,33 +222,32 @@ impl RedisLock {
             // Woken by the holder's release where the backend can block on the signal list; capped,
             // because an expiry signals nothing and a wake-up can be missed.
             let cap = self.backoff.max().min(left);
-            let woken = match self.backend.wait_for_release(&plan.signal, cap) {
+            if self.backend.capabilities().blocking_waits {
                 // A failed wait ends the acquisition with its error: swallowing it would spend one
                 // call bound silently, then the next attempt another.
-                Some(wait) => Some(
-                    wait.await
-                        .map_err(|source| LockError::backend_failed(&self.key, source))?,
-                ),
-                None => None,
-            };
-            if woken.is_none() {
+                self.backend
+                    .wait_for_release(&plan.signal, cap)
+                    .await
+                    .map_err(|source| LockError::backend_failed(&self.key, source))?;
+            } else {
                 let delay = self.backoff.delay(attempt).min(left);
                 tracing::trace!(key = %self.key, attempt, ?delay, "lock busy, backing off");
-                self.backend.sleep(delay).await;
+                runtime.sleep(delay).await;
             }
             attempt = attempt.saturating_add(1);
         }
     }
 
     /// Waits for this task's turn among the local tasks contending for the key through this backend, if
-    /// the backend keeps local queues. `None` when there is no line to wait in, or when the task ahead
+    /// its runtime keeps waiting lines. `None` when there is no line to wait in, or when the task ahead
     /// holds the lock past its lease (a hung holder must not block others: Redis decides).
     async fn wait_for_turn(
         &self,
         started: Moment,
         deadline: Option<Moment>,
     ) -> Result<Option<Baton>> {
-        let Some(queues) = self.backend.local_queues() else {
+        let runtime = runtime_of(&*self.backend);
+        let Some(queues) = runtime.lines() else {
             return Ok(None);
         };
         // Zero wait: exactly one attempt, straight away.
@@ -255,17 +255,17 @@ impl RedisLock {
             return Ok(None);
         }
         let (ticket, receiver) = match queues.join(&self.key) {
-            Turn::Now => return Ok(Some(Baton::new(self.backend.clone(), self.key.clone()))),
+            Turn::Now => return Ok(Some(Baton::new(queues.clone(), self.key.clone()))),
             Turn::Later { ticket, receiver } => (ticket, receiver),
         };
         let mut in_line = InLine {
-            backend: self.backend.clone(),
+            lines: queues.clone(),
             key: self.key.clone(),
             ticket,
             receiver,
         };
         loop {
-            let now = self.backend.now();
+            let now = runtime.now();
             let mut wait = LOCAL_WAIT_RECHECK;
             if let Some(deadline) = deadline {
                 if now >= deadline {
@@ -283,7 +283,7 @@ impl RedisLock {
                 }
                 wait = wait.min(*until - now);
             }
-            match select(&mut in_line.receiver, self.backend.sleep(wait)).await {
+            match select(&mut in_line.receiver, runtime.sleep(wait)).await {
                 Either::Left((Ok(()), _)) => return Ok(Some(in_line.into_baton())),
                 // The line was dropped (cannot happen while we are in it); go ahead on our own.
                 Either::Left((Err(_), _)) => return Ok(None),
@@ -390,7 +390,7 @@ impl RedisLock {
             token.clone(),
             ttl,
         );
-        let sent_at = self.backend.now();
+        let sent_at = runtime_of(&*self.backend).now();
         let mut acked = None;
         let granted = match (&plan.fence_counter, &plan.replica_ack) {
             (None, None) => self

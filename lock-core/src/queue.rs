@@ -1,4 +1,4 @@
-//! [`LocalQueues`]: tasks of one process contending for one key wait in line locally.
+//! `LocalQueues`: tasks of one process contending for one key wait in line locally.
 //!
 //! Without this, every task waiting for a key polls Redis on its own: N tasks make N attempts per
 //! release, the fastest poller wins, and the others starve. With it, one task per key and process holds
@@ -9,6 +9,9 @@
 //! The queue is an optimisation, never the source of exclusion: Redis decides who holds the lock. So a
 //! waiter never waits on a baton holder whose lease has run out (a hung task holding a guard), and gives
 //! up waiting at its own deadline.
+//!
+//! The lines belong to the lock side: each [`Runtime`](crate::Runtime) keeps one set, shared by the
+//! clones of the backend that hands it out, and no backend ever sees them.
 
 use crate::time::Moment;
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +23,6 @@ use std::sync::{Mutex, MutexGuard};
 use futures::channel::oneshot;
 use futures::future::FusedFuture;
 
-use crate::backend::LockBackend;
 // The model checker must be able to switch threads wherever the lines are locked, or it never reaches
 // the interleavings that matter; `model::Mutex` is std's outside a model run.
 #[cfg(test)]
@@ -29,12 +31,10 @@ use model::{Mutex, MutexGuard};
 #[cfg(test)]
 mod model;
 
-/// The per-key waiting lines of one backend (shared by its clones).
-///
-/// Backends that want in-process queueing keep one in an `Arc` and return it from
-/// [`LockBackend::local_queues`](crate::LockBackend::local_queues).
+/// The per-key waiting lines of one backend (shared by its clones, through their
+/// [`Runtime`](crate::Runtime)).
 #[derive(Default)]
-pub struct LocalQueues {
+pub(crate) struct LocalQueues {
     keys: Mutex<HashMap<Arc<str>, Line>>,
 }
 
@@ -50,7 +50,8 @@ struct Line {
 
 impl LocalQueues {
     /// Empty lines.
-    pub fn new() -> Self {
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -61,7 +62,7 @@ impl LocalQueues {
 
     /// How many tasks of this process wait in line for `key` now (not counting the one holding its
     /// baton).
-    pub fn waiting(&self, key: &str) -> usize {
+    pub(crate) fn waiting(&self, key: &str) -> usize {
         self.lines().get(key).map_or(0, |line| line.waiting.len())
     }
 
@@ -164,28 +165,24 @@ impl fmt::Debug for LocalQueues {
 
 /// The right to be this process's one contender for a key; handed to the next in line when dropped.
 pub(crate) struct Baton {
-    backend: Arc<dyn LockBackend>,
+    lines: Arc<LocalQueues>,
     key: Arc<str>,
 }
 
 impl Baton {
-    pub(crate) fn new(backend: Arc<dyn LockBackend>, key: Arc<str>) -> Self {
-        Self { backend, key }
+    pub(crate) fn new(lines: Arc<LocalQueues>, key: Arc<str>) -> Self {
+        Self { lines, key }
     }
 
     /// We hold the lock with `token` until `valid_until`: those in line wait no longer than that.
     pub(crate) fn holding(&self, token: &Arc<str>, valid_until: Moment) {
-        if let Some(queues) = self.backend.local_queues() {
-            queues.holding(&self.key, token, valid_until);
-        }
+        self.lines.holding(&self.key, token, valid_until);
     }
 }
 
 impl Drop for Baton {
     fn drop(&mut self) {
-        if let Some(queues) = self.backend.local_queues() {
-            queues.pass(&self.key);
-        }
+        self.lines.pass(&self.key);
     }
 }
 
@@ -198,7 +195,7 @@ impl fmt::Debug for Baton {
 /// A place in line. Dropped before the baton came: leaves the line. Dropped just after the baton was
 /// handed over (the waiter was cancelled at that moment): passes it on, so the line never stalls.
 pub(crate) struct InLine {
-    pub(crate) backend: Arc<dyn LockBackend>,
+    pub(crate) lines: Arc<LocalQueues>,
     pub(crate) key: Arc<str>,
     pub(crate) ticket: u64,
     pub(crate) receiver: oneshot::Receiver<()>,
@@ -212,9 +209,9 @@ impl InLine {
             "into_baton before the baton arrived"
         );
         // `self` then drops as usual (its receiver is spent, so its `Drop` has nothing to do), freeing
-        // its share of the backend, the key and the channel: forgetting it would leak all three on
+        // its share of the lines, the key and the channel: forgetting it would leak all three on
         // every hand-off.
-        Baton::new(self.backend.clone(), self.key.clone())
+        Baton::new(self.lines.clone(), self.key.clone())
     }
 }
 
@@ -225,9 +222,7 @@ impl Drop for InLine {
         if self.receiver.is_terminated() {
             return;
         }
-        if let Some(queues) = self.backend.local_queues() {
-            queues.leave(&self.key, self.ticket, &mut self.receiver);
-        }
+        self.lines.leave(&self.key, self.ticket, &mut self.receiver);
     }
 }
 

@@ -267,6 +267,20 @@ return 1"#,
 pub static READ: LazyLock<Script> =
     LazyLock::new(|| Script::new("read", "return redis.call('get', KEYS[1])"));
 
+/// Answers the server's `run_id` (from `INFO server`), which is random per server process: how a
+/// [`Redlock`](crate::Redlock) learns which server a master is, so that one server listed twice (through
+/// two clients, say) never votes twice. Takes no keys, so a backend runs it on whatever server it talks
+/// to; Redlock does not ask a Redis Cluster backend
+/// ([`Capabilities::cluster`](crate::Capabilities::cluster)), whose key-less scripts may land on any
+/// node. Nil when `INFO` has no `run_id` line; a script error (an ACL that forbids `INFO`) means "cannot
+/// tell".
+pub static SERVER_ID: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "server_id",
+        "return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')",
+    )
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +308,7 @@ mod tests {
             &*FENCE_RAISE,
             &*FENCED_SET,
             &*READ,
+            &*SERVER_ID,
         ];
         for (i, a) in all.iter().enumerate() {
             assert_eq!(a.sha1().len(), 40);

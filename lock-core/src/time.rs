@@ -1,11 +1,11 @@
 //! Time: the lease clock ([`Moment`]), and the duration rules (Redis takes whole milliseconds).
 //!
 //! Every validity deadline, wait deadline and `max_hold` in the lock algorithm is a [`Moment`] read from
-//! the backend's runtime handle ([`LockBackend::now`](crate::LockBackend::now)), never from
-//! `std::time::Instant` or the wall clock. The default reads a clock that keeps counting while the machine
-//! or VM is suspended (`CLOCK_BOOTTIME` on Linux and Android), because Redis's clock runs on during a
-//! suspend: `Instant` (`CLOCK_MONOTONIC`) stops, so a lease measured on it would over-claim after resume.
-//! A test or a simulation fills the handle with virtual time instead.
+//! the backend's runtime ([`Executor::now`](crate::Executor::now)), never from `std::time::Instant` or
+//! the wall clock. The default reads a clock that keeps counting while the machine or VM is suspended
+//! (`CLOCK_BOOTTIME` on Linux and Android), because Redis's clock runs on during a suspend: `Instant`
+//! (`CLOCK_MONOTONIC`) stops, so a lease measured on it would over-claim after resume. A test or a
+//! simulation gives the runtime an executor on virtual time instead.
 
 use std::fmt;
 use std::ops::{Add, Sub};

@@ -11,6 +11,7 @@ use lock_core::memory::MemoryBackend;
 use lock_core::{LockBackend, RedisLock};
 
 const HANDOFFS: u64 = 1_000_000;
+const KEY: &str = "handoff";
 /// Hand-offs before the first measurement, so that the allocator's and the runtime's one-off growth is
 /// not counted.
 const WARM_UP: u64 = 20_000;
@@ -27,15 +28,12 @@ struct Turns {
     uncontended: AtomicU64,
 }
 
-/// How many tasks wait in the in-process line, from the queues' `Debug` (`waiting: N`).
-fn waiting_in_line(backend: &MemoryBackend) -> u64 {
-    let queues = format!("{:?}", backend.local_queues().expect("memory keeps lines"));
-    let count = queues
-        .split("waiting: ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|digits| digits.parse().ok());
-    count.unwrap_or_else(|| panic!("no waiting count in {queues}"))
+/// How many tasks wait in the in-process line for the key.
+fn waiting_in_line(backend: &MemoryBackend) -> usize {
+    backend
+        .runtime()
+        .expect("memory has a runtime")
+        .waiting(KEY)
 }
 
 /// Acquires and releases `lock` in turn with another task until `turns` counts `until` hand-offs.
@@ -65,7 +63,7 @@ fn run(
     turns: &Arc<Turns>,
     until: u64,
 ) {
-    let lock = RedisLock::new(backend.clone(), "handoff")
+    let lock = RedisLock::new(backend.clone(), KEY)
         .timeout(Duration::from_secs(60))
         .wait_timeout(Some(Duration::from_secs(10)));
     runtime.block_on(async {

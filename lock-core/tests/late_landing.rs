@@ -7,9 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use lock_core::memory::MemoryBackend;
-use lock_core::{BackendError, LockBackend, LockError, Moment, RedisLock, Script, ScriptValue};
+use lock_core::{BackendError, LockBackend, LockError, RedisLock, Runtime, Script, ScriptValue};
 
 /// A store whose `set_nx` times out for the caller at once, and is applied `LATE` afterwards.
 #[derive(Debug, Clone)]
@@ -42,12 +41,9 @@ impl LockBackend for LandsLate {
         self.store.eval_script(script, keys, args).await
     }
 
-    fn now(&self) -> Moment {
-        self.store.now()
-    }
-
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-        self.store.spawn_detached(task)
+    /// The store's: its clock, and its spawn for the background release.
+    fn runtime(&self) -> Option<&Runtime> {
+        self.store.runtime()
     }
 }
 

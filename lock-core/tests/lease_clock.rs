@@ -1,4 +1,4 @@
-//! lock-core reads time only through the backend's runtime handle (`LockBackend::now`): a clock that
+//! lock-core reads time only through the backend's runtime (`Executor::now`): a clock that
 //! jumps ahead, as `CLOCK_BOOTTIME` does across a suspend while `Instant` stands still, ends a guard's
 //! validity at once, without a real second passing.
 
@@ -11,14 +11,32 @@ use futures::future::BoxFuture;
 use lock_core::memory::MemoryBackend;
 use lock_core::testing::CountingBackend;
 use lock_core::{
-    BackendError, LockBackend, LockError, Moment, RedisLock, Redlock, Script, ScriptValue,
+    BackendError, Executor, LockBackend, LockError, Moment, RedisLock, Redlock, Runtime, Script,
+    ScriptValue,
 };
 
 /// The memory store, seen through a clock that the test moves forward by hand.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Suspendable {
     store: MemoryBackend,
-    skipped_ms: AtomicU64,
+    skipped_ms: Arc<AtomicU64>,
+    runtime: Runtime,
+}
+
+impl Default for Suspendable {
+    fn default() -> Self {
+        let store = MemoryBackend::new();
+        let skipped_ms = Arc::new(AtomicU64::new(0));
+        let executor = SkippingClock {
+            skipped_ms: skipped_ms.clone(),
+            store: store.runtime().expect("memory has a runtime").clone(),
+        };
+        Self {
+            store,
+            skipped_ms,
+            runtime: Runtime::new(executor),
+        }
+    }
 }
 
 impl Suspendable {
@@ -26,6 +44,26 @@ impl Suspendable {
     fn suspend(&self, by: Duration) {
         let ms = u64::try_from(by.as_millis()).expect("short enough");
         self.skipped_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+/// The store's runtime, with a clock that jumps ahead by what was suspended.
+struct SkippingClock {
+    skipped_ms: Arc<AtomicU64>,
+    store: Runtime,
+}
+
+impl Executor for SkippingClock {
+    fn now(&self) -> Moment {
+        self.store.now() + Duration::from_millis(self.skipped_ms.load(Ordering::SeqCst))
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.store.sleep(duration)
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) -> bool {
+        self.store.spawn(task)
     }
 }
 
@@ -44,12 +82,8 @@ impl LockBackend for Suspendable {
         self.store.eval_script(script, keys, args).await
     }
 
-    fn now(&self) -> Moment {
-        self.store.now() + Duration::from_millis(self.skipped_ms.load(Ordering::SeqCst))
-    }
-
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-        self.store.spawn_detached(task)
+    fn runtime(&self) -> Option<&Runtime> {
+        Some(&self.runtime)
     }
 }
 

@@ -29,7 +29,8 @@ async fn attempts_while_held(extend: bool) -> usize {
     }
     let before = counting.set_nx_calls();
     let waiting = lock.acquire();
-    let watch = counting.sleep(if extend {
+    let runtime = counting.runtime().expect("memory has a runtime");
+    let watch = runtime.sleep(if extend {
         WATCH
     } else {
         Duration::from_millis(200)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::memory::MemoryBackend;
-use lock_core::{LockBackend, LockError, RedisLock, Redlock};
+use lock_core::{LockBackend, LockError, RedisLock, Redlock, Runtime};
 
 #[test]
 fn a_lease_reported_lost_is_not_claimed() {
@@ -20,7 +20,9 @@ fn a_lease_reported_lost_is_not_claimed() {
             .timeout(Duration::from_secs(10))
             .max_hold(Duration::from_millis(50));
         let guard = lock.acquire().await.unwrap();
-        let held = guard.hold(store.sleep(Duration::from_secs(1))).await;
+        let held = guard
+            .hold(Runtime::neutral().sleep(Duration::from_secs(1)))
+            .await;
         assert!(matches!(held, Err(LockError::Lost { .. })), "{held:?}");
         assert_eq!(store.get("jobs:lost"), None, "released in the background");
         assert!(guard.valid_for().is_zero(), "{:?}", guard.valid_for());
@@ -41,7 +43,9 @@ fn a_redlock_reported_lost_is_not_claimed() {
             .timeout(Duration::from_secs(10))
             .max_hold(Duration::from_millis(50));
         let guard = lock.acquire().await.unwrap();
-        let held = guard.hold(nodes[0].sleep(Duration::from_secs(1))).await;
+        let held = guard
+            .hold(Runtime::neutral().sleep(Duration::from_secs(1)))
+            .await;
         assert!(matches!(held, Err(LockError::Lost { .. })), "{held:?}");
         assert!(guard.valid_for().is_zero(), "{:?}", guard.valid_for());
         assert!(!guard.release().await.unwrap(), "not ours any more");

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, Either, select};
+use futures::future::{Either, select};
 use lock_core::memory::MemoryBackend;
 use lock_core::testing::{CountingBackend, Fault, FaultyBackend, companion_keys};
 use lock_core::{
@@ -331,8 +331,15 @@ async fn zero_wait_makes_exactly_one_round() {
     let err = lock.acquire().await.unwrap_err();
     assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
     for node in &counted {
-        // One acquisition request and one release per master.
-        assert_eq!((node.set_nx_calls(), node.script_calls()), (1, 1));
+        // One acquisition request and one release per master, and (first contact) the script asking
+        // which server it is.
+        assert_eq!((node.set_nx_calls(), node.script_calls()), (1, 2));
+    }
+    // Known from then on: a second round asks no more.
+    let err = lock.acquire().await.unwrap_err();
+    assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
+    for node in &counted {
+        assert_eq!((node.set_nx_calls(), node.script_calls()), (2, 3));
     }
 }
 
@@ -809,9 +816,9 @@ fn runs_without_tokio() {
     });
 }
 
-/// A sleep that needs no runtime, through a backend's default timer.
+/// A sleep that needs no runtime, on the runtime-neutral timer.
 fn futures_timer_sleep(duration: Duration) -> futures::future::BoxFuture<'static, ()> {
-    MemoryBackend::new().sleep(duration)
+    lock_core::Runtime::neutral().sleep(duration)
 }
 
 /// A master's data as a restart without persistence leaves it: the lock key and the fence counter gone.
@@ -1010,9 +1017,9 @@ async fn a_backend_listed_twice_is_refused_before_anything_is_sent() {
     assert!(guard.release().await.unwrap());
 }
 
-/// A backend that answers a server identity (as the Redis adapters answer `run_id`), over an in-memory
-/// store, without forwarding the store's instance id: two of them over one store are two backend
-/// values reaching one "server".
+/// A backend that answers the server identity script itself (as a Redis server answers its `run_id`),
+/// over an in-memory store, without forwarding the store's runtime: two of them over one store are two
+/// backend values reaching one "server".
 #[derive(Debug)]
 struct Named {
     store: MemoryBackend,
@@ -1049,20 +1056,18 @@ impl LockBackend for Named {
         keys: &[&str],
         args: &[&str],
     ) -> Result<ScriptValue, BackendError> {
+        if script.sha1() == lock_core::script::SERVER_ID.sha1() {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            return match &*self.id.lock().unwrap() {
+                Ok(id) => Ok(ScriptValue::Str((*id).to_owned())),
+                Err(error) if error.is_transient() => {
+                    Err(BackendError::transient("named", "no answer"))
+                }
+                Err(_) => Err(BackendError::permanent("named", "NOPERM no INFO for you")),
+            };
+        }
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.store.eval_script(script, keys, args).await
-    }
-
-    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
-        self.asked.fetch_add(1, Ordering::SeqCst);
-        let answer = match &*self.id.lock().unwrap() {
-            Ok(id) => Ok((*id).to_owned()),
-            Err(error) if error.is_transient() => {
-                Err(BackendError::transient("named", "no answer"))
-            }
-            Err(_) => Err(BackendError::permanent("named", "NOPERM no INFO for you")),
-        };
-        Some(Box::pin(async move { answer }))
     }
 }
 

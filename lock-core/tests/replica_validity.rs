@@ -15,7 +15,10 @@ use futures::executor::block_on;
 use futures::future::BoxFuture;
 use lock_core::memory::{MemoryBackend, MemorySnapshot, ServerClock};
 use lock_core::script::Script;
-use lock_core::{BackendError, LockBackend, Moment, RedisLock, ScriptValue, async_trait};
+use lock_core::{
+    BackendError, Capabilities, Executor, LockBackend, Moment, RedisLock, Runtime, ScriptValue,
+    async_trait,
+};
 
 /// A clock moved by hand, shared by the server and the client (no drift: the test is about replicas).
 #[derive(Debug, Default)]
@@ -37,12 +40,30 @@ impl ServerClock for ManualClock {
     }
 }
 
+/// The client's runtime: the hand-moved clock, and sleeps that end at once (the test moves time).
+struct OnManualClock(Arc<ManualClock>);
+
+impl Executor for OnManualClock {
+    fn now(&self) -> Moment {
+        self.0.now()
+    }
+
+    fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) -> bool {
+        drop(task);
+        false
+    }
+}
+
 /// A primary with one replica that `WAIT` reaches while the link is up (it then has every write so
 /// far), and that a failover promotes.
 #[derive(Debug)]
 struct Replicated {
     primary: MemoryBackend,
-    clock: Arc<ManualClock>,
+    runtime: Runtime,
     replica: Mutex<MemorySnapshot>,
     link: AtomicBool,
 }
@@ -85,12 +106,12 @@ impl LockBackend for Replicated {
         Ok((reply, 1))
     }
 
-    fn now(&self) -> Moment {
-        self.clock.now()
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_replica_acks(true)
     }
 
-    fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
+    fn runtime(&self) -> Option<&Runtime> {
+        Some(&self.runtime)
     }
 }
 
@@ -99,7 +120,7 @@ fn validity_rests_only_on_acknowledged_writes() {
     let clock = Arc::new(ManualClock::default());
     let store = Arc::new(Replicated {
         primary: MemoryBackend::with_clock(clock.clone()),
-        clock: clock.clone(),
+        runtime: Runtime::new(OnManualClock(clock.clone())),
         replica: Mutex::default(),
         link: AtomicBool::new(true),
     });

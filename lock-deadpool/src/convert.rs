@@ -91,15 +91,6 @@ pub(crate) fn wait_reply(reply: Value) -> Result<usize, BackendError> {
     }
 }
 
-/// The text of the reply to `INFO server`.
-pub(crate) fn info_reply(reply: Value) -> Result<String, BackendError> {
-    match reply {
-        Value::BulkString(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Value::VerbatimString { text, .. } | Value::SimpleString(text) => Ok(text),
-        other => Err(unexpected("INFO server", &other)),
-    }
-}
-
 /// A script's reply as a [`ScriptValue`].
 ///
 /// RESP2 replies map directly. Under RESP3, Lua booleans arrive as booleans and are mapped the way RESP2

@@ -107,9 +107,10 @@
 //!
 //! # Runtime
 //!
-//! This adapter requires a Tokio runtime with the time driver enabled (as redis-rs does):
-//! [`LockBackend::sleep`] is [`tokio::time::sleep`] and [`LockBackend::spawn_detached`] spawns onto the
-//! current runtime, answering `false` when called outside one.
+//! This adapter requires a Tokio runtime with the time driver enabled (as redis-rs does): the
+//! [`Runtime`] it hands its locks ([`LockBackend::runtime`]) sleeps with
+//! [`tokio::time::sleep`] and spawns onto the current runtime, answering `false` when called outside
+//! one.
 //!
 //! [deadpool-redis]: https://docs.rs/deadpool-redis
 //! [redis-rs]: https://docs.rs/redis
@@ -127,7 +128,6 @@ mod release_wait;
 mod replicated;
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -135,7 +135,7 @@ use deadpool_redis::Pool;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use futures::future::BoxFuture;
 use lock_core::adapter::{self, Command};
-use lock_core::{BackendError, LocalQueues, LockBackend, Script, ScriptValue};
+use lock_core::{BackendError, Capabilities, Executor, LockBackend, Runtime, Script, ScriptValue};
 
 use crate::connection::Conn;
 
@@ -152,8 +152,8 @@ const BACKEND: &str = "deadpool";
 pub struct DeadpoolBackend {
     conn: Conn,
     command_timeout: Duration,
-    /// Local waiting lines, shared by clones: one contender per key in this process.
-    queues: Arc<LocalQueues>,
+    /// Tokio's timer and spawner, shared by clones (so are the in-process waiting lines it carries).
+    runtime: Runtime,
 }
 
 impl From<Pool> for DeadpoolBackend {
@@ -192,7 +192,7 @@ impl DeadpoolBackend {
         Self {
             conn,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
-            queues: Arc::default(),
+            runtime: Runtime::new(Tokio),
         }
     }
 
@@ -281,59 +281,52 @@ impl LockBackend for DeadpoolBackend {
         replicated::eval(self, script, keys, args, replicas, timeout).await
     }
 
+    /// `BLPOP` on a connection checked out of the pool for the wait (the `release_wait` module).
+    /// Refused (permanently) on a lone multiplexed connection, which cannot block without holding up
+    /// every other call on it, and on a cluster, which sends no signals: waiters poll there.
+    async fn wait_for_release(
+        &self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        if !self.capabilities().blocking_waits {
+            return Err(BackendError::permanent(
+                BACKEND,
+                "no blocking waits on a lone multiplexed connection or a cluster",
+            ));
+        }
+        release_wait::wait_for_release(self, signal, timeout).await
+    }
+
+    /// Replica acknowledgement; release signals except on a cluster (a script touching two keys is
+    /// refused while their slot migrates), and blocking waits where a connection can be checked out for
+    /// them (not on a lone multiplexed connection, which still sends signals for waiters elsewhere).
+    fn capabilities(&self) -> Capabilities {
+        let cluster = matches!(self.conn, Conn::Cluster(_));
+        let lone = matches!(self.conn, Conn::Multiplexed(_));
+        Capabilities::new()
+            .with_replica_acks(true)
+            .with_release_signals(!cluster)
+            .with_blocking_waits(!cluster && !lone)
+            .with_cluster(cluster)
+    }
+
+    /// Tokio's, shared by clones: they are one backend, with one waiting line per key.
+    fn runtime(&self) -> Option<&Runtime> {
+        Some(&self.runtime)
+    }
+}
+
+/// Tokio's timer and spawner; the lease clock stays lock-core's default.
+struct Tokio;
+
+impl Executor for Tokio {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         Box::pin(tokio::time::sleep(duration))
     }
 
-    fn local_queues(&self) -> Option<&LocalQueues> {
-        Some(&self.queues)
-    }
-
-    /// Off in Redis Cluster (see [`LockBackend::release_signals`]); a lone multiplexed connection still
-    /// sends them, for waiters that can block.
-    fn release_signals(&self) -> bool {
-        !matches!(self.conn, Conn::Cluster(_))
-    }
-
-    /// Clones share the pool or connection (and this backend's state), so they answer one identity.
-    fn instance_id(&self) -> usize {
-        Arc::as_ptr(&self.queues).cast::<()>().addr()
-    }
-
-    /// The `run_id` from `INFO server`, bounded by the command timeout. `None` for a cluster pool,
-    /// where `INFO` may reach any node.
-    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
-        if matches!(self.conn, Conn::Cluster(_)) {
-            return None;
-        }
-        Some(Box::pin(async move {
-            let mut info = deadpool_redis::redis::cmd("INFO");
-            info.arg("server");
-            let reply = convert::bounded(self.command_timeout, async {
-                self.conn.get().await?.query(&info).await
-            })
-            .await?;
-            adapter::run_id(BACKEND, &convert::info_reply(reply)?)
-        }))
-    }
-
-    /// `BLPOP` on a connection checked out of the pool for the wait (the `release_wait` module). `None`
-    /// for a lone multiplexed connection, which cannot block without holding up every other call on it,
-    /// and in a cluster, which sends no signals: waiters poll.
-    fn wait_for_release<'a>(
-        &'a self,
-        signal: &'a str,
-        timeout: Duration,
-    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
-        if matches!(self.conn, Conn::Multiplexed(_) | Conn::Cluster(_)) {
-            return None;
-        }
-        Some(Box::pin(release_wait::wait_for_release(
-            self, signal, timeout,
-        )))
-    }
-
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+    /// Onto the current runtime; `false` outside one.
+    fn spawn(&self, task: BoxFuture<'static, ()>) -> bool {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 drop(handle.spawn(task));

@@ -106,10 +106,10 @@ use fred::clients::{Client, Pool};
 use fred::error::Error;
 use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::types::config::Options;
-use fred::types::{Expiration, InfoKind, SetOptions, Value};
+use fred::types::{Expiration, SetOptions, Value};
 use futures::future::BoxFuture;
 use lock_core::adapter;
-use lock_core::{BackendError, LocalQueues, LockBackend, Script, ScriptValue};
+use lock_core::{BackendError, Capabilities, Executor, LockBackend, Runtime, Script, ScriptValue};
 
 use crate::release_wait::Blockers;
 
@@ -125,8 +125,8 @@ const BACKEND: &str = "fred";
 pub struct FredBackend {
     inner: Inner,
     command_timeout: Duration,
-    /// Local waiting lines, shared by clones: one contender per key in this process.
-    queues: Arc<LocalQueues>,
+    /// Tokio's timer and spawner, shared by clones (so are the in-process waiting lines it carries).
+    runtime: Runtime,
     /// Idle connections of our own for `BLPOP`, which would hold up every other command on a shared one.
     blockers: Arc<Blockers>,
 }
@@ -158,7 +158,7 @@ impl FredBackend {
         Self {
             inner,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
-            queues: Arc::default(),
+            runtime: Runtime::new(Tokio),
             blockers: Arc::default(),
         }
     }
@@ -302,56 +302,51 @@ impl LockBackend for FredBackend {
         replicated::eval(self, script, keys, args, replicas, timeout).await
     }
 
+    /// `BLPOP` on a connection of our own (made with the client's config on first use, then kept idle
+    /// between waits), so the shared client is never blocked (the `release_wait` module). Refused
+    /// (permanently) in Redis Cluster, where releases send no signal.
+    async fn wait_for_release(
+        &self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        if self.client().is_clustered() {
+            return Err(BackendError::permanent(
+                BACKEND,
+                "no blocking waits in Redis Cluster: releases send no signal there",
+            ));
+        }
+        release_wait::wait_for_release(self, signal, timeout).await
+    }
+
+    /// Replica acknowledgement; release signals and blocking waits except in Redis Cluster, where a
+    /// script touching two keys is refused while their slot migrates (waiters poll there).
+    fn capabilities(&self) -> Capabilities {
+        let cluster = self.client().is_clustered();
+        Capabilities::new()
+            .with_replica_acks(true)
+            .with_release_signals(!cluster)
+            .with_blocking_waits(!cluster)
+            .with_cluster(cluster)
+    }
+
+    /// Tokio's, shared by clones: they are one backend, with one waiting line per key.
+    fn runtime(&self) -> Option<&Runtime> {
+        Some(&self.runtime)
+    }
+}
+
+/// Tokio's timer and spawner; the lease clock stays lock-core's default.
+struct Tokio;
+
+impl Executor for Tokio {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         // Created on first poll, so that calling `sleep` outside a runtime context does not panic.
         Box::pin(async move { tokio::time::sleep(duration).await })
     }
 
-    fn local_queues(&self) -> Option<&LocalQueues> {
-        Some(&self.queues)
-    }
-
-    /// Off in Redis Cluster (see [`LockBackend::release_signals`]).
-    fn release_signals(&self) -> bool {
-        !self.client().is_clustered()
-    }
-
-    /// Clones share the client (and this backend's state), so they answer one identity.
-    fn instance_id(&self) -> usize {
-        Arc::as_ptr(&self.queues).cast::<()>().addr()
-    }
-
-    /// The `run_id` from `INFO server`, bounded by the command timeout. `None` in Redis Cluster, where
-    /// `INFO` may reach any node.
-    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
-        if self.client().is_clustered() {
-            return None;
-        }
-        Some(Box::pin(async move {
-            let info: String = self
-                .bounded(self.client().info(Some(InfoKind::Server)))
-                .await?;
-            adapter::run_id(BACKEND, &info)
-        }))
-    }
-
-    /// `BLPOP` on a connection of our own (made with the client's config on first use, then kept idle
-    /// between waits), so the shared client is never blocked (the `release_wait` module). `None` in Redis
-    /// Cluster, where releases send no signal.
-    fn wait_for_release<'a>(
-        &'a self,
-        signal: &'a str,
-        timeout: Duration,
-    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
-        if !self.release_signals() {
-            return None;
-        }
-        Some(Box::pin(release_wait::wait_for_release(
-            self, signal, timeout,
-        )))
-    }
-
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
+    /// Onto the current runtime; `false` outside one.
+    fn spawn(&self, task: BoxFuture<'static, ()>) -> bool {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 drop(handle.spawn(task));

@@ -3,14 +3,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures::executor::block_on;
-use futures::future::{BoxFuture, Either, select};
+use futures::future::{Either, select};
 
 use super::*;
-use crate::backend::BackendError;
+use crate::async_trait;
+use crate::backend::{BackendError, Capabilities};
 use crate::memory::MemoryBackend;
-use crate::queue::LocalQueues;
+use crate::runtime::Runtime;
 use crate::script::Script;
-use crate::{async_trait, backend::forward_capabilities};
 
 /// Fails its first `failures` acquisition attempts (the fenced acquire script an election runs), as a
 /// server answering `LOADING` during a failover would (transiently) or as one refusing the commands
@@ -76,7 +76,13 @@ impl LockBackend for Flaky {
         self.inner.eval_script(script, keys, args).await
     }
 
-    forward_capabilities!(|this| this.inner);
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn runtime(&self) -> Option<&Runtime> {
+        self.inner.runtime()
+    }
 }
 
 /// Hole 15: a campaign keeps going through transient failures (here five `LOADING` replies in a row)
@@ -115,7 +121,7 @@ fn campaign_backs_off_until_cancelled() {
         let flaky = Flaky::new(MemoryBackend::new(), usize::MAX, true);
         let election = Election::new(flaky.clone(), "election");
         let campaign = pin!(election.campaign());
-        let window = flaky.sleep(Duration::from_millis(600));
+        let window = runtime_of(&flaky).sleep(Duration::from_millis(600));
         match select(campaign, window).await {
             Either::Left((result, _)) => panic!("the campaign gave up: {result:?}"),
             Either::Right(((), _)) => {}
@@ -205,7 +211,7 @@ fn clones_campaigning_are_told_apart() {
         // Both clones campaigning at once: the one still campaigning has no term; when the leader
         // resigns, it wins a term of its own.
         let waiting = pin!(second.campaign());
-        let window = backend.sleep(Duration::from_millis(300));
+        let window = runtime_of(&backend).sleep(Duration::from_millis(300));
         let waiting = match select(waiting, window).await {
             Either::Left((won, _)) => panic!("two clones led at once: {won:?}"),
             Either::Right(((), waiting)) => waiting,

@@ -4,6 +4,7 @@ mod scripts;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,8 +12,8 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::backend::{BackendError, LockBackend, ScriptValue};
-use crate::queue::LocalQueues;
+use crate::backend::{BackendError, Capabilities, LockBackend, ScriptValue};
+use crate::runtime::{Executor, Runtime};
 use crate::script::Script;
 use crate::time::Moment;
 
@@ -31,8 +32,35 @@ const NAME: &str = "memory";
 #[derive(Debug, Clone)]
 pub struct MemoryBackend {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
-    queues: Arc<LocalQueues>,
+    /// Shared by clones: one line per key for the tasks of this process, and one identity.
+    runtime: Runtime,
     clock: Arc<dyn ServerClock>,
+    /// What [`SERVER_ID`](crate::script::SERVER_ID) answers: unique per store, shared by clones.
+    server_id: u64,
+}
+
+/// The executor of [`MemoryBackend`]'s locks: the lease clock, a runtime-neutral timer, and a spawn that
+/// needs no runtime (see [`Executor::spawn`] below).
+struct MemoryExecutor;
+
+impl Executor for MemoryExecutor {
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(futures_timer::Delay::new(duration))
+    }
+
+    /// Memory operations complete without waiting, so a background release normally finishes right
+    /// here; one that must wait (behind a wrapper that delays calls, say) finishes on a thread of its
+    /// own. Either way the caller never blocks and no runtime is needed.
+    fn spawn(&self, task: BoxFuture<'static, ()>) -> bool {
+        let mut task = task;
+        if (&mut task).now_or_never().is_some() {
+            return true;
+        }
+        std::thread::Builder::new()
+            .name("redlease-memory-release".into())
+            .spawn(move || futures::executor::block_on(task))
+            .is_ok()
+    }
 }
 
 impl Default for MemoryBackend {
@@ -173,10 +201,12 @@ impl MemoryBackend {
     /// [`snapshot`](Self::snapshot) and [`restore`](Self::restore) for replicas, failovers and
     /// restarts.
     pub fn with_clock(clock: Arc<dyn ServerClock>) -> Self {
+        static STORES: AtomicU64 = AtomicU64::new(0);
         Self {
             entries: Arc::default(),
-            queues: Arc::default(),
+            runtime: Runtime::new(MemoryExecutor),
             clock,
+            server_id: STORES.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -275,27 +305,15 @@ impl LockBackend for MemoryBackend {
         self.run_script(script, keys, args).map(|reply| (reply, 0))
     }
 
-    /// Memory operations complete without waiting, so a background release normally finishes right
-    /// here; one that must wait (behind a wrapper that delays calls, say) finishes on a thread of its own.
-    /// Either way the caller never blocks and no runtime is needed.
-    fn local_queues(&self) -> Option<&LocalQueues> {
-        Some(&self.queues)
+    /// Replica acknowledgement (answered with zero replicas); no release signals and no blocking
+    /// waits: tasks of this process wait in the runtime's lines, and there are no others.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_replica_acks(true)
     }
 
-    /// Clones share one store, so they answer one identity.
-    fn instance_id(&self) -> usize {
-        Arc::as_ptr(&self.entries).cast::<()>().addr()
-    }
-
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-        let mut task = task;
-        if (&mut task).now_or_never().is_some() {
-            return true;
-        }
-        std::thread::Builder::new()
-            .name("redlease-memory-release".into())
-            .spawn(move || futures::executor::block_on(task))
-            .is_ok()
+    /// Shared by clones, so they are one backend (one line per key, one identity).
+    fn runtime(&self) -> Option<&Runtime> {
+        Some(&self.runtime)
     }
 }
 
@@ -410,6 +428,17 @@ mod tests {
             "a restart without persistence"
         );
         assert!(backend.snapshot().is_empty());
+    }
+
+    #[test]
+    fn the_server_id_is_one_per_store_and_shared_by_clones() {
+        let id = |backend: &MemoryBackend| {
+            futures::executor::block_on(backend.eval_script(&script::SERVER_ID, &[], &[])).unwrap()
+        };
+        let (a, b) = (MemoryBackend::new(), MemoryBackend::new());
+        assert!(matches!(id(&a), ScriptValue::Str(ref s) if s.starts_with("memory-")));
+        assert_eq!(id(&a), id(&a.clone()));
+        assert_ne!(id(&a), id(&b));
     }
 
     #[test]

@@ -52,6 +52,9 @@ impl MemoryBackend {
                 let entry = entries.get_mut(*key).filter(|e| e.value == *token);
                 written(entry, now, wall, |_| {})
             }
+            ([], []) if sha == script::SERVER_ID.sha1() => {
+                ScriptValue::Str(format!("memory-{}", self.server_id))
+            }
             ([key], []) if sha == script::READ.sha1() => match entries.get(*key) {
                 Some(e) => ScriptValue::Str(e.value.clone()),
                 None => ScriptValue::Nil,

@@ -2,8 +2,8 @@
 //! taking the baton and a waiter dropping its place (cancelled, or going ahead without the baton)
 //! loses the baton or hands out two.
 //!
-//! The threads below run the queue's own code (`LocalQueues`, `InLine`, `Baton`) through a
-//! `MemoryBackend`, as `RedisLock::acquire` does; `shuttle` switches between them wherever the lines
+//! The threads below run the queue's own code (`LocalQueues`, `InLine`, `Baton`) on one set of
+//! lines, as `RedisLock::acquire` does; `shuttle` switches between them wherever the lines
 //! are locked or a task yields. A holder and one waiter are explored exhaustively (`check_dfs`: every
 //! schedule); with more tasks the schedules are too many for that (over 100 000 for a holder and two
 //! waiters), so those use seeded PCT and random schedulers, which check the same schedules every run.
@@ -17,8 +17,6 @@ use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{Runner, thread};
 
 use super::{Baton, InLine, LocalQueues, Turn};
-use crate::backend::LockBackend;
-use crate::memory::MemoryBackend;
 
 /// The lines' mutex in unit tests: std's, behind a `shuttle` mutex that is taken only inside a model
 /// run, so that `shuttle` can switch threads where the lines are locked while the crate's other unit
@@ -73,7 +71,7 @@ impl<T> DerefMut for MutexGuard<'_, T> {
 
 /// One backend's line for one key, and how many tasks hold its baton right now.
 struct World {
-    backend: Arc<dyn LockBackend>,
+    lines: Arc<LocalQueues>,
     key: Arc<str>,
     holders: AtomicUsize,
 }
@@ -81,25 +79,25 @@ struct World {
 impl World {
     fn new() -> Arc<Self> {
         Arc::new(Self {
-            backend: Arc::new(MemoryBackend::new()),
+            lines: Arc::default(),
             key: Arc::from("k"),
             holders: AtomicUsize::new(0),
         })
     }
 
     fn queues(&self) -> &LocalQueues {
-        self.backend.local_queues().expect("memory keeps lines")
+        &self.lines
     }
 
     /// Joins the line as `wait_for_turn` does: the baton at once, or a place in line that looks for the
     /// baton `patience` times (yielding in between) and then gives up, dropping its place.
     fn contend(&self, patience: usize) -> Option<Baton> {
         let (ticket, receiver) = match self.queues().join(&self.key) {
-            Turn::Now => return Some(Baton::new(self.backend.clone(), self.key.clone())),
+            Turn::Now => return Some(Baton::new(self.lines.clone(), self.key.clone())),
             Turn::Later { ticket, receiver } => (ticket, receiver),
         };
         let mut in_line = InLine {
-            backend: self.backend.clone(),
+            lines: self.lines.clone(),
             key: self.key.clone(),
             ticket,
             receiver,

@@ -8,7 +8,7 @@ use futures::future::{BoxFuture, join_all};
 
 use super::quorum::{confirmed, decided_by_errors, quorum_deadline, written_answers};
 use super::rounds::{Holdings, bounded, release_everywhere};
-use crate::backend::{BackendError, ScriptValue};
+use crate::backend::{BackendError, ScriptValue, runtime_of};
 use crate::error::{LockError, NodeError, Result};
 use crate::guard::Written;
 use crate::lease::{Renewable, hold_renewed};
@@ -226,7 +226,7 @@ impl RedlockGuard {
     }
 
     fn now(&self) -> Moment {
-        self.holdings.nodes[0].now()
+        runtime_of(&*self.holdings.nodes[0]).now()
     }
 
     fn lock_bounds(&self) -> MutexGuard<'_, Vec<MasterLease>> {
@@ -339,7 +339,7 @@ impl Renewable for RedlockGuard {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        self.holdings.nodes[0].sleep(duration)
+        runtime_of(&*self.holdings.nodes[0]).sleep(duration)
     }
 
     fn renew_once(&self) -> BoxFuture<'_, Result<bool>> {

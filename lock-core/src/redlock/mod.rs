@@ -35,7 +35,7 @@
 //!    to every master at once, each request bounded by the per-node timeout
 //!    ([`Redlock::node_timeout`], by default a tenth of the TTL and at most 200 ms), so a hung master
 //!    costs at most that bound and never stretches the round. Requests are joined in the same future
-//!    (no task is spawned); each bound uses the node's own [`LockBackend::sleep`].
+//!    (no task is spawned); each bound uses the node's own runtime's timer ([`LockBackend::runtime`]).
 //! 2. Count the masters that granted. A failed or timed-out master is a vote against, and its error is
 //!    kept.
 //! 3. The lock is acquired when at least `N/2 + 1` masters granted it **and** validity is left:
@@ -73,8 +73,9 @@
 //! Two majorities of the same `N` masters always share a master, provided the `N` are `N` different
 //! servers: a server listed twice would vote twice (its answer to our own re-sent write is "granted"),
 //! so `acquire` refuses such a list with [`LockError::InvalidArgument`], recognising the same backend by
-//! [`LockBackend::instance_id`] before sending anything, and the same server reached through different
-//! clients by its `run_id` ([`LockBackend::server_id`]) the first time a round reaches it, before its
+//! its runtime ([`LockBackend::runtime`], [`Runtime::same_as`](crate::Runtime::same_as)) before sending
+//! anything, and the same server reached through different clients by its `run_id` (the
+//! [`SERVER_ID`](crate::script::SERVER_ID) script) the first time a round reaches it, before its
 //! vote is counted. A master holds one value per key, and
 //! a key is only set when absent (`NX`) and only deleted or extended by the token that set it. So while
 //! our key lives on a majority, no other client can collect a majority. Our validity ends before any
@@ -178,7 +179,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::backend::LockBackend;
+use crate::backend::{LockBackend, runtime_of};
 use crate::backoff::Backoff;
 use crate::error::{LockError, Result};
 
@@ -208,7 +209,8 @@ pub struct Redlock {
     backoff: Backoff,
     max_hold: Option<Duration>,
     fencing: bool,
-    /// Per master: its server's identity once learnt (see [`LockBackend::server_id`]), shared by clones.
+    /// Per master: its server's identity once learnt (see
+    /// [`script::SERVER_ID`](crate::script::SERVER_ID)), shared by clones.
     server_ids: Arc<Mutex<Vec<ServerId>>>,
 }
 
@@ -219,7 +221,7 @@ enum ServerId {
     Unknown,
     /// The server's `run_id`.
     Known(String),
-    /// The backend cannot tell (or refused to, permanently): only `instance_id` tells it apart.
+    /// The backend cannot tell (a cluster, or a refusal, permanently): only its runtime tells it apart.
     Unavailable,
 }
 
@@ -242,10 +244,11 @@ impl Redlock {
     /// Pass a `Vec<Arc<dyn LockBackend>>` to mix clients. A master is named by its index in `nodes` in
     /// errors. Nothing is checked or sent until the lock is used: an empty list, an empty key, or a
     /// master listed twice is reported by `acquire` as [`LockError::InvalidArgument`]. A master counts
-    /// as listed twice when two entries are the same backend (by
-    /// [`LockBackend::instance_id`]: the same value, its clones, or wrappers around it), or, from the
-    /// first round that reaches them, the same server (by [`LockBackend::server_id`], Redis's
-    /// `run_id`, whatever clients reach it): counted twice, one server could make a majority with
+    /// as listed twice when two entries are the same backend (they share one
+    /// [`Runtime`](crate::Runtime): the same value, its clones, or wrappers around it; backends without
+    /// a runtime have no such identity), or, from the first round that reaches them, the same server
+    /// (by the [`SERVER_ID`](crate::script::SERVER_ID) script, Redis's `run_id`, whatever clients reach
+    /// it; not asked of a Redis Cluster backend): counted twice, one server could make a majority with
     /// fewer than half of the real masters. The run ids are asked for alongside the first round's
     /// requests (no extra round trip) and kept by this `Redlock` and its clones: build one per key and
     /// clone it, rather than one per acquisition.
@@ -349,7 +352,9 @@ impl Redlock {
     /// have acquired, in the background where the backends can spawn, otherwise when the TTL runs out.
     pub async fn acquire(&self) -> Result<RedlockGuard> {
         let plan = self.validate()?;
-        let started = self.nodes[0].now();
+        // Master 0's runtime is the Redlock's clock and timer.
+        let runtime = runtime_of(&*self.nodes[0]);
+        let started = runtime.now();
         let deadline = self.wait_timeout.and_then(|wait| started.checked_add(wait));
         let mut attempt: u32 = 0;
         loop {
@@ -364,7 +369,7 @@ impl Redlock {
                 None if by_errors => return Err(failed.into_error(&self.key, plan.quorum)),
                 None => {}
                 Some(deadline) => {
-                    let now = self.nodes[0].now();
+                    let now = runtime.now();
                     if now >= deadline {
                         return Err(if by_errors {
                             failed.into_error(&self.key, plan.quorum)
@@ -386,7 +391,7 @@ impl Redlock {
                 ?delay,
                 "no quorum, backing off"
             );
-            self.nodes[0].sleep(delay).await;
+            runtime.sleep(delay).await;
             attempt = attempt.saturating_add(1);
         }
     }

@@ -18,12 +18,15 @@ pub(super) fn granted(votes: &[Vote]) -> usize {
         .count()
 }
 
-/// The first two positions holding the same value, if any.
-pub(super) fn first_duplicate<T: PartialEq>(items: &[T]) -> Option<(usize, usize)> {
+/// The first two positions holding items that are `same`, if any.
+pub(super) fn first_duplicate<T>(
+    items: &[T],
+    same: impl Fn(&T, &T) -> bool,
+) -> Option<(usize, usize)> {
     items.iter().enumerate().find_map(|(second, item)| {
         items[..second]
             .iter()
-            .position(|earlier| earlier == item)
+            .position(|earlier| same(earlier, item))
             .map(|first| (first, second))
     })
 }

@@ -10,11 +10,12 @@ use futures::future::{Either, join, join_all, select};
 use super::guard::{MasterLease, RedlockGuard};
 use super::quorum::{Failed, clock_skew, duplicate_servers, first_duplicate, granted};
 use super::{LAYER, Node, Redlock, ServerId, default_node_timeout};
-use crate::backend::{BackendError, LockBackend, ScriptValue};
+use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, NodeError, Result};
 use crate::keys;
 use crate::lease::{Until, retry_in_background};
 use crate::lock::fenced_reply;
+use crate::runtime::Runtime;
 use crate::script;
 use crate::time::{to_millis, ttl_millis, validity_deadline};
 
@@ -63,11 +64,15 @@ impl Redlock {
         })
     }
 
-    /// A master listed twice: the same backend by [`LockBackend::instance_id`], or the same server by
-    /// the run ids learnt so far.
+    /// A master listed twice: the same backend by its [`Runtime`] (backends without
+    /// one have no identity here), or the same server by the run ids learnt so far.
     fn refuse_duplicate_masters(&self) -> Result<()> {
-        let instances: Vec<usize> = self.nodes.iter().map(|node| node.instance_id()).collect();
-        if let Some((first, second)) = first_duplicate(&instances) {
+        let runtimes: Vec<_> = self.nodes.iter().map(|node| node.runtime()).collect();
+        let same = |a: &Option<&Runtime>, b: &Option<&Runtime>| match (a, b) {
+            (Some(a), Some(b)) => a.same_as(b),
+            _ => false,
+        };
+        if let Some((first, second)) = first_duplicate(&runtimes, same) {
             return Err(LockError::invalid(
                 "nodes",
                 format!(
@@ -98,7 +103,7 @@ impl Redlock {
             .iter()
             .map(|id| *id == ServerId::Unknown)
             .collect();
-        let clock = &self.nodes[0];
+        let clock = runtime_of(&*self.nodes[0]);
         let sent_at = clock.now();
         let replies = join_all(self.nodes.iter().zip(unidentified).map(|(node, ask)| {
             let acquire = bounded(
@@ -107,13 +112,15 @@ impl Redlock {
                 self.acquire_on(node.as_ref(), &holdings.token, plan),
             );
             let identify = async move {
-                match ask.then(|| node.server_id()) {
-                    None => Identified::NotAsked,
-                    Some(None) => Identified::Unavailable,
-                    Some(Some(call)) => {
-                        Identified::Answer(bounded(node.as_ref(), plan.node_timeout, call).await)
-                    }
+                if !ask {
+                    return Identified::NotAsked;
                 }
+                // A script without keys may run on any node of a cluster: its answer says nothing.
+                if node.capabilities().cluster {
+                    return Identified::Unavailable;
+                }
+                let call = node.eval_script(&script::SERVER_ID, &[], &[]);
+                Identified::Answer(bounded(node.as_ref(), plan.node_timeout, call).await)
             };
             join(acquire, identify)
         }))
@@ -213,7 +220,13 @@ impl Redlock {
             match identified {
                 Identified::NotAsked => {}
                 Identified::Unavailable => ids[node] = ServerId::Unavailable,
-                Identified::Answer(Ok(id)) => ids[node] = ServerId::Known(id),
+                Identified::Answer(Ok(ScriptValue::Str(id))) if !id.is_empty() => {
+                    ids[node] = ServerId::Known(id);
+                }
+                Identified::Answer(Ok(reply)) => {
+                    tracing::debug!(key = %self.key, node, ?reply, "a master answered no server id");
+                    ids[node] = ServerId::Unavailable;
+                }
                 Identified::Answer(Err(error)) if !error.is_transient() => {
                     tracing::debug!(key = %self.key, node, %error, "a master cannot say which server it is; only its backend value tells it apart");
                     ids[node] = ServerId::Unavailable;
@@ -350,9 +363,10 @@ struct Reply {
 enum Identified {
     /// Already known (or known to be unavailable): not asked.
     NotAsked,
-    /// Its backend cannot tell.
+    /// Its backend cannot tell (a cluster).
     Unavailable,
-    Answer(Result<String, BackendError>),
+    /// Its answer to [`script::SERVER_ID`].
+    Answer(Result<ScriptValue, BackendError>),
 }
 
 /// Runs `call` against `node`, failing it with a timeout after `bound` (on the node's own timer), so
@@ -363,7 +377,7 @@ pub(super) async fn bounded<T>(
     call: impl Future<Output = Result<T, BackendError>>,
 ) -> Result<T, BackendError> {
     let call = pin!(call);
-    match select(call, node.sleep(bound)).await {
+    match select(call, runtime_of(node).sleep(bound)).await {
         Either::Left((reply, _)) => reply,
         Either::Right(_) => Err(BackendError::timed_out(LAYER, bound)),
     }

@@ -2,7 +2,8 @@
 //!
 //! Each check is a plain `async fn` taking the backend under test, a [`Probe`] that reads and writes the
 //! store directly (behind the backend's back, as another client would), and a key unique to the run. They
-//! use only the backend's own `sleep`, so the suite runs on any executor. [`run_all`] runs every check.
+//! sleep only on the backend's own runtime, so the suite runs on any executor. [`run_all`] runs every
+//! check.
 //!
 //! Checks panic with a message naming what broke, like assertions in a test.
 //!
@@ -163,7 +164,7 @@ pub async fn run_all(backend: Arc<dyn LockBackend>, probe: &dyn Probe, prefix: &
 const SECOND: Duration = Duration::from_secs(1);
 
 async fn sleep(backend: &Arc<dyn LockBackend>, duration: Duration) {
-    backend.sleep(duration).await;
+    crate::backend::runtime_of(backend).sleep(duration).await;
 }
 
 /// Polls `condition` until it holds or `within` passes; returns whether it held.

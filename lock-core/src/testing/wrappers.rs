@@ -5,10 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 
-use crate::backend::{BackendError, LockBackend, ScriptValue};
-use crate::queue::LocalQueues;
+use crate::backend::{BackendError, Capabilities, LockBackend, ScriptValue, runtime_of};
+use crate::runtime::Runtime;
 use crate::script::Script;
 
 /// A backend wrapper that counts the calls reaching the backend, to prove what was (not) sent.
@@ -102,19 +101,47 @@ impl<B: LockBackend> LockBackend for CountingBackend<B> {
         Ok(reply)
     }
 
-    crate::backend::forward_capabilities!(|this| this.inner);
+    async fn wait_for_release(
+        &self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        self.inner.wait_for_release(signal, timeout).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn runtime(&self) -> Option<&Runtime> {
+        self.inner.runtime()
+    }
 }
 
 /// A backend wrapper without the in-process waiting line: tasks locking through it each talk to Redis
 /// on their own, as tasks in different processes do. Mixed with the wrapped backend, it makes
 /// contention race in the store itself, not only in the local line.
+///
+/// Its runtime is the wrapped backend's executor without the lines, so it is still the same backend
+/// to a [`Redlock`](crate::Redlock).
 #[derive(Debug)]
-pub struct Unqueued<B>(pub B);
+pub struct Unqueued<B> {
+    inner: B,
+    runtime: Option<Runtime>,
+}
+
+impl<B: LockBackend> Unqueued<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        let runtime = inner.runtime().map(Runtime::without_lines);
+        Self { inner, runtime }
+    }
+}
 
 #[async_trait]
 impl<B: LockBackend> LockBackend for Unqueued<B> {
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
-        self.0.set_nx(key, value, ttl).await
+        self.inner.set_nx(key, value, ttl).await
     }
 
     async fn eval_script(
@@ -123,7 +150,7 @@ impl<B: LockBackend> LockBackend for Unqueued<B> {
         keys: &[&str],
         args: &[&str],
     ) -> Result<ScriptValue, BackendError> {
-        self.0.eval_script(script, keys, args).await
+        self.inner.eval_script(script, keys, args).await
     }
 
     async fn eval_script_replicated(
@@ -134,41 +161,25 @@ impl<B: LockBackend> LockBackend for Unqueued<B> {
         replicas: usize,
         timeout: Duration,
     ) -> Result<(ScriptValue, usize), BackendError> {
-        self.0
+        self.inner
             .eval_script_replicated(script, keys, args, replicas, timeout)
             .await
     }
 
-    fn now(&self) -> crate::Moment {
-        self.0.now()
-    }
-
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        self.0.sleep(duration)
-    }
-
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-        self.0.spawn_detached(task)
-    }
-
-    fn release_signals(&self) -> bool {
-        self.0.release_signals()
-    }
-
-    fn wait_for_release<'a>(
-        &'a self,
-        signal: &'a str,
+    async fn wait_for_release(
+        &self,
+        signal: &str,
         timeout: Duration,
-    ) -> Option<BoxFuture<'a, Result<bool, BackendError>>> {
-        self.0.wait_for_release(signal, timeout)
+    ) -> Result<bool, BackendError> {
+        self.inner.wait_for_release(signal, timeout).await
     }
 
-    fn instance_id(&self) -> usize {
-        self.0.instance_id()
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
 
-    fn server_id(&self) -> Option<BoxFuture<'_, Result<String, BackendError>>> {
-        self.0.server_id()
+    fn runtime(&self) -> Option<&Runtime> {
+        self.runtime.as_ref()
     }
 }
 
@@ -254,13 +265,13 @@ impl<B: LockBackend> FaultyBackend<B> {
             Fault::Error => Err(BackendError::transient("faulty", "injected failure")),
             Fault::Refused => Err(BackendError::permanent("faulty", "injected refusal")),
             Fault::Delay(delay) => {
-                self.inner.sleep(delay).await;
+                runtime_of(&self.inner).sleep(delay).await;
                 call().await
             }
             Fault::Never => futures::future::pending().await,
             Fault::DelayReply(delay) => {
                 let reply = call().await;
-                self.inner.sleep(delay).await;
+                runtime_of(&self.inner).sleep(delay).await;
                 reply
             }
         }
@@ -298,5 +309,19 @@ impl<B: LockBackend> LockBackend for FaultyBackend<B> {
         .await
     }
 
-    crate::backend::forward_capabilities!(|this| this.inner);
+    async fn wait_for_release(
+        &self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        self.inner.wait_for_release(signal, timeout).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn runtime(&self) -> Option<&Runtime> {
+        self.inner.runtime()
+    }
 }

@@ -136,7 +136,7 @@ impl Runtime {
         lock(&self.0.spawned).push((owner, Box::pin(task)));
     }
 
-    /// Spawns an already boxed task (what `LockBackend::spawn_detached` hands over).
+    /// Spawns an already boxed task (what `Executor::spawn` hands over).
     pub fn spawn_boxed(&self, owner: Owner, task: BoxFuture<'static, ()>) {
         lock(&self.0.spawned).push((owner, task));
     }

@@ -5,11 +5,11 @@
 //! a replica that receives its writes asynchronously (a snapshot taken every few milliseconds, or at
 //! once when a `WAIT` reaches it), a failover that promotes that replica (the unreplicated tail is
 //! lost) and a restart that loses what was not persisted. A client process is one [`LockBackend`] per
-//! server: `now()` is the process's own clock (running at a drawn rate), `sleep()` a timer on it,
-//! `spawn_detached()` the executor, and every call goes through the network, which delays, drops
-//! requests, drops replies after applying them, re-sends them (applied twice, the second reply
-//! returned, as fred does after a reconnect), and bounds each call on the client's clock: a call that
-//! timed out may still land afterwards.
+//! server, whose runtime ([`SimExecutor`]) reads the process's own clock (running at a drawn rate),
+//! sleeps on a timer on it and spawns on the executor; every call goes through the network, which
+//! delays, drops requests, drops replies after applying them, re-sends them (applied twice, the second
+//! reply returned, as fred does after a reconnect), and bounds each call on the client's clock: a call
+//! that timed out may still land afterwards.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,7 +21,7 @@ use futures::channel::oneshot;
 use futures::future::{BoxFuture, Either, select};
 use lock_core::memory::{MemoryBackend, MemorySnapshot, ServerClock};
 use lock_core::script::{self, Script};
-use lock_core::{BackendError, LocalQueues, LockBackend, Moment, ScriptValue, async_trait};
+use lock_core::{BackendError, Executor, LockBackend, Moment, ScriptValue, async_trait};
 
 use super::executor::{Instant, Runtime};
 use super::history::{History, What};
@@ -528,7 +528,31 @@ pub struct SimClient {
     core: Arc<Core>,
     /// The per-call bound, on the process's clock.
     pub bound: Duration,
-    queues: LocalQueues,
+    /// On [`SimExecutor`]; its own waiting lines, as each adapter value has.
+    runtime: lock_core::Runtime,
+}
+
+/// A client process's runtime: its clock (the process's virtual clock, at its drawn rate), timers on
+/// that clock, and tasks spawned on the simulation's executor as the process's.
+struct SimExecutor {
+    process: Arc<Process>,
+    rt: Runtime,
+}
+
+impl Executor for SimExecutor {
+    fn now(&self) -> Moment {
+        Moment::from_origin(self.process.clock.local())
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        let rt = &self.rt;
+        Box::pin(rt.sleep_until(rt.now() + self.process.clock.true_span(duration)))
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) -> bool {
+        self.rt.spawn_boxed(Some(self.process.index), task);
+        true
+    }
 }
 
 impl fmt::Debug for SimClient {
@@ -547,12 +571,16 @@ impl SimClient {
         core: Arc<Core>,
         bound: Duration,
     ) -> Self {
+        let runtime = lock_core::Runtime::new(SimExecutor {
+            process: process.clone(),
+            rt: core.rt.clone(),
+        });
         Self {
             process,
             server,
             core,
             bound,
-            queues: LocalQueues::new(),
+            runtime,
         }
     }
 
@@ -593,7 +621,7 @@ impl SimClient {
         self.core
             .rt
             .call_at(at, move || deliver(rt, server, request, plan, tx));
-        match select(rx, self.sleep(bound)).await {
+        match select(rx, self.runtime.sleep(bound)).await {
             Either::Left((Ok(reply), _)) => reply,
             Either::Left((Err(_), _)) => Err(transient("the network lost the reply channel")),
             Either::Right(_) => Err(BackendError::timed_out("sim", bound)),
@@ -667,6 +695,14 @@ impl LockBackend for SimClient {
         keys: &[&str],
         args: &[&str],
     ) -> Result<ScriptValue, BackendError> {
+        // Which server this is, for Redlock's check that no server is listed twice: answered here,
+        // outside the network, so that asking draws nothing from the seeded faults.
+        if script.sha1() == script::SERVER_ID.sha1() {
+            return Ok(ScriptValue::Str(format!(
+                "sim-server-{}",
+                self.server.index
+            )));
+        }
         let request = Request::Eval {
             script: script.clone(),
             keys: owned(keys),
@@ -694,21 +730,11 @@ impl LockBackend for SimClient {
         self.call(request, self.bound + timeout).await
     }
 
-    fn now(&self) -> Moment {
-        Moment::from_origin(self.process.clock.local())
+    fn capabilities(&self) -> lock_core::Capabilities {
+        lock_core::Capabilities::new().with_replica_acks(true)
     }
 
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        let rt = &self.core.rt;
-        Box::pin(rt.sleep_until(rt.now() + self.process.clock.true_span(duration)))
-    }
-
-    fn spawn_detached(&self, task: BoxFuture<'static, ()>) -> bool {
-        self.core.rt.spawn_boxed(Some(self.process.index), task);
-        true
-    }
-
-    fn local_queues(&self) -> Option<&LocalQueues> {
-        Some(&self.queues)
+    fn runtime(&self) -> Option<&lock_core::Runtime> {
+        Some(&self.runtime)
     }
 }

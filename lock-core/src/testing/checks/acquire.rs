@@ -195,7 +195,7 @@ pub async fn contention_never_admits_two_holders(
     let queued = RedisLock::new(backend.clone(), key.clone())
         .timeout(10 * SECOND)
         .wait_timeout(Some(60 * SECOND));
-    let unqueued = RedisLock::new(Unqueued(backend.clone()), key)
+    let unqueued = RedisLock::new(Unqueued::new(backend.clone()), key)
         .timeout(10 * SECOND)
         .wait_timeout(Some(60 * SECOND));
     let held = AtomicBool::new(false);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::future::{Either, select};
 
 use crate::RedisLock;
-use crate::backend::LockBackend;
+use crate::backend::{LockBackend, runtime_of};
 use crate::testing::{Fault, FaultyBackend, Probe, SECOND, freed_soon, sleep};
 
 /// A guard dropped during an outage is released once the store answers again: the background release
@@ -68,7 +68,12 @@ pub async fn cancelled_acquire_leaves_no_lock(
             .fencing(fencing);
         // Boxed, so that dropping it really drops the future (a pinned local would live on).
         let acquire = Box::pin(lock.acquire());
-        match select(acquire, backend.sleep(Duration::from_millis(300))).await {
+        match select(
+            acquire,
+            runtime_of(&backend).sleep(Duration::from_millis(300)),
+        )
+        .await
+        {
             Either::Left(_) => panic!("acquire cannot finish while the reply is held back"),
             Either::Right(((), acquire)) => {
                 assert!(
@@ -102,7 +107,12 @@ pub async fn cancelled_release_still_releases(
         .expect("acquire");
     slow.set_fault(Fault::Delay(Duration::from_millis(300)));
     let release = Box::pin(guard.release());
-    match select(release, backend.sleep(Duration::from_millis(50))).await {
+    match select(
+        release,
+        runtime_of(&backend).sleep(Duration::from_millis(50)),
+    )
+    .await
+    {
         Either::Left(_) => panic!("the release cannot finish while calls are delayed"),
         Either::Right(((), release)) => drop(release),
     }
@@ -126,7 +136,7 @@ pub async fn dropped_run_releases_the_lock(
         entered.store(true, Ordering::SeqCst);
         futures::future::pending::<()>().await
     }));
-    match select(run, backend.sleep(Duration::from_millis(200))).await {
+    match select(run, runtime_of(&backend).sleep(Duration::from_millis(200))).await {
         Either::Left(_) => panic!("the body never finishes"),
         Either::Right(((), run)) => drop(run),
     }

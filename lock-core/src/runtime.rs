@@ -1,0 +1,196 @@
+//! The runtime a backend's locks run on: [`Executor`] (the clock, sleeping, spawning) and [`Runtime`],
+//! the handle an adapter builds once from its executor and shares between its clones.
+//!
+//! lock-core never names an async runtime. Everything the lock algorithm needs from one goes through
+//! these three calls; an adapter for tokio fills them with tokio's, a simulation with virtual time.
+//! A `Runtime` also carries the process's in-process waiting lines for its backend (see the `queue`
+//! module): tasks locking through clones of one backend share its `Runtime`, and so wait in one line
+//! per key. The lines are the lock side's: a backend never sees them.
+
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::queue::LocalQueues;
+use crate::time::Moment;
+
+/// The clock, timer and spawner of an async runtime, as the lock algorithm uses them.
+///
+/// Implement it once per runtime, then wrap it in a [`Runtime`] with [`Runtime::new`]. Implementations
+/// must never block.
+pub trait Executor: Send + Sync + 'static {
+    /// Now, on the lease clock: what validity, wait deadlines and `max_hold` are measured on.
+    ///
+    /// The default, [`Moment::now`], counts time spent suspended (`CLOCK_BOOTTIME` on Linux), as
+    /// Redis's clock does; a test or a simulation answers virtual time.
+    fn now(&self) -> Moment {
+        Moment::now()
+    }
+
+    /// A future that completes after `duration`, on this runtime's timer.
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
+
+    /// Runs `task` in the background: `false` (dropping the task) when it cannot, outside the runtime
+    /// say. A guard dropped without `release` is released through this; when it answers `false`, the
+    /// lock's TTL frees the key.
+    fn spawn(&self, task: BoxFuture<'static, ()>) -> bool;
+}
+
+/// The runtime-neutral executor: the lease clock, a futures-timer sleep, and no spawning.
+struct Neutral;
+
+impl Executor for Neutral {
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(futures_timer::Delay::new(duration))
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) -> bool {
+        drop(task);
+        false
+    }
+}
+
+/// What a backend's locks run on: an [`Executor`], and this process's waiting lines for the backend.
+///
+/// Build one per backend value with [`Runtime::new`], keep it where the backend's clones share it (an
+/// adapter's shared state), and return it from
+/// [`LockBackend::runtime`](crate::LockBackend::runtime). Cloning is cheap and shares everything.
+///
+/// Two things follow from sharing one `Runtime`: tasks locking one key through the backend (or its
+/// clones) wait in line for it in this process and only one of them at a time talks to Redis; and
+/// [`Redlock`](crate::Redlock) recognises the backend when it is listed twice ([`same_as`](Self::same_as)).
+#[derive(Clone)]
+pub struct Runtime {
+    /// Shared by clones; its address is the runtime's identity.
+    executor: Arc<dyn Executor>,
+    /// `None` only for the lock side's own runtimes: the default for backends without one, and the
+    /// testing wrapper that bypasses the lines.
+    lines: Option<Arc<LocalQueues>>,
+}
+
+/// The runtime of backends that answer no [`Runtime`]: neutral, and without lines (shared by every such
+/// backend, which may be different servers).
+static WITHOUT_LINES: LazyLock<Runtime> = LazyLock::new(|| Runtime {
+    executor: Arc::new(Neutral),
+    lines: None,
+});
+
+impl Runtime {
+    /// A runtime on `executor`, with waiting lines of its own.
+    pub fn new(executor: impl Executor) -> Self {
+        Self {
+            executor: Arc::new(executor),
+            lines: Some(Arc::default()),
+        }
+    }
+
+    /// A runtime on the runtime-neutral executor ([`Moment::now`], a futures-timer sleep, no
+    /// spawning), with waiting lines of its own: for a backend that needs no async runtime but wants
+    /// in-process lines and an identity.
+    ///
+    /// A backend that answers no runtime at all runs its locks on the same executor, without lines.
+    pub fn neutral() -> Self {
+        Self::new(Neutral)
+    }
+
+    /// The runtime the lock side uses for a backend that answers none.
+    pub(crate) fn fallback() -> &'static Runtime {
+        &WITHOUT_LINES
+    }
+
+    /// This runtime without its lines (same executor, same identity): tasks using it each talk to
+    /// Redis on their own.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn without_lines(&self) -> Runtime {
+        Self {
+            executor: self.executor.clone(),
+            lines: None,
+        }
+    }
+
+    /// Now, on the lease clock ([`Executor::now`]).
+    pub fn now(&self) -> Moment {
+        self.executor.now()
+    }
+
+    /// A future that completes after `duration` ([`Executor::sleep`]).
+    pub fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.executor.sleep(duration)
+    }
+
+    /// Runs `task` in the background, or answers `false` ([`Executor::spawn`]).
+    pub fn spawn(&self, task: BoxFuture<'static, ()>) -> bool {
+        self.executor.spawn(task)
+    }
+
+    /// Whether `self` and `other` are one runtime: clones of one [`Runtime::new`]. Backends sharing a
+    /// runtime are one backend (clones of it, or wrappers around it) to [`Redlock`](crate::Redlock).
+    pub fn same_as(&self, other: &Runtime) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.executor), Arc::as_ptr(&other.executor))
+    }
+
+    /// How many tasks of this process wait in line for `key` through backends sharing this runtime
+    /// (not counting the one whose turn it is): for diagnostics and tests.
+    pub fn waiting(&self, key: &str) -> usize {
+        self.lines.as_ref().map_or(0, |lines| lines.waiting(key))
+    }
+
+    /// The waiting lines, unless this runtime keeps none.
+    pub(crate) fn lines(&self) -> Option<&Arc<LocalQueues>> {
+        self.lines.as_ref()
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("lines", &self.lines)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_are_the_same_runtime_and_new_ones_are_not() {
+        let a = Runtime::neutral();
+        let b = Runtime::neutral();
+        assert!(a.same_as(&a.clone()));
+        assert!(
+            a.same_as(&a.without_lines()),
+            "same executor, same identity"
+        );
+        assert!(!a.same_as(&b));
+        assert!(a.lines().is_some());
+        assert!(a.without_lines().lines().is_none());
+        assert!(Runtime::fallback().lines().is_none());
+    }
+
+    #[test]
+    fn the_neutral_runtime_sleeps_and_cannot_spawn() {
+        let runtime = Runtime::neutral();
+        let started = std::time::Instant::now();
+        futures::executor::block_on(runtime.sleep(Duration::from_millis(20)));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert!(!runtime.spawn(Box::pin(async {})));
+        let (before, after) = (runtime.now(), Runtime::neutral().now());
+        assert!(before <= after, "one lease clock");
+    }
+
+    #[test]
+    fn waiting_counts_the_line_of_a_key() {
+        let runtime = Runtime::neutral();
+        let key: Arc<str> = Arc::from("k");
+        let lines = runtime.lines().unwrap();
+        let _baton = lines.join(&key);
+        let _first = lines.join(&key);
+        assert_eq!(runtime.waiting("k"), 1);
+        assert_eq!(runtime.clone().waiting("k"), 1, "clones share the lines");
+        assert_eq!(Runtime::neutral().waiting("k"), 0);
+        assert_eq!(runtime.without_lines().waiting("k"), 0);
+    }
+}
