@@ -11,7 +11,7 @@
 pub use lock_core::{
     BackendError, Backoff, Capabilities, Election, Executor, Leadership, LockBackend, LockError,
     LockGuard, Moment, NodeError, RedisLock, Redlock, RedlockGuard, Result, Runtime, Script,
-    ScriptValue, async_trait, memory, redlock, run_id_from_info, script,
+    ScriptValue, adapter, async_trait, memory, redlock, run_id_from_info, script,
 };
 
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or
