@@ -317,7 +317,8 @@ impl LockBackend for DeadpoolBackend {
     }
 }
 
-/// Tokio's timer and spawner; the lease clock stays lock-core's default.
+/// Tokio's timer and spawner; the lease clock stays lock-core's default. (The other Redis adapter has
+/// its own: lock-core holds no runtime, and this is all the runtime glue an adapter needs.)
 struct Tokio;
 
 impl Executor for Tokio {
@@ -327,13 +328,8 @@ impl Executor for Tokio {
 
     /// Onto the current runtime; `false` outside one.
     fn spawn(&self, task: BoxFuture<'static, ()>) -> bool {
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                drop(handle.spawn(task));
-                true
-            }
-            Err(_) => false,
-        }
+        let handle = tokio::runtime::Handle::try_current();
+        handle.map(|runtime| drop(runtime.spawn(task))).is_ok()
     }
 }
 
