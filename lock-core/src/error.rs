@@ -1,8 +1,8 @@
 //! [`LockError`], the one error type of every lock operation.
 
+use std::error::Error as StdError;
+use std::fmt;
 use std::time::Duration;
-
-use crate::backend::BackendError;
 
 /// The result of a lock operation.
 pub type Result<T, E = LockError> = std::result::Result<T, E>;
@@ -189,6 +189,78 @@ impl LockError {
         }
     }
 }
+
+/// A failure reported by a backend: which backend, whether trying again may help, and the cause.
+#[derive(Debug)]
+pub struct BackendError {
+    backend: &'static str,
+    transient: bool,
+    source: Box<dyn StdError + Send + Sync + 'static>,
+}
+
+impl BackendError {
+    /// A failure that may pass on its own: a dropped connection, a timeout, a server loading or failing
+    /// over.
+    pub fn transient(
+        backend: &'static str,
+        source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            backend,
+            transient: true,
+            source: source.into(),
+        }
+    }
+
+    /// A failure that trying again will not fix: a script error, a wrong type, a refused command.
+    pub fn permanent(
+        backend: &'static str,
+        source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            backend,
+            transient: false,
+            source: source.into(),
+        }
+    }
+
+    /// The call did not complete within the backend's per-call bound.
+    pub fn timed_out(backend: &'static str, bound: Duration) -> Self {
+        Self::transient(backend, CallTimedOut(bound))
+    }
+
+    /// The backend's name, such as `"fred"` or `"deadpool"`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.transient {
+            "transient"
+        } else {
+            "permanent"
+        };
+        write!(f, "{kind} failure in backend {}", self.backend)
+    }
+}
+
+impl StdError for BackendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// The cause of [`BackendError::timed_out`].
+#[derive(Debug, thiserror::Error)]
+#[error("no reply within {0:?}")]
+struct CallTimedOut(Duration);
 
 #[cfg(test)]
 mod tests {

@@ -134,10 +134,10 @@ pub mod script;
 pub mod testing;
 pub mod time;
 
-pub use backend::{BackendError, Capabilities, LockBackend, ScriptValue, run_id_from_info};
+pub use backend::{Capabilities, LockBackend, ScriptValue, run_id_from_info};
 pub use backoff::Backoff;
 pub use election::{Election, Leadership};
-pub use error::{LockError, NodeError, Result};
+pub use error::{BackendError, LockError, NodeError, Result};
 pub use guard::LockGuard;
 pub use lock::RedisLock;
 pub use redlock::{Redlock, RedlockGuard};
