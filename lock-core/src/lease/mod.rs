@@ -2,6 +2,10 @@
 //! [`RedlockGuard`](crate::RedlockGuard): a token that may be held in Redis and is released in the
 //! background when dropped, background retries, and the renewal loop behind `hold`.
 
+pub(crate) mod config;
+
+pub(crate) use config::lease_settings;
+
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
