@@ -8,9 +8,9 @@ use futures::future::{Either, select};
 
 use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, Result};
-use crate::guard::{Grant, LockGuard};
+use crate::guard::LockGuard;
 use crate::lease::config::{self, LeaseConfig, ValidatedConfig};
-use crate::lease::{Lease, lease_settings};
+use crate::lease::{self, Holding, Lease, fenced_reply, lease_settings};
 use crate::queue::{Baton, InLine, Turn};
 use crate::time::Moment;
 use crate::{keys, script};
@@ -158,7 +158,8 @@ impl RedisLock {
         loop {
             if let Some(mut guard) = self.attempt(&token, &plan).await? {
                 if let Some(baton) = baton {
-                    baton.holding(&token, guard.valid_until());
+                    // Just granted, so valid until a moment ahead; were it not, the line must not wait.
+                    baton.holding(&token, guard.valid_until().unwrap_or_else(|| runtime.now()));
                     guard.keep_baton(baton);
                 }
                 return Ok(guard);
@@ -293,23 +294,7 @@ impl RedisLock {
     where
         F: AsyncFnOnce(&LockGuard) -> T,
     {
-        let guard = self.acquire().await?;
-        let value = guard.hold(body(&guard)).await?;
-        match guard.release().await {
-            Ok(true) => Ok(value),
-            Ok(false) => Err(LockError::Lost {
-                key: self.key.to_string(),
-                reason: "it expired or was taken over before the work finished".into(),
-            }),
-            Err(error) => {
-                tracing::warn!(
-                    key = %self.key,
-                    %error,
-                    "releasing the lock failed after the work finished; its TTL will free it"
-                );
-                Ok(value)
-            }
-        }
+        lease::run(self.acquire().await?, body).await
     }
 
     fn validate(&self) -> Result<Plan> {
@@ -393,17 +378,22 @@ impl RedisLock {
             return Err(not_replicated);
         }
         match granted {
-            Ok(Some(fence)) => Ok(Some(LockGuard::new(
-                pending,
-                Grant {
-                    ttl,
-                    ttl_ms: plan.config.ttl_ms,
-                    sent_at,
+            Ok(Some(fence)) => {
+                let runtime = runtime_of(&*self.backend).clone();
+                let holding = Holding::new(
+                    &plan.config,
+                    self.key.clone(),
+                    token.clone(),
                     fence,
-                    max_hold: plan.config.max_hold,
-                    replica_ack: plan.config.replica_ack,
-                },
-            ))),
+                    sent_at,
+                    runtime,
+                );
+                Ok(Some(LockGuard::new(
+                    pending,
+                    holding,
+                    plan.config.replica_ack,
+                )))
+            }
             Ok(None) => {
                 pending.disarm();
                 Ok(None)
@@ -414,11 +404,7 @@ impl RedisLock {
     }
 
     fn new_token(&self) -> Arc<str> {
-        let uuid = uuid::Uuid::new_v4();
-        match &self.owner {
-            Some(owner) => Arc::from(format!("{owner}:{uuid}")),
-            None => Arc::from(uuid.to_string()),
-        }
+        lease::new_token(self.owner.as_deref())
     }
 }
 
@@ -430,27 +416,6 @@ struct Plan {
     /// The list a release pushes to (see [`LockBackend::wait_for_release`]).
     signal: Arc<str>,
     config: ValidatedConfig,
-}
-
-/// Reads the fenced acquire script's reply: `Some(fence)` when acquired, `None` when busy.
-pub(crate) fn fenced_reply(reply: &ScriptValue) -> Result<Option<u64>, BackendError> {
-    let unexpected = || {
-        BackendError::permanent(
-            "redlease",
-            format!("unexpected reply from the fenced acquire script: {reply:?}"),
-        )
-    };
-    match reply {
-        ScriptValue::Array(items) => match items.as_slice() {
-            // A third element, the server's clock, is for Redlock.
-            [ScriptValue::Int(1), ScriptValue::Int(fence), ..] => {
-                u64::try_from(*fence).map(Some).map_err(|_| unexpected())
-            }
-            [ScriptValue::Int(0), ..] => Ok(None),
-            _ => Err(unexpected()),
-        },
-        _ => Err(unexpected()),
-    }
 }
 
 impl fmt::Debug for RedisLock {

@@ -50,8 +50,6 @@ impl Default for LeaseConfig {
 pub(crate) struct ValidatedConfig {
     /// The TTL, whole milliseconds (rounded up).
     pub(crate) ttl: Duration,
-    /// The same, as a number of milliseconds.
-    pub(crate) ttl_ms: u64,
     /// The same, as a script argument.
     pub(crate) ttl_arg: String,
     pub(crate) wait_timeout: Option<Duration>,
@@ -81,7 +79,6 @@ impl LeaseConfig {
         };
         Ok(ValidatedConfig {
             ttl: Duration::from_millis(ttl_ms),
-            ttl_ms,
             ttl_arg: ttl_ms.to_string(),
             wait_timeout: self.wait_timeout,
             backoff: self.backoff,
@@ -283,7 +280,6 @@ mod tests {
         };
         let valid = config.validate("{user:1}:lock").unwrap();
         assert_eq!(valid.ttl, Duration::from_millis(2501));
-        assert_eq!(valid.ttl_ms, 2501);
         assert_eq!(valid.ttl_arg, "2501");
         assert_eq!(
             valid.fence_counter.as_deref(),

@@ -182,7 +182,7 @@ use std::time::Duration;
 use crate::backend::{LockBackend, runtime_of};
 use crate::error::{LockError, Result};
 use crate::lease::config::{self, LeaseConfig};
-use crate::lease::lease_settings;
+use crate::lease::{self, lease_settings};
 
 pub use guard::RedlockGuard;
 use rounds::Round;
@@ -343,7 +343,7 @@ impl Redlock {
         let mut attempt: u32 = 0;
         loop {
             let failed = match self.round(&plan).await {
-                Round::Acquired(guard) => return Ok(guard),
+                Round::Acquired(guard) => return Ok(*guard),
                 Round::Refused(error) => return Err(error),
                 Round::Failed(failed) => failed,
             };
@@ -386,7 +386,7 @@ impl Redlock {
     pub async fn try_acquire(&self) -> Result<Option<RedlockGuard>> {
         let plan = self.validate()?;
         match self.round(&plan).await {
-            Round::Acquired(guard) => Ok(Some(guard)),
+            Round::Acquired(guard) => Ok(Some(*guard)),
             Round::Refused(error) => Err(error),
             Round::Failed(failed) if failed.decided_by_errors(plan.quorum) => {
                 Err(failed.into_error(&self.key, plan.quorum))
@@ -412,23 +412,7 @@ impl Redlock {
     where
         F: AsyncFnOnce(&RedlockGuard) -> T,
     {
-        let guard = self.acquire().await?;
-        let value = guard.hold(body(&guard)).await?;
-        match guard.release().await {
-            Ok(true) => Ok(value),
-            Ok(false) => Err(LockError::Lost {
-                key: self.key.to_string(),
-                reason: "it expired or was taken over before the work finished".into(),
-            }),
-            Err(error) => {
-                tracing::warn!(
-                    key = %self.key,
-                    %error,
-                    "releasing the lock failed after the work finished; its TTL will free it"
-                );
-                Ok(value)
-            }
-        }
+        lease::run(self.acquire().await?, body).await
     }
 }
 

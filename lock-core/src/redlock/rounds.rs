@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use futures::future::{Either, join, join_all, select};
 
-use super::guard::{MasterLease, RedlockGuard};
+use super::guard::RedlockGuard;
 use super::quorum::{Failed, clock_skew, duplicate_servers, first_duplicate, granted};
 use super::{LAYER, Node, Redlock, ServerId, default_node_timeout};
 use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, NodeError, Result};
 use crate::lease::config::ValidatedConfig;
-use crate::lease::{Until, retry_in_background};
-use crate::lock::fenced_reply;
+use crate::lease::{self, Holding, Until, Validity, fenced_reply, retry_in_background};
 use crate::runtime::Runtime;
 use crate::script;
 use crate::time::validity_deadline;
@@ -80,7 +79,7 @@ impl Redlock {
 
     /// One acquisition round over every master, with the release of its partial locks when it fails.
     pub(super) async fn round(&self, plan: &Plan) -> Round {
-        let token: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        let token = lease::new_token(None);
         // Armed before sending: if this future is dropped mid-round, requests may still reach the
         // masters, so dropping the holdings releases the token everywhere in the background.
         let mut holdings =
@@ -163,24 +162,27 @@ impl Redlock {
         if votes_for >= plan.quorum && clock.now() < valid_until {
             let bounds = votes
                 .iter()
-                .map(|vote| MasterLease {
-                    until: matches!(vote, Vote::Granted(_)).then_some(valid_until),
-                    sent_at,
-                    server_expiry_ms: None,
+                .map(|vote| {
+                    let until = matches!(vote, Vote::Granted(_)).then_some(valid_until);
+                    Validity::granted(sent_at, until)
                 })
                 .collect();
             tracing::debug!(key = %self.key, votes = votes_for, nodes = self.nodes.len(), "redlock acquired");
-            return Round::Acquired(RedlockGuard {
+            let holding = Holding::new(
+                &plan.config,
+                self.key.clone(),
+                holdings.token.clone(),
+                fence,
+                sent_at,
+                clock.clone(),
+            );
+            return Round::Acquired(Box::new(RedlockGuard {
+                holding,
                 holdings,
                 quorum: plan.quorum,
-                ttl: plan.config.ttl,
-                ttl_arg: plan.config.ttl_arg.clone(),
                 node_timeout: plan.node_timeout,
-                fence,
-                acquired_at: sent_at,
-                max_hold: plan.config.max_hold,
                 bounds: Mutex::new(bounds),
-            });
+            }));
         }
         let errors: Vec<NodeError> = votes
             .into_iter()
@@ -332,7 +334,7 @@ pub(super) enum Vote {
 }
 
 pub(super) enum Round {
-    Acquired(RedlockGuard),
+    Acquired(Box<RedlockGuard>),
     /// Refused whatever the votes: a master listed twice, or masters whose clocks disagree.
     Refused(LockError),
     Failed(Failed),
