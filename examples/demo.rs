@@ -120,7 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key = format!("demo:{run_id}:leader");
     let candidates = ["alpha", "bravo", "charlie"].map(|name| {
         let election = Election::new(backend.clone(), key.clone())
-            .ttl(Duration::from_millis(500))
+            .timeout(Duration::from_millis(500))
             .id(name);
         let t = t.clone();
         tokio::spawn(async move {

@@ -18,7 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         deadpool_redis::Config::from_url(url).create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
     let me = format!("worker-{}", std::process::id());
     let election = Election::new(DeadpoolBackend::from(pool), "shared_key")
-        .ttl(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
         .id(me.clone());
 
     let mut rounds = 0;

@@ -212,7 +212,7 @@ async fn every_feature_within_the_namespace(
 
     // An election in the namespace.
     let election = Election::new(holder.clone(), "locks:leader")
-        .ttl(Duration::from_secs(10))
+        .timeout(Duration::from_secs(10))
         .id(adapter);
     let leadership = election.campaign().await.or_panic(adapter, "campaign");
     assert!(

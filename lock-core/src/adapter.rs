@@ -7,7 +7,7 @@
 //! replies with the helpers at the end, which carry the rules that must not differ between clients
 //! (RESP3 shapes read as RESP2 would deliver them, our own value found by `SET .. NX .. GET` counts as
 //! set). See also [`run_id_from_info`] for
-//! [`LockBackend::server_id`](crate::LockBackend::server_id).
+//! the [`SERVER_ID`](crate::script::SERVER_ID) script.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -235,7 +235,7 @@ pub fn unexpected_reply(
 }
 
 /// The server's `run_id` from its reply to `INFO server`, or a permanent error of `backend` when the
-/// reply has none: the answer of [`LockBackend::server_id`](crate::LockBackend::server_id).
+/// reply has none: the answer of the [`SERVER_ID`](crate::script::SERVER_ID) script.
 pub fn run_id(backend: &'static str, info: &str) -> Result<String, BackendError> {
     run_id_from_info(info)
         .map(str::to_owned)

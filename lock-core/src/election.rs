@@ -30,7 +30,7 @@ const CAMPAIGN_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration
 ///
 /// [`leader`](Self::leader) names a candidate id, which is **not** a leadership test: clones of an
 /// `Election`, tasks sharing one, and processes given the same [`id`](Self::id) all share it, so
-/// `leader() == candidate_id()` also holds for every follower with the leader's id, and for a leader
+/// `leader() == get_id()` also holds for every follower with the leader's id, and for a leader
 /// whose term already passed to another campaign with that id. Every campaign has a token of its own.
 ///
 /// ```
@@ -38,7 +38,7 @@ const CAMPAIGN_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration
 /// use lock_core::{Election, memory::MemoryBackend};
 ///
 /// # futures::executor::block_on(async {
-/// let election = Election::new(MemoryBackend::new(), "scheduler").ttl(Duration::from_secs(10)).id("node-a");
+/// let election = Election::new(MemoryBackend::new(), "scheduler").timeout(Duration::from_secs(10)).id("node-a");
 /// let leadership = election.campaign().await?;
 /// // "Do I lead?": this term's token is still the election key's value.
 /// assert!(leadership.is_current().await?);
@@ -58,12 +58,15 @@ pub struct Election {
 
 impl Election {
     /// The default lease of a term: 10 s.
-    pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default lease of a term: 10 s.
+    #[deprecated(note = "use DEFAULT_TIMEOUT")]
+    pub const DEFAULT_TTL: Duration = Self::DEFAULT_TIMEOUT;
 
     /// An election on `key` through `backend`, for a candidate with a random id and a 10 s lease.
     pub fn new(backend: impl LockBackend, key: impl Into<String>) -> Self {
         let lock = RedisLock::new(backend, key)
-            .timeout(Self::DEFAULT_TTL)
+            .timeout(Self::DEFAULT_TIMEOUT)
             .wait_timeout(None)
             .fencing(true)
             // Polls at most 100 ms apart: a resignation is noticed well within 250 ms.
@@ -87,18 +90,36 @@ impl Election {
         self
     }
 
-    /// The lease of a term: a leader that stops renewing is replaced after this long.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
+    /// The lease of a term (the lock's TTL, as [`RedisLock::timeout`]): a leader that stops renewing is
+    /// replaced after this long. Default: 10 s.
+    pub fn timeout(mut self, ttl: Duration) -> Self {
         self.lock = self.lock.timeout(ttl);
         self
     }
 
-    /// The candidate id, shared by every clone of this `Election`.
+    /// The lease of a term, as set by [`timeout`](Self::timeout).
+    pub fn get_timeout(&self) -> Duration {
+        self.lock.get_timeout()
+    }
+
+    /// The lease of a term.
+    #[deprecated(note = "use timeout")]
+    pub fn ttl(self, ttl: Duration) -> Self {
+        self.timeout(ttl)
+    }
+
+    /// The candidate id, as set by [`id`](Self::id), shared by every clone of this `Election`.
     ///
-    /// `leader() == candidate_id()` says that some campaign with this id leads, not that the caller
-    /// does: see [Asking "do I lead?"](Self#asking-do-i-lead).
-    pub fn candidate_id(&self) -> &str {
+    /// `leader() == get_id()` says that some campaign with this id leads, not that the caller does:
+    /// see [Asking "do I lead?"](Self#asking-do-i-lead).
+    pub fn get_id(&self) -> &str {
         &self.id
+    }
+
+    /// The candidate id.
+    #[deprecated(note = "use get_id")]
+    pub fn candidate_id(&self) -> &str {
+        self.get_id()
     }
 
     /// Waits until this campaign leads, then returns its term.

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, Result};
 use crate::keys;
-use crate::lease::{Lease, Renewable, hold_renewed};
+use crate::lease::{Held, Holding, Lease, Released, Validity, Written, hold_renewed};
 use crate::queue::Baton;
 use crate::replication::ReplicaAck;
 use crate::script::{self, Script};
@@ -24,47 +23,26 @@ use crate::time::{Moment, to_millis, validity_deadline};
 /// Redis adapters can, on tokio), the lock is released in the background; otherwise its TTL frees it.
 pub struct LockGuard {
     lease: Lease,
-    ttl: Duration,
-    ttl_arg: String,
-    fence: Option<u64>,
-    acquired_at: Moment,
-    max_hold: Option<Duration>,
+    holding: Holding,
     validity: Mutex<Validity>,
+    /// [`RedisLock::replicas`](crate::RedisLock::replicas), for `renew` and `extend`.
     replica_ack: Option<ReplicaAck>,
     /// This process's turn for the key, handed to the next local waiter when the guard goes. Declared
     /// after `lease` so that a dropped guard starts its background release before the baton moves.
     baton: Option<Baton>,
 }
 
-/// What an acquisition granted, as the guard needs it.
-pub(crate) struct Grant {
-    pub(crate) ttl: Duration,
-    pub(crate) ttl_ms: u64,
-    /// When the granting request was sent: validity is measured from here, not from the reply.
-    pub(crate) sent_at: Moment,
-    pub(crate) fence: Option<u64>,
-    pub(crate) max_hold: Option<Duration>,
-    /// [`RedisLock::replicas`](crate::RedisLock::replicas), for `renew` and `extend`.
-    pub(crate) replica_ack: Option<ReplicaAck>,
-}
-
 impl LockGuard {
-    pub(crate) fn new(mut lease: Lease, grant: Grant) -> Self {
+    pub(crate) fn new(mut lease: Lease, holding: Holding, replica_ack: Option<ReplicaAck>) -> Self {
         // Granted: no acquiring request of this token is in flight any more.
         lease.in_flight = false;
+        let sent_at = holding.acquired_at;
+        let until = validity_deadline(sent_at, holding.ttl);
         Self {
             lease,
-            ttl: grant.ttl,
-            ttl_arg: grant.ttl_ms.to_string(),
-            fence: grant.fence,
-            acquired_at: grant.sent_at,
-            max_hold: grant.max_hold,
-            validity: Mutex::new(Validity {
-                until: validity_deadline(grant.sent_at, grant.ttl),
-                sent_at: grant.sent_at,
-                server_expiry_ms: None,
-            }),
-            replica_ack: grant.replica_ack,
+            holding,
+            validity: Mutex::new(Validity::granted(sent_at, Some(until))),
+            replica_ack,
             baton: None,
         }
     }
@@ -87,7 +65,7 @@ impl LockGuard {
     /// by more than the time since those fences were issued, and fewer than a million fences per second
     /// are issued for the key. See [`RedisLock::fencing`](crate::RedisLock::fencing).
     pub fn fence(&self) -> Option<u64> {
-        self.fence
+        self.holding.fence
     }
 
     /// Sets the string key `resource` to `value` only if this guard's fence is greater than the highest
@@ -108,7 +86,7 @@ impl LockGuard {
     /// the same guard is safe (an equal fence from the same holder is accepted), and a later write by a
     /// newer holder always wins over a late one of ours, whose fence is smaller.
     pub async fn fenced_set(&self, resource: &str, value: &str) -> Result<bool> {
-        let Some(fence) = self.fence else {
+        let Some(fence) = self.holding.fence else {
             return Err(LockError::invalid(
                 "fence",
                 "fenced_set needs a lock with fencing(true)",
@@ -178,7 +156,7 @@ impl LockGuard {
     /// [`extend`](Self::extend) never shorten it), so each confirmed write is a lower bound on the key's
     /// expiry that no later write, nor a late-landing one, can undercut.
     pub fn valid_for(&self) -> Duration {
-        self.valid_until() - self.now()
+        self.lock_validity().left(self.now())
     }
 
     /// Whether the lock is still held with this guard's token.
@@ -211,7 +189,7 @@ impl LockGuard {
     /// least that long.
     pub async fn extend(&self, by: Duration) -> Result<bool> {
         let by_ms = to_millis("extend", by)?;
-        let known = self.lock_validity().server_expiry_ms;
+        let known = self.lock_validity().server_expiry_ms();
         let base = match known {
             Some(known) => known,
             None => {
@@ -242,7 +220,9 @@ impl LockGuard {
     /// ours; an expired lock is never re-created.
     pub async fn renew(&self) -> Result<bool> {
         let sent_at = self.now();
-        let written = self.eval_write(&script::RENEW, &[&self.ttl_arg]).await?;
+        let written = self
+            .eval_write(&script::RENEW, &[&self.holding.ttl_arg])
+            .await?;
         Ok(self.settle(sent_at, written))
     }
 
@@ -282,12 +262,12 @@ impl LockGuard {
         }
     }
 
-    pub(crate) fn valid_until(&self) -> Moment {
-        self.lock_validity().until
+    pub(crate) fn valid_until(&self) -> Option<Moment> {
+        self.lock_validity().until()
     }
 
     fn now(&self) -> Moment {
-        runtime_of(&*self.lease.backend).now()
+        self.holding.now()
     }
 
     /// Records what a token-checked request sent at `sent_at` found: `Some` confirms the lease
@@ -308,35 +288,24 @@ impl LockGuard {
     }
 
     /// Redis answered a request sent at `sent_at` with "not ours": from then on the guard claims no
-    /// validity. Replies to requests sent earlier are older news and are ignored by `confirm`.
+    /// validity. Replies to requests sent earlier are older news and are ignored.
     fn disown(&self, sent_at: Moment) {
-        let mut validity = self.lock_validity();
-        if sent_at < validity.sent_at {
-            return;
+        if self.lock_validity().disown(sent_at) {
+            // Local waiters need not wait for a lease we no longer have.
+            self.tell_line(sent_at);
         }
-        validity.sent_at = sent_at;
-        validity.until = validity.until.min(sent_at);
-        drop(validity);
-        // Local waiters need not wait for a lease we no longer have.
-        self.tell_line(sent_at);
     }
 
-    /// Records a confirmed write (or read) sent at `sent_at`: the key then lived `written.pttl` from some
-    /// moment after `sent_at`, a lower bound on its expiry that no later write of ours can undercut
-    /// (they only move it later). The validity follows the most recently *sent* confirmed request, so
-    /// a reply that arrives after a newer one's (re-ordered) changes nothing, and a key shortened
-    /// behind our back is believed as soon as a request sent after that is confirmed.
+    /// Records a confirmed write (or read) sent at `sent_at` ([`Validity::confirm`]): the validity
+    /// follows the most recently *sent* confirmed request.
     fn confirm(&self, sent_at: Moment, written: Written) {
         let mut validity = self.lock_validity();
-        if sent_at < validity.sent_at {
-            return;
+        if validity.confirm(sent_at, written)
+            && let Some(until) = validity.until()
+        {
+            drop(validity);
+            self.tell_line(until);
         }
-        validity.sent_at = sent_at;
-        validity.until = validity_deadline(sent_at, written.pttl);
-        validity.server_expiry_ms = Some(written.server_expiry_ms);
-        let until = validity.until;
-        drop(validity);
-        self.tell_line(until);
     }
 
     /// Local tasks waiting for this key wait no longer than our lease.
@@ -407,120 +376,25 @@ impl LockGuard {
     }
 }
 
-/// What a guard knows of its lease in Redis.
-#[derive(Debug, Clone, Copy)]
-struct Validity {
-    /// Until when the lock is ours by the lease clock: the lower bound the most recently sent confirmed
-    /// request gave.
-    until: Moment,
-    /// When that request was sent.
-    sent_at: Moment,
-    /// The key's expiry on the server's clock (Unix milliseconds, `PEXPIRETIME`), as last confirmed:
-    /// what [`LockGuard::extend`] adds to.
-    server_expiry_ms: Option<u64>,
-}
-
-/// The reply of a token-checked script that leaves the lock's TTL in place or moves it later
-/// ([`script::RENEW`], [`script::EXTEND`], [`script::EXPIRY`]): the key's TTL and absolute expiry right after.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Written {
-    pub(crate) pttl: Duration,
-    pub(crate) server_expiry_ms: u64,
-}
-
-impl Written {
-    /// `Some` when the script found our token (`{pttl, pexpiretime}`), `None` when it did not (`0`).
-    pub(crate) fn from_reply(
-        script: &Script,
-        reply: &ScriptValue,
-    ) -> std::result::Result<Option<Self>, BackendError> {
-        match reply {
-            ScriptValue::Int(0) => Ok(None),
-            ScriptValue::Array(items) => match items.as_slice() {
-                [ScriptValue::Int(pttl), ScriptValue::Int(expiry)] if *pttl > 0 && *expiry > 0 => {
-                    Ok(Some(Self {
-                        pttl: Duration::from_millis(pttl.unsigned_abs()),
-                        server_expiry_ms: expiry.unsigned_abs(),
-                    }))
-                }
-                _ => Err(unexpected_reply(script, reply)),
-            },
-            _ => Err(unexpected_reply(script, reply)),
-        }
-    }
-}
-
-fn unexpected_reply(script: &Script, reply: &ScriptValue) -> BackendError {
-    BackendError::permanent(
-        "redlease",
-        format!(
-            "unexpected reply from the {} script: {reply:?}",
-            script.name()
-        ),
-    )
-}
-
-/// What a release found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Released {
-    /// The key held our token and is deleted now.
-    Deleted,
-    /// The key holds another token: someone else's lock, untouched.
-    HeldByAnother,
-    /// There was no key.
-    Absent,
-}
-
-impl Released {
-    pub(crate) fn from_reply(reply: &ScriptValue) -> std::result::Result<Self, BackendError> {
-        match reply {
-            ScriptValue::Int(1) => Ok(Released::Deleted),
-            ScriptValue::Int(0) => Ok(Released::HeldByAnother),
-            ScriptValue::Int(-1) => Ok(Released::Absent),
-            other => Err(unexpected_reply(&script::RELEASE, other)),
-        }
-    }
-}
-
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
             .field("key", &self.lease.key)
             .field("token", &self.lease.token)
-            .field("ttl", &self.ttl)
-            .field("fence", &self.fence)
+            .field("ttl", &self.holding.ttl)
+            .field("fence", &self.holding.fence)
             .field("valid_for", &self.valid_for())
             .finish()
     }
 }
 
-impl Renewable for LockGuard {
-    fn renewal_key(&self) -> &str {
-        &self.lease.key
-    }
-
-    fn renewal_ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    fn acquired_at(&self) -> Moment {
-        self.acquired_at
-    }
-
-    fn now(&self) -> Moment {
-        LockGuard::now(self)
-    }
-
-    fn max_hold(&self) -> Option<Duration> {
-        self.max_hold
+impl Held for LockGuard {
+    fn holding(&self) -> &Holding {
+        &self.holding
     }
 
     fn remaining(&self) -> Duration {
         self.valid_for()
-    }
-
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        runtime_of(&*self.lease.backend).sleep(duration)
     }
 
     fn renew_once(&self) -> BoxFuture<'_, Result<bool>> {
@@ -528,15 +402,13 @@ impl Renewable for LockGuard {
     }
 
     fn release_lost(&self) {
-        // Reported lost, and released below: the guard claims nothing from now on (`valid_for` zero,
-        // `release` answering `Ok(false)`), and a reply still on its way is older, so changes nothing.
-        let now = self.now();
-        let mut validity = self.lock_validity();
-        validity.sent_at = now;
-        validity.until = now;
-        drop(validity);
+        self.lock_validity().end(self.now());
         self.lease
-            .release_in_background(self.ttl, "hold reported the lease lost");
+            .release_in_background(self.holding.ttl, "hold reported the lease lost");
+    }
+
+    fn release_held(self) -> impl Future<Output = Result<bool>> + Send {
+        self.release()
     }
 }
 

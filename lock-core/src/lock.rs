@@ -7,13 +7,12 @@ use std::time::Duration;
 use futures::future::{Either, select};
 
 use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
-use crate::backoff::Backoff;
 use crate::error::{LockError, Result};
-use crate::guard::{Grant, LockGuard};
-use crate::lease::Lease;
+use crate::guard::LockGuard;
+use crate::lease::config::{self, LeaseConfig, ValidatedConfig};
+use crate::lease::{self, Holding, Lease, fenced_reply, lease_settings};
 use crate::queue::{Baton, InLine, Turn};
-use crate::replication::ReplicaAck;
-use crate::time::{Moment, to_millis, ttl_millis};
+use crate::time::Moment;
 use crate::{keys, script};
 
 /// A distributed lock on one Redis key: its configuration, shared freely between tasks.
@@ -27,22 +26,16 @@ use crate::{keys, script};
 pub struct RedisLock {
     backend: Arc<dyn LockBackend>,
     key: Arc<str>,
-    timeout: Duration,
-    wait_timeout: Option<Duration>,
-    backoff: Backoff,
-    max_hold: Option<Duration>,
-    fencing: bool,
+    config: LeaseConfig,
     /// Who is acquiring, for elections: tokens become `{owner}:{uuid}` so the holder can be named.
     owner: Option<Arc<str>>,
-    /// `replicas(n, timeout)`, checked when the lock is used.
-    replicas: Option<(usize, Duration)>,
 }
 
 impl RedisLock {
     /// The default lock TTL: 30 s.
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_TIMEOUT: Duration = config::DEFAULT_TIMEOUT;
     /// The default acquisition deadline: 30 s.
-    pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_WAIT_TIMEOUT: Duration = config::DEFAULT_WAIT_TIMEOUT;
 
     /// A lock on `key` through `backend`, with a 30 s TTL and a 30 s acquisition deadline.
     ///
@@ -52,115 +45,73 @@ impl RedisLock {
         Self {
             backend: Arc::new(backend),
             key: Arc::from(key.into()),
-            timeout: Self::DEFAULT_TIMEOUT,
-            wait_timeout: Some(Self::DEFAULT_WAIT_TIMEOUT),
-            backoff: Backoff::default(),
-            max_hold: None,
-            fencing: false,
+            config: LeaseConfig::default(),
             owner: None,
-            replicas: None,
         }
     }
 
-    /// The lock's TTL: how long Redis keeps it if the holder neither renews nor releases it. Kept to the
-    /// millisecond, rounding up; zero is rejected when the lock is used.
-    pub fn timeout(mut self, ttl: Duration) -> Self {
-        self.timeout = ttl;
-        self
-    }
-
-    /// How long `acquire` keeps trying: `Some(d)` gives up with [`LockError::Timeout`] after `d`
-    /// (`Some(Duration::ZERO)` makes exactly one attempt); `None` waits until the lock is acquired.
-    pub fn wait_timeout(mut self, wait: Option<Duration>) -> Self {
-        self.wait_timeout = wait;
-        self
-    }
-
-    /// The retry policy between attempts (default: 2 ms doubling to 100 ms, full jitter).
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// The longest a guard of this lock may be held under [`LockGuard::hold`] (and so [`run`](Self::run)),
-    /// counted from the acquisition: past it, renewal stops and `hold` returns [`LockError::Lost`]. Bounds
-    /// a renewal loop that would otherwise outlive a hung task. Default: no bound.
-    pub fn max_hold(mut self, max_hold: Duration) -> Self {
-        self.max_hold = Some(max_hold);
-        self
-    }
-
-    /// Issue a fencing token with every acquisition ([`LockGuard::fence`]): a number that strictly
-    /// increases across every acquisition of this key, so a resource can reject writes from a holder
-    /// whose lock has since passed to someone else. See [`LockGuard::fenced_set`].
-    ///
-    /// The fence comes from a counter key beside the lock key, named after it and in its cluster slot:
-    /// `key:redlease:fence` when the key has a hash tag (`{user:1}:lock` → `{user:1}:lock:redlease:fence`),
-    /// otherwise `key:redlease:fence:` followed by six digits chosen so that the name hashes to the key's
-    /// slot (`locks:x` → `locks:x:redlease:fence:{DDDDDD}`, `a{b` → `a{b:redlease:fence:DDDDDD}`,
-    /// `a{}b` → `a{}b:redlease:fence:DDDDDD`). The name starts with the key, so an ACL key pattern that
-    /// covers the key covers its counter, and distinct keys never share a counter. The counter is never
-    /// deleted: one small key per lock name.
-    ///
-    /// # What is guaranteed, and under which assumption
-    ///
-    /// Each fence is `max(counter + 1, server clock in µs)` (the server's `TIME`), computed in the
-    /// acquiring script, and becomes the counter. While the counter survives, fences strictly increase.
-    /// When it goes back or vanishes, because a failover promoted a replica that missed the last
-    /// increments (asynchronous replication, without [`replicas`](Self::replicas)) or a restart lost
-    /// the data, the clock overtakes every fence issued before, **provided** that:
-    ///
-    /// - the server's wall clock (after a failover, the new primary's) is not behind the clock that
-    ///   issued the lost fences by more than the time that passed since they were issued: a failover
-    ///   takes seconds, so a primary and its replicas kept within milliseconds by NTP are safe, while a
-    ///   clock stepped back (by hand, or a replica whose clock is far behind) is not; and
-    /// - fewer than 10⁶ fences per second are issued for the key, so the counter never runs ahead of
-    ///   the clock.
-    ///
-    /// Under these assumptions a fence is never issued twice for a key, and
-    /// [`fenced_set`](LockGuard::fenced_set) accepts a fence equal to the highest one that wrote only
-    /// from the holder that wrote it (a token is kept beside the fence), so that even a repeated fence
-    /// never lets two holders write in turn. Fences are large numbers (microseconds since 1970, about
-    /// 2⁵¹), exact in a double and in every store's 64-bit integers.
-    pub fn fencing(mut self, enabled: bool) -> Self {
-        self.fencing = enabled;
-        self
-    }
-
-    /// Count a write to the lock (acquiring, [`renew`](LockGuard::renew), [`extend`](LockGuard::extend))
-    /// only once `replicas` replicas have acknowledged it, waiting up to `timeout` for them (Redis
-    /// `WAIT replicas timeout`, on the connection that wrote). Guards a lock against a failover of the
-    /// primary that would otherwise lose it (asynchronous replication).
-    ///
-    /// - An acquisition that fewer replicas acknowledged is released again, and `acquire`/`try_acquire`
-    ///   return [`LockError::NotReplicated`] naming how many did (transient: try again later).
-    /// - `renew` and `extend` return `NotReplicated` when the write reached the primary but too few
-    ///   replicas acknowledged it in time; the guard's local validity is then not extended, and
-    ///   [`hold`](LockGuard::hold) counts it as a failed renewal. A `false` ("no longer ours") is
-    ///   answered without looking at replicas.
-    /// - `replicas(0, _)` turns it off (the default). A zero `timeout` (`WAIT` would block forever) is
-    ///   [`LockError::InvalidArgument`] naming `replica_timeout` when the lock is used; it is kept to the
-    ///   millisecond, rounding up.
-    ///
-    /// Every write then costs one more round trip, and a failing replica costs `timeout` per write,
-    /// during which the connection is blocked (`WAIT` blocks it) for other commands multiplexed on it.
-    /// The backend's per-call bound is extended by `timeout` for these calls. Backends that cannot wait
-    /// for replicas fail with a permanent [`LockError::Backend`]; the in-memory backend has no replicas
-    /// and so always answers `NotReplicated`.
-    ///
-    /// `WAIT` makes a failover that promotes an acknowledging replica keep the lock; it is not
-    /// consensus: a replica that acknowledged can still lose the write in a later failure, and Sentinel
-    /// may promote a replica that did not acknowledge unless `replicas` covers all of them.
-    ///
-    /// **Clock offset between primary and replicas.** Redis 7 replicates `PX` and `PEXPIRE` as absolute
-    /// `PXAT`/`PEXPIREAT`, so a promoted replica expires the lock by its *own* wall clock: a replica whose
-    /// clock is 5 s ahead of the primary's frees the lock 5 s early, although `WAIT` confirmed the write.
-    /// The guarantee therefore needs the servers' wall clocks to agree within the drift allowance the
-    /// guard keeps (1% of the TTL plus 2 ms): keep them synchronised (NTP) and pick a TTL for which 1%
-    /// exceeds their worst offset. The same holds behind Sentinel.
-    pub fn replicas(mut self, replicas: usize, timeout: Duration) -> Self {
-        self.replicas = Some((replicas, timeout));
-        self
+    lease_settings! {
+        guard = LockGuard;
+        timeout;
+        wait_timeout;
+        backoff;
+        max_hold;
+        /// The fence comes from a counter key beside the lock key, named after it and in its cluster slot:
+        /// `key:redlease:fence` when the key has a hash tag (`{user:1}:lock` → `{user:1}:lock:redlease:fence`),
+        /// otherwise `key:redlease:fence:` followed by six digits chosen so that the name hashes to the key's
+        /// slot (`locks:x` → `locks:x:redlease:fence:{DDDDDD}`, `a{b` → `a{b:redlease:fence:DDDDDD}`,
+        /// `a{}b` → `a{}b:redlease:fence:DDDDDD`). The name starts with the key, so an ACL key pattern that
+        /// covers the key covers its counter, and distinct keys never share a counter. The counter is never
+        /// deleted: one small key per lock name. See [`LockGuard::fenced_set`] for a resource in Redis.
+        ///
+        /// # What is guaranteed, and under which assumption
+        ///
+        /// Each fence is `max(counter + 1, server clock in µs)` (the server's `TIME`), computed in the
+        /// acquiring script, and becomes the counter. While the counter survives, fences strictly increase.
+        /// When it goes back or vanishes, because a failover promoted a replica that missed the last
+        /// increments (asynchronous replication, without [`replicas`](Self::replicas)) or a restart lost
+        /// the data, the clock overtakes every fence issued before, **provided** that:
+        ///
+        /// - the server's wall clock (after a failover, the new primary's) is not behind the clock that
+        ///   issued the lost fences by more than the time that passed since they were issued: a failover
+        ///   takes seconds, so a primary and its replicas kept within milliseconds by NTP are safe, while a
+        ///   clock stepped back (by hand, or a replica whose clock is far behind) is not; and
+        /// - fewer than 10⁶ fences per second are issued for the key, so the counter never runs ahead of
+        ///   the clock.
+        ///
+        /// Under these assumptions a fence is never issued twice for a key, and
+        /// [`fenced_set`](LockGuard::fenced_set) accepts a fence equal to the highest one that wrote only
+        /// from the holder that wrote it (a token is kept beside the fence), so that even a repeated fence
+        /// never lets two holders write in turn. Fences are large numbers (microseconds since 1970, about
+        /// 2⁵¹), exact in a double and in every store's 64-bit integers.
+        fencing;
+        /// Guards a lock against a failover of the primary that would otherwise lose it (asynchronous
+        /// replication).
+        ///
+        /// - An acquisition that fewer replicas acknowledged is released again, and `acquire`/`try_acquire`
+        ///   return [`LockError::NotReplicated`] naming how many did (transient: try again later).
+        /// - [`renew`](LockGuard::renew) and [`extend`](LockGuard::extend) return `NotReplicated` when the
+        ///   write reached the primary but too few replicas acknowledged it in time; the guard's local
+        ///   validity is then not extended, and [`hold`](LockGuard::hold) counts it as a failed renewal. A
+        ///   `false` ("no longer ours") is answered without looking at replicas.
+        ///
+        /// Every write then costs one more round trip, and a failing replica costs `replica_wait` per
+        /// write, during which the connection is blocked (`WAIT` blocks it) for other commands multiplexed
+        /// on it. The backend's per-call bound is extended by `replica_wait` for these calls. Backends that
+        /// cannot wait for replicas fail with a permanent [`LockError::Backend`]; the in-memory backend has
+        /// no replicas and so always answers `NotReplicated`.
+        ///
+        /// `WAIT` makes a failover that promotes an acknowledging replica keep the lock; it is not
+        /// consensus: a replica that acknowledged can still lose the write in a later failure, and Sentinel
+        /// may promote a replica that did not acknowledge unless `replicas` covers all of them.
+        ///
+        /// **Clock offset between primary and replicas.** Redis 7 replicates `PX` and `PEXPIRE` as absolute
+        /// `PXAT`/`PEXPIREAT`, so a promoted replica expires the lock by its *own* wall clock: a replica whose
+        /// clock is 5 s ahead of the primary's frees the lock 5 s early, although `WAIT` confirmed the write.
+        /// The guarantee therefore needs the servers' wall clocks to agree within the drift allowance the
+        /// guard keeps (1% of the TTL plus 2 ms): keep them synchronised (NTP) and pick a TTL for which 1%
+        /// exceeds their worst offset. The same holds behind Sentinel.
+        replicas;
     }
 
     pub(crate) fn owner(mut self, owner: Arc<str>) -> Self {
@@ -179,8 +130,9 @@ impl RedisLock {
     }
 
     /// The configured TTL.
+    #[deprecated(note = "use get_timeout")]
     pub fn ttl(&self) -> Duration {
-        self.timeout
+        self.config.timeout
     }
 
     /// Acquires the lock, retrying with backoff until the wait deadline.
@@ -196,14 +148,18 @@ impl RedisLock {
         let runtime = runtime_of(&*self.backend);
         let started = runtime.now();
         // A deadline too far away to represent is no deadline.
-        let deadline = self.wait_timeout.and_then(|wait| started.checked_add(wait));
+        let deadline = plan
+            .config
+            .wait_timeout
+            .and_then(|wait| started.checked_add(wait));
         let token = self.new_token();
         let baton = self.wait_for_turn(started, deadline).await?;
         let mut attempt: u32 = 0;
         loop {
             if let Some(mut guard) = self.attempt(&token, &plan).await? {
                 if let Some(baton) = baton {
-                    baton.holding(&token, guard.valid_until());
+                    // Just granted, so valid until a moment ahead; were it not, the line must not wait.
+                    baton.holding(&token, guard.valid_until().unwrap_or_else(|| runtime.now()));
                     guard.keep_baton(baton);
                 }
                 return Ok(guard);
@@ -221,7 +177,7 @@ impl RedisLock {
             };
             // Woken by the holder's release where the backend can block on the signal list; capped,
             // because an expiry signals nothing and a wake-up can be missed.
-            let cap = self.backoff.max().min(left);
+            let cap = plan.config.backoff.max().min(left);
             if self.backend.capabilities().blocking_waits {
                 // A failed wait ends the acquisition with its error: swallowing it would spend one
                 // call bound silently, then the next attempt another.
@@ -230,7 +186,7 @@ impl RedisLock {
                     .await
                     .map_err(|source| LockError::backend_failed(&self.key, source))?;
             } else {
-                let delay = self.backoff.delay(attempt).min(left);
+                let delay = plan.config.backoff.delay(attempt).min(left);
                 tracing::trace!(key = %self.key, attempt, ?delay, "lock busy, backing off");
                 runtime.sleep(delay).await;
             }
@@ -338,49 +294,19 @@ impl RedisLock {
     where
         F: AsyncFnOnce(&LockGuard) -> T,
     {
-        let guard = self.acquire().await?;
-        let value = guard.hold(body(&guard)).await?;
-        match guard.release().await {
-            Ok(true) => Ok(value),
-            Ok(false) => Err(LockError::Lost {
-                key: self.key.to_string(),
-                reason: "it expired or was taken over before the work finished".into(),
-            }),
-            Err(error) => {
-                tracing::warn!(
-                    key = %self.key,
-                    %error,
-                    "releasing the lock failed after the work finished; its TTL will free it"
-                );
-                Ok(value)
-            }
-        }
+        lease::run(self.acquire().await?, body).await
     }
 
     fn validate(&self) -> Result<Plan> {
-        if self.key.is_empty() {
-            return Err(LockError::invalid("key", "must not be empty"));
-        }
-        self.backoff.validate()?;
-        if let Some(max_hold) = self.max_hold {
-            to_millis("max_hold", max_hold)?;
-        }
-        let ttl_ms = ttl_millis("timeout", self.timeout)?;
-        let fence_counter = match self.fencing {
-            true => Some(keys::fence_counter(&self.key)?),
-            false => None,
-        };
+        let config = self.config.validate(&self.key)?;
         Ok(Plan {
             signal: Arc::from(keys::release_signal(&self.key)?),
-            ttl_ms,
-            ttl_arg: ttl_ms.to_string(),
-            fence_counter,
-            replica_ack: ReplicaAck::validate(self.replicas)?,
+            config,
         })
     }
 
     async fn attempt(&self, token: &Arc<str>, plan: &Plan) -> Result<Option<LockGuard>> {
-        let ttl = Duration::from_millis(plan.ttl_ms);
+        let ttl = plan.config.ttl;
         // Armed before sending: if this future is dropped mid-request, the request may still reach the
         // server, so the lease's Drop releases the token in the background.
         let pending = Lease::new(
@@ -392,7 +318,7 @@ impl RedisLock {
         );
         let sent_at = runtime_of(&*self.backend).now();
         let mut acked = None;
-        let granted = match (&plan.fence_counter, &plan.replica_ack) {
+        let granted = match (&plan.config.fence_counter, &plan.config.replica_ack) {
             (None, None) => self
                 .backend
                 .set_nx(&self.key, token, ttl)
@@ -403,7 +329,7 @@ impl RedisLock {
                 .eval_script(
                     &script::FENCED_ACQUIRE,
                     &[&self.key, counter],
-                    &[token, &plan.ttl_arg],
+                    &[token, &plan.config.ttl_arg],
                 )
                 .await
                 .and_then(|reply| fenced_reply(&reply).map(|fence| fence.map(Some))),
@@ -413,7 +339,7 @@ impl RedisLock {
                     &*self.backend,
                     &script::ACQUIRE,
                     &[&self.key],
-                    &[token, &plan.ttl_arg],
+                    &[token, &plan.config.ttl_arg],
                 )
                 .await
                 .and_then(|(reply, n)| {
@@ -432,7 +358,7 @@ impl RedisLock {
                     &*self.backend,
                     &script::FENCED_ACQUIRE,
                     &[&self.key, counter],
-                    &[token, &plan.ttl_arg],
+                    &[token, &plan.config.ttl_arg],
                 )
                 .await
                 .and_then(|(reply, n)| {
@@ -440,7 +366,7 @@ impl RedisLock {
                     fenced_reply(&reply).map(|fence| fence.map(Some))
                 }),
         };
-        if let (Ok(Some(_)), Some(ack), Some(acked)) = (&granted, &plan.replica_ack, acked)
+        if let (Ok(Some(_)), Some(ack), Some(acked)) = (&granted, &plan.config.replica_ack, acked)
             && let Err(not_replicated) = ack.check(&self.key, acked)
         {
             // Not safe from a failover: give it back now rather than hold a lock that may vanish.
@@ -452,17 +378,22 @@ impl RedisLock {
             return Err(not_replicated);
         }
         match granted {
-            Ok(Some(fence)) => Ok(Some(LockGuard::new(
-                pending,
-                Grant {
-                    ttl,
-                    ttl_ms: plan.ttl_ms,
-                    sent_at,
+            Ok(Some(fence)) => {
+                let runtime = runtime_of(&*self.backend).clone();
+                let holding = Holding::new(
+                    &plan.config,
+                    self.key.clone(),
+                    token.clone(),
                     fence,
-                    max_hold: self.max_hold,
-                    replica_ack: plan.replica_ack,
-                },
-            ))),
+                    sent_at,
+                    runtime,
+                );
+                Ok(Some(LockGuard::new(
+                    pending,
+                    holding,
+                    plan.config.replica_ack,
+                )))
+            }
             Ok(None) => {
                 pending.disarm();
                 Ok(None)
@@ -473,11 +404,7 @@ impl RedisLock {
     }
 
     fn new_token(&self) -> Arc<str> {
-        let uuid = uuid::Uuid::new_v4();
-        match &self.owner {
-            Some(owner) => Arc::from(format!("{owner}:{uuid}")),
-            None => Arc::from(uuid.to_string()),
-        }
+        lease::new_token(self.owner.as_deref())
     }
 }
 
@@ -488,43 +415,19 @@ const LOCAL_WAIT_RECHECK: Duration = Duration::from_millis(100);
 struct Plan {
     /// The list a release pushes to (see [`LockBackend::wait_for_release`]).
     signal: Arc<str>,
-    ttl_ms: u64,
-    ttl_arg: String,
-    fence_counter: Option<String>,
-    replica_ack: Option<ReplicaAck>,
-}
-
-/// Reads the fenced acquire script's reply: `Some(fence)` when acquired, `None` when busy.
-pub(crate) fn fenced_reply(reply: &ScriptValue) -> Result<Option<u64>, BackendError> {
-    let unexpected = || {
-        BackendError::permanent(
-            "redlease",
-            format!("unexpected reply from the fenced acquire script: {reply:?}"),
-        )
-    };
-    match reply {
-        ScriptValue::Array(items) => match items.as_slice() {
-            // A third element, the server's clock, is for Redlock.
-            [ScriptValue::Int(1), ScriptValue::Int(fence), ..] => {
-                u64::try_from(*fence).map(Some).map_err(|_| unexpected())
-            }
-            [ScriptValue::Int(0), ..] => Ok(None),
-            _ => Err(unexpected()),
-        },
-        _ => Err(unexpected()),
-    }
+    config: ValidatedConfig,
 }
 
 impl fmt::Debug for RedisLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLock")
             .field("key", &self.key)
-            .field("timeout", &self.timeout)
-            .field("wait_timeout", &self.wait_timeout)
-            .field("backoff", &self.backoff)
-            .field("max_hold", &self.max_hold)
-            .field("fencing", &self.fencing)
-            .field("replicas", &self.replicas)
+            .field("timeout", &self.config.timeout)
+            .field("wait_timeout", &self.config.wait_timeout)
+            .field("backoff", &self.config.backoff)
+            .field("max_hold", &self.config.max_hold)
+            .field("fencing", &self.config.fencing)
+            .field("replicas", &self.config.replicas)
             .field("backend", &self.backend)
             .finish()
     }

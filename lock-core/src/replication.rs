@@ -18,12 +18,12 @@ pub(crate) struct ReplicaAck {
 
 impl ReplicaAck {
     /// Checks the configuration: `None` when no replica is asked for (`replicas == 0`, whatever the
-    /// timeout), `InvalidArgument` naming `replica_timeout` when the timeout is zero or too long.
+    /// timeout), `InvalidArgument` naming `replica_wait` when the timeout is zero or too long.
     pub(crate) fn validate(config: Option<(usize, Duration)>) -> Result<Option<Self>> {
         match config {
             None | Some((0, _)) => Ok(None),
             Some((replicas, timeout)) => {
-                let millis = to_millis("replica_timeout", timeout)?;
+                let millis = to_millis("replica_wait", timeout)?;
                 Ok(Some(Self {
                     replicas,
                     timeout: Duration::from_millis(millis),
@@ -250,7 +250,7 @@ mod tests {
         assert!(matches!(
             err,
             LockError::InvalidArgument {
-                argument: "replica_timeout",
+                argument: "replica_wait",
                 ..
             }
         ));

@@ -154,7 +154,7 @@ fn campaign_returns_permanent_failures() {
             "{err}"
         );
         let err = Election::new(MemoryBackend::new(), "e")
-            .ttl(Duration::ZERO)
+            .timeout(Duration::ZERO)
             .campaign()
             .await
             .unwrap_err();
@@ -173,16 +173,16 @@ fn campaign_returns_permanent_failures() {
 
 /// Hole 14: two clones campaign with one candidate id. The loser is never told it leads by the
 /// documented check (`Leadership::is_current`, or comparing `leader_token` with the term's token),
-/// although `leader() == candidate_id()` holds for it.
+/// although `leader() == get_id()` holds for it.
 #[test]
 fn clones_campaigning_are_told_apart() {
     block_on(async {
         let backend = MemoryBackend::new();
         let first = Election::new(backend.clone(), "election")
-            .ttl(Duration::from_secs(30))
+            .timeout(Duration::from_secs(30))
             .id("node-a");
         let second = first.clone();
-        assert_eq!(first.candidate_id(), second.candidate_id());
+        assert_eq!(first.get_id(), second.get_id());
 
         // The second clone leads, then its term ends without it noticing (the key is deleted, as a
         // failover that lost it would), and the first clone wins the next term.
@@ -196,7 +196,7 @@ fn clones_campaigning_are_told_apart() {
         // The id check cannot tell them apart...
         assert_eq!(
             second.leader().await.unwrap().as_deref(),
-            Some(second.candidate_id())
+            Some(second.get_id())
         );
         // ...the documented checks can.
         assert!(

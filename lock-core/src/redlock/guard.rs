@@ -8,10 +8,9 @@ use futures::future::{BoxFuture, join_all};
 
 use super::quorum::{confirmed, decided_by_errors, quorum_deadline, written_answers};
 use super::rounds::{Holdings, bounded, release_everywhere};
-use crate::backend::{BackendError, ScriptValue, runtime_of};
+use crate::backend::{BackendError, ScriptValue};
 use crate::error::{LockError, NodeError, Result};
-use crate::guard::Written;
-use crate::lease::{Renewable, hold_renewed};
+use crate::lease::{Held, Holding, Validity, Written, hold_renewed};
 use crate::script::{self, Script};
 use crate::time::{Moment, to_millis, validity_deadline};
 
@@ -26,45 +25,30 @@ use crate::time::{Moment, to_millis, validity_deadline};
 /// Dropping a guard without [`release`](Self::release) never blocks: each master is released in the
 /// background where its backend can spawn; otherwise the TTL frees it.
 pub struct RedlockGuard {
+    pub(super) holding: Holding,
     pub(super) holdings: Holdings,
     pub(super) quorum: usize,
-    pub(super) ttl: Duration,
-    pub(super) ttl_arg: String,
     pub(super) node_timeout: Duration,
-    pub(super) fence: Option<u64>,
-    pub(super) acquired_at: Moment,
-    pub(super) max_hold: Option<Duration>,
     /// Per master: what we know of its copy of our lock.
-    pub(super) bounds: Mutex<Vec<MasterLease>>,
-}
-
-/// What a [`RedlockGuard`] knows of one master's copy of the lock.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct MasterLease {
-    /// The earliest moment it can expire, by our lease clock, when the master is known to hold it.
-    pub(super) until: Option<Moment>,
-    /// When the request that gave `until` was sent: only a request sent later replaces it.
-    pub(super) sent_at: Moment,
-    /// Its expiry on that master's clock (Unix milliseconds), as last confirmed: what `extend` adds to.
-    pub(super) server_expiry_ms: Option<u64>,
+    pub(super) bounds: Mutex<Vec<Validity>>,
 }
 
 impl RedlockGuard {
     /// This acquisition's token: the value of the key on every master that holds the lock.
     pub fn token(&self) -> &str {
-        &self.holdings.token
+        &self.holding.token
     }
 
     /// The lock key, exactly as given.
     pub fn key(&self) -> &str {
-        &self.holdings.key
+        &self.holding.key
     }
 
     /// This acquisition's fencing token, when the lock has [`fencing`](super::Redlock::fencing) on:
     /// larger than the fence of every earlier holder of the key. Pass it with every write to the
     /// protected resource and let the resource refuse a fence lower than the highest it has seen.
     pub fn fence(&self) -> Option<u64> {
-        self.fence
+        self.holding.fence
     }
 
     /// How long the lock is still ours by the local lease clock: until a majority of the masters may let
@@ -95,7 +79,7 @@ impl RedlockGuard {
         let mut bounds = self.lock_bounds();
         for (master, answer) in bounds.iter_mut().zip(&answers) {
             if matches!(answer, Ok(false)) {
-                master.until = None;
+                master.deny();
             }
         }
         drop(bounds);
@@ -120,7 +104,7 @@ impl RedlockGuard {
         let known: Vec<Option<u64>> = self
             .lock_bounds()
             .iter()
-            .map(|master| master.server_expiry_ms)
+            .map(|master| master.server_expiry_ms())
             .collect();
         let mut read = None;
         if known.iter().any(Option::is_none) {
@@ -135,7 +119,7 @@ impl RedlockGuard {
             .iter()
             .map(|master| {
                 master
-                    .server_expiry_ms
+                    .server_expiry_ms()
                     .map(|expiry| expiry.saturating_add(by_ms).to_string())
             })
             .collect();
@@ -168,8 +152,8 @@ impl RedlockGuard {
             return Ok(false);
         }
         let sent_at = self.now();
-        let round_until = validity_deadline(sent_at, self.ttl);
-        let ttl_arg = &self.ttl_arg;
+        let round_until = validity_deadline(sent_at, self.holding.ttl);
+        let ttl_arg = &self.holding.ttl_arg;
         let answers = self
             .ask_all(&script::RENEW, |_| Some(vec![ttl_arg.clone()]))
             .await;
@@ -217,19 +201,15 @@ impl RedlockGuard {
     }
 
     fn valid_until(&self) -> Option<Moment> {
-        let bounds: Vec<Option<Moment>> = self
-            .lock_bounds()
-            .iter()
-            .map(|master| master.until)
-            .collect();
+        let bounds: Vec<Option<Moment>> = self.lock_bounds().iter().map(Validity::until).collect();
         quorum_deadline(&bounds, self.quorum)
     }
 
     fn now(&self) -> Moment {
-        runtime_of(&*self.holdings.nodes[0]).now()
+        self.holding.now()
     }
 
-    fn lock_bounds(&self) -> MutexGuard<'_, Vec<MasterLease>> {
+    fn lock_bounds(&self) -> MutexGuard<'_, Vec<Validity>> {
         // The critical sections only assign values; a poisoned value is still meaningful.
         self.bounds
             .lock()
@@ -270,13 +250,10 @@ impl RedlockGuard {
         let mut bounds = self.lock_bounds();
         for (master, answer) in bounds.iter_mut().zip(answers) {
             match answer {
-                Ok(Some(written)) if sent_at >= master.sent_at => {
-                    master.sent_at = sent_at;
-                    master.until = Some(validity_deadline(sent_at, written.pttl));
-                    master.server_expiry_ms = Some(written.server_expiry_ms);
+                Ok(Some(written)) => {
+                    master.confirm(sent_at, *written);
                 }
-                Ok(Some(_)) => {}
-                Ok(None) => master.until = None,
+                Ok(None) => master.deny(),
                 Err(_) => {}
             }
         }
@@ -302,7 +279,7 @@ impl RedlockGuard {
             Ok(valid())
         } else if decided_by_errors(votes, errors.len(), self.quorum) {
             Err(LockError::Quorum {
-                key: self.holdings.key.to_string(),
+                key: self.holding.key.to_string(),
                 votes,
                 needed: self.quorum,
                 errors,
@@ -313,33 +290,13 @@ impl RedlockGuard {
     }
 }
 
-impl Renewable for RedlockGuard {
-    fn renewal_key(&self) -> &str {
-        self.key()
-    }
-
-    fn renewal_ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    fn acquired_at(&self) -> Moment {
-        self.acquired_at
-    }
-
-    fn now(&self) -> Moment {
-        RedlockGuard::now(self)
-    }
-
-    fn max_hold(&self) -> Option<Duration> {
-        self.max_hold
+impl Held for RedlockGuard {
+    fn holding(&self) -> &Holding {
+        &self.holding
     }
 
     fn remaining(&self) -> Duration {
         self.valid_for()
-    }
-
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        runtime_of(&*self.holdings.nodes[0]).sleep(duration)
     }
 
     fn renew_once(&self) -> BoxFuture<'_, Result<bool>> {
@@ -347,27 +304,28 @@ impl Renewable for RedlockGuard {
     }
 
     fn release_lost(&self) {
-        // Reported lost, and released below: no master counts towards validity any more, and a reply
-        // still on its way is older, so changes nothing.
         let now = self.now();
         for master in self.lock_bounds().iter_mut() {
-            master.until = None;
-            master.sent_at = now;
+            master.end(now);
         }
         self.holdings
             .release_in_background("hold reported the lease lost", |_| true);
+    }
+
+    fn release_held(self) -> impl Future<Output = Result<bool>> + Send {
+        self.release()
     }
 }
 
 impl fmt::Debug for RedlockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedlockGuard")
-            .field("key", &self.holdings.key)
-            .field("token", &self.holdings.token)
+            .field("key", &self.holding.key)
+            .field("token", &self.holding.token)
             .field("nodes", &self.holdings.nodes.len())
             .field("quorum", &self.quorum)
-            .field("ttl", &self.ttl)
-            .field("fence", &self.fence)
+            .field("ttl", &self.holding.ttl)
+            .field("fence", &self.holding.fence)
             .field("valid_for", &self.valid_for())
             .finish()
     }

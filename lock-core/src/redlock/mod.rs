@@ -180,8 +180,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{LockBackend, runtime_of};
-use crate::backoff::Backoff;
 use crate::error::{LockError, Result};
+use crate::lease::config::{self, LeaseConfig};
+use crate::lease::{self, lease_settings};
 
 pub use guard::RedlockGuard;
 use rounds::Round;
@@ -203,12 +204,8 @@ const LAYER: &str = "redlock";
 pub struct Redlock {
     nodes: Arc<[Node]>,
     key: Arc<str>,
-    timeout: Duration,
-    wait_timeout: Option<Duration>,
+    config: LeaseConfig,
     node_timeout: Option<Duration>,
-    backoff: Backoff,
-    max_hold: Option<Duration>,
-    fencing: bool,
     /// Per master: its server's identity once learnt (see
     /// [`script::SERVER_ID`](crate::script::SERVER_ID)), shared by clones.
     server_ids: Arc<Mutex<Vec<ServerId>>>,
@@ -227,9 +224,9 @@ enum ServerId {
 
 impl Redlock {
     /// The default lock TTL: 30 s.
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_TIMEOUT: Duration = config::DEFAULT_TIMEOUT;
     /// The default acquisition deadline: 30 s.
-    pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_WAIT_TIMEOUT: Duration = config::DEFAULT_WAIT_TIMEOUT;
     /// The largest default per-node timeout: 200 ms (the default is a tenth of the TTL, capped here).
     pub const MAX_DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(200);
     /// The largest difference between two masters' wall clocks that a fenced round accepts: 1 s. A
@@ -262,28 +259,28 @@ impl Redlock {
             server_ids: Arc::new(Mutex::new(server_ids)),
             nodes: nodes.into(),
             key: Arc::from(key.into()),
-            timeout: Self::DEFAULT_TIMEOUT,
-            wait_timeout: Some(Self::DEFAULT_WAIT_TIMEOUT),
+            config: LeaseConfig::default(),
             node_timeout: None,
-            backoff: Backoff::default(),
-            max_hold: None,
-            fencing: false,
         }
     }
 
-    /// The lock's TTL on each master. Kept to the millisecond, rounding up; zero is rejected when the
-    /// lock is used.
-    pub fn timeout(mut self, ttl: Duration) -> Self {
-        self.timeout = ttl;
-        self
-    }
-
-    /// How long `acquire` keeps trying: `Some(d)` gives up after `d` (`Some(Duration::ZERO)` makes exactly
-    /// one round); `None` keeps trying while the lock is busy, but reports an outage of a majority at
-    /// once (see [`acquire`](Self::acquire)).
-    pub fn wait_timeout(mut self, wait: Option<Duration>) -> Self {
-        self.wait_timeout = wait;
-        self
+    lease_settings! {
+        guard = RedlockGuard;
+        /// On a `Redlock`, the TTL of the lock on each master.
+        timeout;
+        /// On a `Redlock`, `Some(d)` makes exactly one round when `d` is zero, and `None` keeps trying
+        /// while the lock is busy but reports an outage of a majority at once (see
+        /// [`acquire`](Self::acquire)).
+        wait_timeout;
+        backoff;
+        max_hold;
+        /// On a `Redlock`, the fence is strictly increasing across the holders of this key; see
+        /// [Fencing across masters](self#fencing-across-masters) for how and why.
+        ///
+        /// Each master keeps a counter beside the lock key (named as for
+        /// [`RedisLock::fencing`](crate::RedisLock::fencing), e.g. `key:redlease:fence:{DDDDDD}`), never
+        /// deleted.
+        fencing;
     }
 
     /// How long one request to one master may take before it counts as failed: a tenth of the TTL and
@@ -298,28 +295,11 @@ impl Redlock {
         self
     }
 
-    /// The retry policy between rounds (default: 2 ms doubling to 100 ms, full jitter).
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// The longest a guard of this lock may be held under [`RedlockGuard::hold`] (and so
-    /// [`run`](Self::run)), counted from the acquisition. Default: no bound.
-    pub fn max_hold(mut self, max_hold: Duration) -> Self {
-        self.max_hold = Some(max_hold);
-        self
-    }
-
-    /// Issue a fencing token with every acquisition ([`RedlockGuard::fence`]), strictly increasing
-    /// across the holders of this key; see [Fencing across masters](self#fencing-across-masters) for how
-    /// and why.
-    ///
-    /// Each master keeps a counter beside the lock key (named as for
-    /// [`RedisLock::fencing`](crate::RedisLock::fencing), e.g. `key:redlease:fence:{DDDDDD}`), never deleted.
-    pub fn fencing(mut self, enabled: bool) -> Self {
-        self.fencing = enabled;
-        self
+    /// The per-master bound set by [`node_timeout`](Self::node_timeout); `None` when not set (the
+    /// default then applies: a tenth of the TTL, at most
+    /// [`MAX_DEFAULT_NODE_TIMEOUT`](Self::MAX_DEFAULT_NODE_TIMEOUT)).
+    pub fn get_node_timeout(&self) -> Option<Duration> {
+        self.node_timeout
     }
 
     /// The lock key, exactly as given.
@@ -328,8 +308,9 @@ impl Redlock {
     }
 
     /// The configured TTL.
+    #[deprecated(note = "use get_timeout")]
     pub fn ttl(&self) -> Duration {
-        self.timeout
+        self.config.timeout
     }
 
     /// The masters, in the order given: a master's index here is how errors name it.
@@ -355,16 +336,19 @@ impl Redlock {
         // Master 0's runtime is the Redlock's clock and timer.
         let runtime = runtime_of(&*self.nodes[0]);
         let started = runtime.now();
-        let deadline = self.wait_timeout.and_then(|wait| started.checked_add(wait));
+        let deadline = plan
+            .config
+            .wait_timeout
+            .and_then(|wait| started.checked_add(wait));
         let mut attempt: u32 = 0;
         loop {
             let failed = match self.round(&plan).await {
-                Round::Acquired(guard) => return Ok(guard),
+                Round::Acquired(guard) => return Ok(*guard),
                 Round::Refused(error) => return Err(error),
                 Round::Failed(failed) => failed,
             };
             let by_errors = failed.decided_by_errors(plan.quorum);
-            let mut delay = self.backoff.delay(attempt);
+            let mut delay = plan.config.backoff.delay(attempt);
             match deadline {
                 None if by_errors => return Err(failed.into_error(&self.key, plan.quorum)),
                 None => {}
@@ -402,7 +386,7 @@ impl Redlock {
     pub async fn try_acquire(&self) -> Result<Option<RedlockGuard>> {
         let plan = self.validate()?;
         match self.round(&plan).await {
-            Round::Acquired(guard) => Ok(Some(guard)),
+            Round::Acquired(guard) => Ok(Some(*guard)),
             Round::Refused(error) => Err(error),
             Round::Failed(failed) if failed.decided_by_errors(plan.quorum) => {
                 Err(failed.into_error(&self.key, plan.quorum))
@@ -428,23 +412,7 @@ impl Redlock {
     where
         F: AsyncFnOnce(&RedlockGuard) -> T,
     {
-        let guard = self.acquire().await?;
-        let value = guard.hold(body(&guard)).await?;
-        match guard.release().await {
-            Ok(true) => Ok(value),
-            Ok(false) => Err(LockError::Lost {
-                key: self.key.to_string(),
-                reason: "it expired or was taken over before the work finished".into(),
-            }),
-            Err(error) => {
-                tracing::warn!(
-                    key = %self.key,
-                    %error,
-                    "releasing the lock failed after the work finished; its TTL will free it"
-                );
-                Ok(value)
-            }
-        }
+        lease::run(self.acquire().await?, body).await
     }
 }
 
@@ -453,12 +421,12 @@ impl fmt::Debug for Redlock {
         f.debug_struct("Redlock")
             .field("key", &self.key)
             .field("nodes", &self.nodes.len())
-            .field("timeout", &self.timeout)
-            .field("wait_timeout", &self.wait_timeout)
+            .field("timeout", &self.config.timeout)
+            .field("wait_timeout", &self.config.wait_timeout)
             .field("node_timeout", &self.node_timeout)
-            .field("backoff", &self.backoff)
-            .field("max_hold", &self.max_hold)
-            .field("fencing", &self.fencing)
+            .field("backoff", &self.config.backoff)
+            .field("max_hold", &self.config.max_hold)
+            .field("fencing", &self.config.fencing)
             .finish()
     }
 }

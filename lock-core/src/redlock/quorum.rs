@@ -7,7 +7,7 @@ use super::rounds::Vote;
 use super::{Redlock, ServerId};
 use crate::backend::{BackendError, ScriptValue};
 use crate::error::{LockError, NodeError, Result};
-use crate::guard::Written;
+use crate::lease::Written;
 use crate::script::Script;
 use crate::time::Moment;
 

@@ -7,33 +7,25 @@ use std::time::Duration;
 
 use futures::future::{Either, join, join_all, select};
 
-use super::guard::{MasterLease, RedlockGuard};
+use super::guard::RedlockGuard;
 use super::quorum::{Failed, clock_skew, duplicate_servers, first_duplicate, granted};
 use super::{LAYER, Node, Redlock, ServerId, default_node_timeout};
 use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, NodeError, Result};
-use crate::keys;
-use crate::lease::{Until, retry_in_background};
-use crate::lock::fenced_reply;
+use crate::lease::config::ValidatedConfig;
+use crate::lease::{self, Holding, Until, Validity, fenced_reply, retry_in_background};
 use crate::runtime::Runtime;
 use crate::script;
-use crate::time::{to_millis, ttl_millis, validity_deadline};
+use crate::time::validity_deadline;
 
 impl Redlock {
     pub(super) fn validate(&self) -> Result<Plan> {
         if self.nodes.is_empty() {
             return Err(LockError::invalid("nodes", "must not be empty"));
         }
-        if self.key.is_empty() {
-            return Err(LockError::invalid("key", "must not be empty"));
-        }
+        let config = self.config.validate(&self.key)?;
         self.refuse_duplicate_masters()?;
-        self.backoff.validate()?;
-        if let Some(max_hold) = self.max_hold {
-            to_millis("max_hold", max_hold)?;
-        }
-        let ttl_ms = ttl_millis("timeout", self.timeout)?;
-        let ttl = Duration::from_millis(ttl_ms);
+        let ttl = config.ttl;
         let node_timeout = match self.node_timeout {
             Some(bound) => {
                 if bound.is_zero() {
@@ -51,16 +43,10 @@ impl Redlock {
             }
             None => default_node_timeout(ttl),
         };
-        let fence_counter = match self.fencing {
-            true => Some(keys::fence_counter(&self.key)?),
-            false => None,
-        };
         Ok(Plan {
-            ttl,
-            ttl_arg: ttl_ms.to_string(),
+            config,
             node_timeout,
             quorum: self.quorum(),
-            fence_counter,
         })
     }
 
@@ -93,10 +79,11 @@ impl Redlock {
 
     /// One acquisition round over every master, with the release of its partial locks when it fails.
     pub(super) async fn round(&self, plan: &Plan) -> Round {
-        let token: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        let token = lease::new_token(None);
         // Armed before sending: if this future is dropped mid-round, requests may still reach the
         // masters, so dropping the holdings releases the token everywhere in the background.
-        let mut holdings = Holdings::new(self.nodes.clone(), self.key.clone(), token, plan.ttl);
+        let mut holdings =
+            Holdings::new(self.nodes.clone(), self.key.clone(), token, plan.config.ttl);
         // Masters met for the first time are asked who they are, alongside the acquisition.
         let unidentified: Vec<bool> = self
             .lock_server_ids()
@@ -155,15 +142,15 @@ impl Redlock {
             release_everywhere(&mut holdings, plan.node_timeout).await;
             return Round::Refused(duplicate);
         }
-        if plan.fence_counter.is_some()
+        if plan.config.fence_counter.is_some()
             && let Some(skew) = clock_skew(&self.key, &clocks, round_took)
         {
             release_everywhere(&mut holdings, plan.node_timeout).await;
             return Round::Refused(skew);
         }
-        let valid_until = validity_deadline(sent_at, plan.ttl);
+        let valid_until = validity_deadline(sent_at, plan.config.ttl);
         let mut fence = None;
-        if let Some(counter) = &plan.fence_counter
+        if let Some(counter) = &plan.config.fence_counter
             && granted(&votes) >= plan.quorum
             && clock.now() < valid_until
         {
@@ -175,24 +162,27 @@ impl Redlock {
         if votes_for >= plan.quorum && clock.now() < valid_until {
             let bounds = votes
                 .iter()
-                .map(|vote| MasterLease {
-                    until: matches!(vote, Vote::Granted(_)).then_some(valid_until),
-                    sent_at,
-                    server_expiry_ms: None,
+                .map(|vote| {
+                    let until = matches!(vote, Vote::Granted(_)).then_some(valid_until);
+                    Validity::granted(sent_at, until)
                 })
                 .collect();
             tracing::debug!(key = %self.key, votes = votes_for, nodes = self.nodes.len(), "redlock acquired");
-            return Round::Acquired(RedlockGuard {
+            let holding = Holding::new(
+                &plan.config,
+                self.key.clone(),
+                holdings.token.clone(),
+                fence,
+                sent_at,
+                clock.clone(),
+            );
+            return Round::Acquired(Box::new(RedlockGuard {
+                holding,
                 holdings,
                 quorum: plan.quorum,
-                ttl: plan.ttl,
-                ttl_arg: plan.ttl_arg.clone(),
                 node_timeout: plan.node_timeout,
-                fence,
-                acquired_at: sent_at,
-                max_hold: self.max_hold,
                 bounds: Mutex::new(bounds),
-            });
+            }));
         }
         let errors: Vec<NodeError> = votes
             .into_iter()
@@ -249,10 +239,10 @@ impl Redlock {
         token: &str,
         plan: &Plan,
     ) -> Result<Reply, BackendError> {
-        match &plan.fence_counter {
+        match &plan.config.fence_counter {
             None => Ok(Reply {
                 granted: node
-                    .set_nx(&self.key, token, plan.ttl)
+                    .set_nx(&self.key, token, plan.config.ttl)
                     .await?
                     .then_some(None),
                 clock: None,
@@ -262,7 +252,7 @@ impl Redlock {
                     .eval_script(
                         &script::FENCED_ACQUIRE,
                         &[&self.key, counter],
-                        &[token, &plan.ttl_arg],
+                        &[token, &plan.config.ttl_arg],
                     )
                     .await?;
                 let granted = fenced_reply(&reply)?.map(Some);
@@ -329,11 +319,10 @@ impl Redlock {
 
 /// What `validate` worked out once per acquisition.
 pub(super) struct Plan {
-    ttl: Duration,
-    ttl_arg: String,
+    /// The shared lease settings (Redlock asks no replicas).
+    pub(super) config: ValidatedConfig,
     node_timeout: Duration,
     pub(super) quorum: usize,
-    fence_counter: Option<String>,
 }
 
 /// One master's answer in an acquisition round.
@@ -345,7 +334,7 @@ pub(super) enum Vote {
 }
 
 pub(super) enum Round {
-    Acquired(RedlockGuard),
+    Acquired(Box<RedlockGuard>),
     /// Refused whatever the votes: a master listed twice, or masters whose clocks disagree.
     Refused(LockError),
     Failed(Failed),

@@ -276,7 +276,7 @@ pub fn run_seed_with(seed: u64, config: &Config) -> Report {
     for process in 0..config.processes {
         let election = config.elections.then(|| {
             Election::new(ctx.clients[process][0].clone(), "election")
-                .ttl(config.ttl)
+                .timeout(config.ttl)
                 .id(format!("p{process}"))
         });
         for id in 0..config.workers {

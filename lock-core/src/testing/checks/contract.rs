@@ -205,7 +205,7 @@ pub async fn unacknowledged_writes_are_not_counted(
         matches!(
             err,
             LockError::InvalidArgument {
-                argument: "replica_timeout",
+                argument: "replica_wait",
                 ..
             }
         ),

@@ -63,10 +63,10 @@ pub async fn election_hands_over_on_resign(
     key: String,
 ) {
     let alice = Election::new(backend.clone(), key.clone())
-        .ttl(30 * SECOND)
+        .timeout(30 * SECOND)
         .id("alice");
     let bob = Election::new(backend.clone(), key.clone())
-        .ttl(30 * SECOND)
+        .timeout(30 * SECOND)
         .id("bob");
     assert_eq!(alice.leader().await.expect("leader"), None);
     let alice_term = alice.campaign().await.expect("alice leads");
@@ -109,10 +109,10 @@ pub async fn election_replaces_a_silent_leader(
 ) {
     let ttl = Duration::from_millis(400);
     let first = Election::new(backend.clone(), key.clone())
-        .ttl(ttl)
+        .timeout(ttl)
         .id("first");
     let second = Election::new(backend.clone(), key.clone())
-        .ttl(ttl)
+        .timeout(ttl)
         .id("second");
     let leader = first.campaign().await.expect("first leads");
     // Leads for 3 TTLs through hold, while the second candidate campaigns.

@@ -1,0 +1,180 @@
+//! The renewal loop behind every guard's `hold`, the `Lost` reasons it gives, and the one `run`
+//! (acquire, hold the body, release) of every primitive.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, Either, select};
+
+use super::Holding;
+use super::background::jittered;
+use crate::error::{LockError, Result};
+
+/// What the engine needs from a guard to keep, end and finish its lease: every primitive's guard
+/// implements it, and gets `hold` ([`hold_renewed`]) and `run` ([`run`]) from it.
+pub(crate) trait Held: Sync {
+    /// What the guard holds: key, token, TTL, fence, `max_hold`, its runtime.
+    fn holding(&self) -> &Holding;
+    /// The local validity left, as `valid_for`.
+    fn remaining(&self) -> Duration;
+    /// One renewal, as `renew`.
+    fn renew_once(&self) -> BoxFuture<'_, Result<bool>>;
+    /// Releases the lock in the background once `hold` reported it lost, so that a renewal still queued
+    /// in the client cannot keep a lease its holder was told it lost; from then on the guard claims
+    /// nothing (`valid_for` zero, `release` answering `Ok(false)`).
+    fn release_lost(&self);
+    /// Releases the lock, as the guard's `release`: `Ok(true)` when exclusion held until now.
+    fn release_held(self) -> impl Future<Output = Result<bool>> + Send
+    where
+        Self: Sized;
+}
+
+/// Acquired, runs `body` while holding the lease (renewed as `hold` does), then releases it: the one
+/// `run` of every primitive (see [`RedisLock::run`](crate::RedisLock::run) for the outcomes).
+///
+/// A release that found the lease expired or taken over is [`LockError::Lost`], so the value is not
+/// handed out; a release that failed, or whose outcome cannot be told, still hands the value out and
+/// logs a warning: the work is done and the TTL frees the key.
+pub(crate) async fn run<G, F, T>(guard: G, body: F) -> Result<T>
+where
+    G: Held,
+    F: AsyncFnOnce(&G) -> T,
+{
+    let value = hold_renewed(&guard, body(&guard)).await?;
+    let key = guard.holding().key.clone();
+    match guard.release_held().await {
+        Ok(true) => Ok(value),
+        Ok(false) => Err(LockError::Lost {
+            key: key.to_string(),
+            reason: "it expired or was taken over before the work finished".into(),
+        }),
+        Err(error) => {
+            tracing::warn!(
+                %key,
+                %error,
+                "releasing the lock failed after the work finished; its TTL will free it"
+            );
+            Ok(value)
+        }
+    }
+}
+
+/// Runs `work` while `guard` is renewed, dropping it as soon as the lock is lost (see
+/// [`LockGuard::hold`](crate::LockGuard::hold)).
+pub(crate) async fn hold_renewed<G: Held + ?Sized, F: Future>(
+    guard: &G,
+    work: F,
+) -> Result<F::Output> {
+    let work = pin!(work);
+    let keeper = pin!(keep_renewed(guard));
+    match select(work, keeper).await {
+        Either::Left((output, _)) => Ok(output),
+        Either::Right((lost, _)) => Err(lost),
+    }
+}
+
+/// Renews the lock until it is lost; returns why.
+async fn keep_renewed<G: Held + ?Sized>(guard: &G) -> LockError {
+    let lost = keep_renewed_until_lost(guard).await;
+    guard.release_lost();
+    lost
+}
+
+/// The renewal loop of [`keep_renewed`].
+async fn keep_renewed_until_lost<G: Held + ?Sized>(guard: &G) -> LockError {
+    let holding = guard.holding();
+    let key = &*holding.key;
+    let ttl = holding.ttl;
+    let max_hold = holding.max_hold;
+    let hold_deadline = max_hold.map(|max| holding.acquired_at.checked_add(max));
+    let mut last_error: Option<LockError> = None;
+    loop {
+        let now = holding.now();
+        if let Some(deadline) = hold_deadline {
+            // An unrepresentable deadline is no deadline.
+            if deadline.is_some_and(|d| now >= d) {
+                return lost(
+                    key,
+                    format!(
+                        "max_hold of {:?} passed; renewal stopped",
+                        max_hold.unwrap_or_default()
+                    ),
+                );
+            }
+        }
+        let remaining = guard.remaining();
+        if remaining.is_zero() {
+            return lost(
+                key,
+                match &last_error {
+                    Some(error) => format!(
+                        "renewals failed until its validity ran out: {}",
+                        with_causes(error)
+                    ),
+                    None => "its validity ran out before it could be renewed".into(),
+                },
+            );
+        }
+        // After a failure, try again soon; otherwise at about a third of the TTL.
+        let mut pause = match last_error {
+            Some(_) => jittered(ttl / 10),
+            None => jittered(ttl / 3),
+        };
+        pause = pause.min(remaining);
+        if let Some(Some(deadline)) = hold_deadline {
+            pause = pause.min(deadline - now);
+        }
+        holding.sleep(pause).await;
+        if hold_deadline.flatten().is_some_and(|d| holding.now() >= d) {
+            continue;
+        }
+        let remaining = guard.remaining();
+        if remaining.is_zero() {
+            continue;
+        }
+        // A renewal still unanswered when the validity runs out counts as failed.
+        let renewal = guard.renew_once();
+        match select(renewal, holding.sleep(remaining)).await {
+            Either::Left((Ok(true), _)) => last_error = None,
+            Either::Left((Ok(false), _)) => {
+                return lost(key, "a renewal found another holder or no key".into());
+            }
+            Either::Left((Err(error), _)) => {
+                tracing::warn!(%key, %error, "renewing the lock failed; retrying");
+                last_error = Some(error);
+            }
+            Either::Right(_) => {
+                return lost(
+                    key,
+                    format!(
+                        "no renewal was answered before its validity ran out{}",
+                        last_error
+                            .as_ref()
+                            .map(|e| format!(" (last error: {})", with_causes(e)))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn lost(key: &str, reason: String) -> LockError {
+    tracing::warn!(%key, %reason, "lock lost");
+    LockError::Lost {
+        key: key.to_owned(),
+        reason,
+    }
+}
+
+/// `error` and its chain of causes on one line, so a `Lost` reason says what actually failed.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
