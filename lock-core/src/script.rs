@@ -287,7 +287,8 @@ mod tests {
 
     #[test]
     fn sha1_matches_the_source() {
-        // Redis computes the same digest for SCRIPT LOAD; the adapters' tests check that against a server.
+        // Redis computes the same digest for SCRIPT LOAD: the conformance check
+        // `script_digests_match_the_server` compares them against a server.
         let script = Script::new("noop", "return 1");
         assert_eq!(script.sha1(), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
         assert_eq!(script.name(), "noop");

@@ -7,7 +7,9 @@
 //! directory (and log file) in a fresh temporary directory, so nothing is ever
 //! written into the repository. Dropping the value kills the process and
 //! removes the directory, so keep servers in test-local variables rather than
-//! in statics (statics are never dropped).
+//! in statics (statics are never dropped). The exception is
+//! [`shared_redis_url`]: one server per name and test binary, which a watchdog
+//! process kills when the test process exits.
 //!
 //! When `redis-server` is not installed, [`RedisServer::start`] panics with
 //! installation instructions: tests never skip silently.
@@ -27,7 +29,8 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -64,6 +67,31 @@ pub struct RedisServer {
     extra_args: Vec<String>,
     /// Run as a Sentinel: `redis-server <conf> --sentinel`, with a fresh writable config file.
     sentinel: bool,
+}
+
+/// What a [`Watchdog`] runs, with the server's pid and directory as `$1` and `$2`: wait for the pipe
+/// to close, then kill the server, unless Linux says that pid is now another program's (it was
+/// reused), and remove the directory.
+const WATCHDOG_SCRIPT: &str = r#"read _
+comm=$(cat "/proc/$1/comm" 2>/dev/null || echo redis-server)
+[ "$comm" = redis-server ] && kill -9 "$1" 2>/dev/null
+rm -rf "$2""#;
+
+/// An `sh` process blocked reading a pipe whose only write end this process holds: when the pipe
+/// closes (this value dropped, or this process gone, whatever ended it), it kills the server it
+/// watches and removes the server's directory. The write end is close-on-exec, so no other child
+/// keeps it open.
+#[derive(Debug)]
+pub struct Watchdog {
+    watchdog: Child,
+    pipe: Option<ChildStdin>,
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.pipe.take());
+        let _ = self.watchdog.wait();
+    }
 }
 
 /// Why one launch of the server did not become ready.
@@ -338,6 +366,30 @@ impl RedisServer {
         assert!(status.success(), "`kill -{signal} {pid}` failed: {status}");
     }
 
+    /// Starts a [`Watchdog`] that kills this server and removes its directory when it is dropped, or
+    /// when this process exits however it exits (for a server kept in a static, which is never
+    /// dropped). It watches the current process: do not [`restart`](Self::restart) a watched server.
+    ///
+    /// # Panics
+    ///
+    /// If the server is not running, or `sh` cannot be started.
+    pub fn kill_on_exit(&self) -> Watchdog {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("cannot watch redis-server: it is not running"));
+        let mut watchdog = Command::new("sh")
+            .args(["-c", WATCHDOG_SCRIPT, "sh"])
+            .arg(pid.to_string())
+            .arg(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the watchdog of redis-server {pid}: {e}"));
+        let pipe = watchdog.stdin.take();
+        Watchdog { watchdog, pipe }
+    }
+
     /// Spawns one server process on `self.port` with a fresh, empty data dir.
     fn launch(&mut self) -> Child {
         self.launches += 1;
@@ -419,6 +471,33 @@ pub fn redis_url() -> (Option<RedisServer>, String) {
             (Some(server), url)
         }
     }
+}
+
+/// The URL of a server shared by every test of this binary that asks for `name`: `REDIS_URL` from the
+/// environment if set, otherwise a `redis-server` started at the first request for `name`.
+///
+/// For tests that only touch keys of their own. The server lives as long as the test process: a
+/// watchdog (`sh`, blocked reading a pipe that only this process holds) kills it and removes its
+/// directory when the process exits, however it exits, because the pipe then closes.
+pub fn shared_redis_url(name: &str) -> String {
+    /// The shared servers by name, each with its watchdog.
+    static SHARED: Mutex<Vec<(String, RedisServer, Watchdog)>> = Mutex::new(Vec::new());
+
+    if let Ok(url) = std::env::var("REDIS_URL")
+        && !url.trim().is_empty()
+    {
+        return url;
+    }
+    // A test that panicked while starting a server leaves no entry behind: the list stays usable.
+    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, server, _)) = shared.iter().find(|(n, _, _)| n == name) {
+        return server.url();
+    }
+    let server = RedisServer::start();
+    let watchdog = server.kill_on_exit();
+    let url = server.url();
+    shared.push((name.to_owned(), server, watchdog));
+    url
 }
 
 /// A random per-test key prefix, e.g. `redlease-test:1a2b3c4d:`.

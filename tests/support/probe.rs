@@ -4,16 +4,18 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use lock_core::async_trait;
-use lock_core::testing::Probe;
+use lock_core::testing::{Probe, Unsupported};
 
-use super::resp_command;
+use super::{RedisServer, resp_command};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Talks to one server over its own short-lived connections, as another client would.
-#[derive(Debug, Clone, Copy)]
+/// Talks to one server over its own short-lived connections, as another client would. A probe that
+/// owns its server ([`RedisProbe::owning`]) can also pause it, and kills it when dropped.
+#[derive(Debug)]
 pub struct RedisProbe {
     addr: SocketAddr,
+    server: Option<RedisServer>,
 }
 
 impl RedisProbe {
@@ -29,13 +31,26 @@ impl RedisProbe {
             .unwrap_or_else(|e| panic!("cannot resolve {host_port:?}: {e}"))
             .next()
             .unwrap_or_else(|| panic!("no address for {host_port:?}"));
-        Self { addr }
+        Self { addr, server: None }
+    }
+
+    /// A probe for `server` that owns it: [`Probe::pause`] and [`Probe::resume`] stop and continue
+    /// the process, and dropping the probe kills it (paused or not).
+    pub fn owning(server: RedisServer) -> Self {
+        Self {
+            addr: server.addr(),
+            server: Some(server),
+        }
     }
 
     /// Sends one command and returns the reply, panicking on I/O errors.
     pub fn command(&self, args: &[&str]) -> Result<String, String> {
         resp_command(self.addr, args, TIMEOUT)
             .unwrap_or_else(|e| panic!("probe command {args:?} to {}: {e}", self.addr))
+    }
+
+    fn server(&self, what: &'static str) -> Result<&RedisServer, Unsupported> {
+        self.server.as_ref().ok_or(Unsupported(what))
     }
 }
 
@@ -65,5 +80,41 @@ impl Probe for RedisProbe {
 
     async fn flush_scripts(&self) {
         self.command(&["SCRIPT", "FLUSH"]).expect("SCRIPT FLUSH");
+    }
+
+    async fn script_load(&self, source: &str) -> Result<String, Unsupported> {
+        Ok(self
+            .command(&["SCRIPT", "LOAD", source])
+            .expect("SCRIPT LOAD"))
+    }
+
+    async fn command_calls(&self, command: &str) -> Result<u64, Unsupported> {
+        let info = self
+            .command(&["INFO", "commandstats"])
+            .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
+        let calls = info
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(&prefix))
+            .map(|rest| rest.split(',').next().unwrap_or(rest));
+        Ok(calls.map_or(0, |n| {
+            n.parse()
+                .unwrap_or_else(|e| panic!("cmdstat_{command} calls {n:?}: {e}"))
+        }))
+    }
+
+    async fn push(&self, key: &str, value: &str) -> Result<(), Unsupported> {
+        self.command(&["RPUSH", key, value]).expect("RPUSH");
+        Ok(())
+    }
+
+    async fn pause(&self) -> Result<(), Unsupported> {
+        self.server("pause a server it does not own")?.pause();
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<(), Unsupported> {
+        self.server("resume a server it does not own")?.resume();
+        Ok(())
     }
 }

@@ -1,26 +1,34 @@
 //! The conformance suite every backend runs (feature `testing`).
 //!
+//! **Not a stable API.** These checks, and the types and macro that run them, are not a stable part of
+//! the public API: they may change in any release, patch releases included, as the contract they check
+//! grows. They are meant only for the test suites of backend implementations.
+//!
 //! Each check is a plain `async fn` taking the backend under test, a [`Probe`] that reads and writes the
-//! store directly (behind the backend's back, as another client would), and a key unique to the run. They
-//! sleep only on the backend's own runtime, so the suite runs on any executor. [`run_all`] runs every
-//! check.
+//! store directly (behind the backend's back, as another client would), and a key unique to the run.
+//! They sleep only on the backend's own runtime, so the suite runs on any executor. Checks panic with a
+//! message naming what broke, like assertions in a test.
 //!
-//! Checks panic with a message naming what broke, like assertions in a test.
+//! A backend's test file calls [`conformance_tests!`](crate::conformance_tests) once per input: it
+//! emits one `#[test]` per check, named after it, so `cargo test` lists every check and a failure names
+//! the one that broke. [`all_checks`] lists them (one list, in the macro), each [`Check`] with the
+//! [`Need`]s that decide how it runs: [`Need::Alone`] checks run while no other check does,
+//! [`Need::OwnStore`] ones get a store of their own from the setup, and [`Need::Server`] ones need a
+//! Redis server behind the probe. [`run_all`] runs the ones a shared store can take, one after the
+//! other, for deployments that cannot give each check a store.
 //!
-//! **Not a stable API.** This module exists for backend implementers' test suites: its checks, wrappers
-//! and helpers may change in any release, without a major version bump. Do not use it outside tests.
+//! The [wrappers](CountingBackend) count calls, bypass the in-process waiting line, and inject faults;
+//! they are usable in any test.
 
 mod checks;
+mod probe;
+mod suite;
 mod wrappers;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use futures::future::LocalBoxFuture;
-
 use crate::backend::LockBackend;
-use crate::memory::MemoryBackend;
 
 pub use checks::acquire::{
     acquire_takes_over_after_expiry, acquire_times_out_naming_the_key, acquire_waits_for_release,
@@ -32,10 +40,16 @@ pub use checks::cancellation::{
     background_release_retries_through_an_outage, cancelled_acquire_leaves_no_lock,
     cancelled_release_still_releases, dropped_guard_is_released, dropped_run_releases_the_lock,
 };
+pub use checks::contract::server::{
+    a_paused_server_gives_a_transient_timeout, noscript_falls_back_to_eval_once,
+    script_digests_match_the_server, script_errors_are_permanent_but_loading_is_transient,
+    script_replies_keep_their_shapes, wrong_type_is_permanent,
+};
 pub use checks::contract::{
-    durations_are_kept_to_the_millisecond, invalid_arguments_send_nothing,
+    concurrent_set_nx_has_one_winner, durations_are_kept_to_the_millisecond,
+    invalid_arguments_send_nothing, lock_scripts_reply_in_their_shapes,
     scripts_survive_a_script_flush, set_nx_recognises_own_write,
-    unacknowledged_writes_are_not_counted,
+    set_nx_stores_keys_and_values_exactly, unacknowledged_writes_are_not_counted,
 };
 pub use checks::election::{
     election_hands_over_on_resign, election_replaces_a_silent_leader, leader_follower_recipe,
@@ -58,108 +72,9 @@ pub use checks::hold::{
     hold_reports_failing_renewals, max_hold_bounds_renewal, run_renews_while_the_body_runs,
     run_reports_lost_lock, run_returns_value_and_releases, run_times_out_without_running_the_body,
 };
+pub use probe::{Probe, Unsupported};
+pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};
 pub use wrappers::{CountingBackend, Fault, FaultyBackend, Unqueued};
-
-/// Direct access to the store under test, used to set up and observe states.
-#[async_trait]
-pub trait Probe: Send + Sync {
-    /// `GET key`.
-    async fn get(&self, key: &str) -> Option<String>;
-    /// `PTTL key`: `None` when the key does not exist or has no expiry.
-    async fn pttl(&self, key: &str) -> Option<Duration>;
-    /// `SET key value PX ttl`, overwriting whatever is there (another client taking the lock).
-    async fn set(&self, key: &str, value: &str, ttl: Duration);
-    /// `DEL key` (the lock expiring).
-    async fn del(&self, key: &str);
-    /// `SCRIPT FLUSH` (a restart or failover forgetting loaded scripts). A no-op where scripts are native.
-    async fn flush_scripts(&self);
-}
-
-#[async_trait]
-impl Probe for MemoryBackend {
-    async fn get(&self, key: &str) -> Option<String> {
-        MemoryBackend::get(self, key)
-    }
-    async fn pttl(&self, key: &str) -> Option<Duration> {
-        self.ttl(key)
-    }
-    async fn set(&self, key: &str, value: &str, ttl: Duration) {
-        MemoryBackend::set(self, key, value, ttl)
-    }
-    async fn del(&self, key: &str) {
-        self.delete(key);
-    }
-    async fn flush_scripts(&self) {}
-}
-
-type Check = for<'a> fn(Arc<dyn LockBackend>, &'a dyn Probe, String) -> LocalBoxFuture<'a, ()>;
-
-macro_rules! checks {
-    ($($name:ident),* $(,)?) => {
-        /// Every check, by name, in the order [`run_all`] runs them.
-        pub fn all_checks() -> Vec<(&'static str, Check)> {
-            vec![$((stringify!($name), |b, p, k| Box::pin($name(b, p, k)) as LocalBoxFuture<'_, ()>)),*]
-        }
-    };
-}
-
-checks!(
-    tokens_are_per_acquisition,
-    key_holds_exactly_the_token,
-    set_nx_recognises_own_write,
-    try_acquire_reports_busy_as_none,
-    zero_wait_makes_exactly_one_attempt,
-    acquire_times_out_naming_the_key,
-    acquire_waits_for_release,
-    acquire_takes_over_after_expiry,
-    durations_are_kept_to_the_millisecond,
-    invalid_arguments_send_nothing,
-    release_checks_the_token,
-    extend_adds_to_the_remaining_ttl,
-    renew_resets_a_shorter_ttl_and_never_shortens,
-    validity_never_exceeds_the_server_ttl,
-    resent_extend_adds_once,
-    resent_release_is_in_doubt_not_lost,
-    expired_lock_is_never_recreated,
-    is_owner_follows_the_token,
-    scripts_survive_a_script_flush,
-    dropped_guard_is_released,
-    run_returns_value_and_releases,
-    run_reports_lost_lock,
-    run_times_out_without_running_the_body,
-    contention_never_admits_two_holders,
-    mutex_recipe,
-    leader_follower_recipe,
-    hold_renews_past_the_ttl,
-    hold_reports_a_takeover_and_drops_the_work,
-    hold_reports_an_expiry,
-    max_hold_bounds_renewal,
-    run_renews_while_the_body_runs,
-    fences_strictly_increase,
-    fenced_acquire_recognises_own_write,
-    fenced_set_rejects_stale_fences,
-    fenced_set_failure_is_in_doubt,
-    fencing_works_for_keys_with_odd_braces,
-    election_hands_over_on_resign,
-    election_replaces_a_silent_leader,
-    cancelled_acquire_leaves_no_lock,
-    cancelled_release_still_releases,
-    dropped_run_releases_the_lock,
-    hold_reports_failing_renewals,
-    background_release_retries_through_an_outage,
-    a_lease_reported_lost_is_released_once_the_store_answers,
-    hold_does_not_wait_for_a_hung_renewal,
-    unacknowledged_writes_are_not_counted,
-);
-
-/// Runs every check against `backend`, with keys starting with `prefix` (unique per run).
-pub async fn run_all(backend: Arc<dyn LockBackend>, probe: &dyn Probe, prefix: &str) {
-    for (name, check) in all_checks() {
-        let started = Instant::now();
-        check(backend.clone(), probe, format!("{prefix}{name}")).await;
-        println!("conformance {name}: ok in {:?}", started.elapsed());
-    }
-}
 
 const SECOND: Duration = Duration::from_secs(1);
 

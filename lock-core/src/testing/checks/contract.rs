@@ -1,12 +1,19 @@
 //! The backend contract: what every [`LockBackend`] must do for the algorithm to be sound (`set_nx`
-//! recognising its own write, durations to the millisecond, scripts surviving `SCRIPT FLUSH`, replica
-//! acknowledgements, invalid arguments sending nothing).
+//! recognising its own write and storing exactly what it is given, the lock scripts' reply shapes,
+//! durations to the millisecond, scripts surviving `SCRIPT FLUSH`, replica acknowledgements, invalid
+//! arguments sending nothing). What only a Redis server can show (digests, `NOSCRIPT`, error
+//! classes, a paused server) is in [`server`].
+
+pub(in crate::testing) mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::backend::LockBackend;
+use futures::future::join_all;
+
+use crate::backend::{LockBackend, ScriptValue};
+use crate::script::{EXTEND, IS_OWNER, RELEASE, RENEW, Script};
 use crate::testing::{CountingBackend, Probe, SECOND};
 use crate::{LockError, RedisLock};
 
@@ -38,6 +45,180 @@ pub async fn set_nx_recognises_own_write(
     );
     assert_eq!(probe.get(&key).await.as_deref(), Some("ours"));
     probe.del(&key).await;
+}
+
+/// `set_nx` stores the key and the value exactly as given (spaces, quotes, braces, backslashes,
+/// non-ASCII, CR LF); a prefix of the held value, or a longer value starting with it, is another value;
+/// and re-sending our own value answers success without writing the key again (its TTL stays).
+pub async fn set_nx_stores_keys_and_values_exactly(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let key = format!("{key}:{{slot}} ü \"q\"");
+    let value = "tök\u{e9}n α:{1} with \"quotes\", \\ and \r\n";
+    assert!(
+        backend
+            .set_nx(&key, value, 10 * SECOND)
+            .await
+            .expect("set_nx"),
+        "the first set_nx sets the key"
+    );
+    assert_eq!(
+        probe.get(&key).await.as_deref(),
+        Some(value),
+        "stored exactly"
+    );
+    let ttl = probe.pttl(&key).await.expect("the key has a TTL");
+    assert!(
+        ttl > 5 * SECOND && ttl <= 10 * SECOND,
+        "PTTL {ttl:?} for 10 s"
+    );
+
+    for other in ["tök".to_owned(), format!("{value}!")] {
+        assert!(
+            !backend
+                .set_nx(&key, &other, 60 * SECOND)
+                .await
+                .expect("set_nx"),
+            "{other:?} is not the held value"
+        );
+    }
+    assert!(
+        backend
+            .set_nx(&key, value, 60 * SECOND)
+            .await
+            .expect("set_nx"),
+        "our own value counts as set"
+    );
+    let after = probe.pttl(&key).await.expect("the key has a TTL");
+    assert!(
+        after <= ttl,
+        "re-sending our value wrote the key again: PTTL {after:?} after {ttl:?}"
+    );
+    assert_eq!(probe.get(&key).await.as_deref(), Some(value));
+    probe.del(&key).await;
+}
+
+/// 32 concurrent `set_nx` calls with different values on one free key: exactly one succeeds, and its
+/// value is the one stored.
+pub async fn concurrent_set_nx_has_one_winner(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    const CALLS: usize = 32;
+    let calls = (0..CALLS).map(|i| {
+        let (backend, key) = (&backend, &key);
+        async move {
+            let value = format!("tok-{i}");
+            let set = backend
+                .set_nx(key, &value, 10 * SECOND)
+                .await
+                .expect("set_nx");
+            set.then_some(value)
+        }
+    });
+    let winners: Vec<String> = join_all(calls).await.into_iter().flatten().collect();
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    assert_eq!(probe.get(&key).await, winners.into_iter().next());
+    probe.del(&key).await;
+}
+
+/// The lock scripts answer in the shapes the lock reads: `RELEASE` 1, 0 or -1 (released, someone
+/// else's, no key), `IS_OWNER` 1 or 0, `RENEW` and `EXTEND` `{pttl, pexpiretime}` after their write and
+/// 0 when the token does not match; `RENEW` never shortens, `EXTEND` sets exactly the absolute expiry
+/// it is given, and no script re-creates a missing key.
+pub async fn lock_scripts_reply_in_their_shapes(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    use ScriptValue::Int;
+    let run = async |script: &Script, args: &[&str]| {
+        backend
+            .eval_script(script, &[&key], args)
+            .await
+            .unwrap_or_else(|e| panic!("{} {args:?}: {e:?}", script.name()))
+    };
+
+    assert_eq!(run(&RELEASE, &["tok"]).await, Int(-1), "release, no key");
+    assert_eq!(run(&IS_OWNER, &["tok"]).await, Int(0), "is_owner, no key");
+    assert_eq!(run(&RENEW, &["tok", "1000"]).await, Int(0), "renew, no key");
+    assert_eq!(
+        run(&EXTEND, &["tok", "1000"]).await,
+        Int(0),
+        "extend, no key"
+    );
+    assert_eq!(probe.get(&key).await, None, "no script re-creates the key");
+
+    assert!(
+        backend
+            .set_nx(&key, "tok", 10 * SECOND)
+            .await
+            .expect("set_nx")
+    );
+    assert_eq!(run(&IS_OWNER, &["tok"]).await, Int(1), "is_owner, ours");
+    assert_eq!(
+        run(&IS_OWNER, &["other"]).await,
+        Int(0),
+        "is_owner, not ours"
+    );
+    assert_eq!(
+        run(&RENEW, &["other", "20000"]).await,
+        Int(0),
+        "renew, not ours"
+    );
+
+    let (left, expiry) = pttl_and_expiry(&run(&RENEW, &["tok", "20000"]).await, "renew");
+    assert!(
+        (15_000..=20_000).contains(&left),
+        "renew to 20 s: {left} ms left"
+    );
+    let ttl = probe.pttl(&key).await.expect("the key has a TTL");
+    assert!(ttl > 15 * SECOND && ttl <= 20 * SECOND, "PTTL {ttl:?}");
+    // Expiries are compared to within 1 ms: a store may derive `pexpiretime` from the TTL it keeps.
+    let (left, unchanged) = pttl_and_expiry(&run(&RENEW, &["tok", "3000"]).await, "renew");
+    assert!(
+        unchanged.abs_diff(expiry) <= 1,
+        "a shorter renew moved the expiry from {expiry} to {unchanged}"
+    );
+    assert!(left > 15_000, "a shorter renew shortened: {left} ms left");
+
+    let later = (expiry + 10_000).to_string();
+    assert_eq!(
+        run(&EXTEND, &["other", &later]).await,
+        Int(0),
+        "extend, not ours"
+    );
+    let (left, moved) = pttl_and_expiry(&run(&EXTEND, &["tok", &later]).await, "extend");
+    assert!(
+        moved.abs_diff(expiry + 10_000) <= 1,
+        "extend to {later} set the expiry to {moved}"
+    );
+    assert!(
+        (25_000..=30_000).contains(&left),
+        "extend by 10 s: {left} ms left"
+    );
+    let ttl = probe.pttl(&key).await.expect("the key has a TTL");
+    assert!(ttl > 25 * SECOND && ttl <= 30 * SECOND, "PTTL {ttl:?}");
+
+    assert_eq!(run(&RELEASE, &["other"]).await, Int(0), "release, not ours");
+    assert_eq!(probe.get(&key).await.as_deref(), Some("tok"));
+    assert_eq!(run(&RELEASE, &["tok"]).await, Int(1), "release, ours");
+    assert_eq!(probe.get(&key).await, None, "release deletes the key");
+}
+
+/// The `{pttl, pexpiretime}` reply of `RENEW` and `EXTEND`.
+#[track_caller]
+fn pttl_and_expiry(reply: &ScriptValue, script: &str) -> (i64, i64) {
+    match reply {
+        ScriptValue::Array(items) => match items.as_slice() {
+            [ScriptValue::Int(left), ScriptValue::Int(expiry)] => (*left, *expiry),
+            _ => panic!("{script}: expected {{pttl, pexpiretime}}, got {reply:?}"),
+        },
+        _ => panic!("{script}: expected {{pttl, pexpiretime}}, got {reply:?}"),
+    }
 }
 
 /// 1.5 s is 1500 ms, and a sub-millisecond remainder rounds up rather than down: what is sent, and what
