@@ -171,6 +171,18 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_the_lines_and_not_the_executor() {
+        assert_eq!(
+            format!("{:?}", Runtime::neutral()),
+            "Runtime { lines: Some(LocalQueues { keys: 0, waiting: 0 }), .. }"
+        );
+        assert_eq!(
+            format!("{:?}", Runtime::fallback()),
+            "Runtime { lines: None, .. }"
+        );
+    }
+
+    #[test]
     fn the_neutral_runtime_sleeps_and_cannot_spawn() {
         let runtime = Runtime::neutral();
         let started = std::time::Instant::now();
