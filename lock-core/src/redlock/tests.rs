@@ -71,3 +71,29 @@ fn a_round_longer_than_the_ttl_leaves_no_validity() {
         Duration::ZERO
     );
 }
+
+#[test]
+fn clock_skew_is_refused_only_beyond_the_bound() {
+    use super::quorum::clock_skew;
+    let bound = i64::try_from(Redlock::MAX_CLOCK_SKEW.as_micros()).unwrap();
+    let round = Duration::ZERO;
+    assert!(
+        clock_skew("k", &[Some(0), Some(bound), None], round).is_none(),
+        "at the bound"
+    );
+    let skew = clock_skew("k", &[Some(0), None, Some(bound + 1)], round);
+    assert!(
+        matches!(
+            skew,
+            Some(LockError::ClockSkew {
+                ahead: 2,
+                behind: 0,
+                ..
+            })
+        ),
+        "{skew:?}"
+    );
+    // The round's own duration explains that much of the difference.
+    let slow_round = Duration::from_millis(5);
+    assert!(clock_skew("k", &[Some(0), Some(bound + 5_000)], slow_round).is_none());
+}
