@@ -95,7 +95,7 @@ impl LeaseConfig {
 /// a setting's name are added to its setter's docs (what only that primitive needs to say), and
 /// `guard = G` names the primitive's guard type in the docs.
 ///
-/// ```ignore
+/// ```text
 /// impl RedisLock {
 ///     lease_settings! {
 ///         guard = LockGuard;
