@@ -63,3 +63,21 @@ fn waiting_forever_outlasts_a_busy_lock() {
         assert!(guard.release().await.unwrap());
     });
 }
+
+/// `max_hold` counts from the acquisition: work shorter than it is held to its end.
+#[test]
+fn max_hold_counts_from_the_acquisition() {
+    futures::executor::block_on(async {
+        let guard = Redlock::new(masters(3), "jobs:max-hold")
+            .timeout(Duration::from_millis(600))
+            .max_hold(Duration::from_secs(10))
+            .acquire()
+            .await
+            .unwrap();
+        let held = guard
+            .hold(futures_timer::Delay::new(Duration::from_millis(700)))
+            .await;
+        assert!(held.is_ok(), "{held:?}");
+        assert!(guard.release().await.unwrap());
+    });
+}
