@@ -196,95 +196,57 @@ pub(crate) fn runtime_of<B: LockBackend + ?Sized>(backend: &B) -> &Runtime {
     }
 }
 
-#[async_trait]
-impl<T: LockBackend + ?Sized> LockBackend for Arc<T> {
-    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
-        (**self).set_nx(key, value, ttl).await
-    }
+/// `Arc<T>` and `Box<T>` are backends when `T` is: one forwarding body for both pointers.
+macro_rules! forward_through_pointer {
+    ($($pointer:ident),*) => {$(
+        #[async_trait]
+        impl<T: LockBackend + ?Sized> LockBackend for $pointer<T> {
+            async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+                (**self).set_nx(key, value, ttl).await
+            }
 
-    async fn eval_script(
-        &self,
-        script: &Script,
-        keys: &[&str],
-        args: &[&str],
-    ) -> Result<ScriptValue, BackendError> {
-        (**self).eval_script(script, keys, args).await
-    }
+            async fn eval_script(
+                &self,
+                script: &Script,
+                keys: &[&str],
+                args: &[&str],
+            ) -> Result<ScriptValue, BackendError> {
+                (**self).eval_script(script, keys, args).await
+            }
 
-    async fn eval_script_replicated(
-        &self,
-        script: &Script,
-        keys: &[&str],
-        args: &[&str],
-        replicas: usize,
-        timeout: Duration,
-    ) -> Result<(ScriptValue, usize), BackendError> {
-        (**self)
-            .eval_script_replicated(script, keys, args, replicas, timeout)
-            .await
-    }
+            async fn eval_script_replicated(
+                &self,
+                script: &Script,
+                keys: &[&str],
+                args: &[&str],
+                replicas: usize,
+                timeout: Duration,
+            ) -> Result<(ScriptValue, usize), BackendError> {
+                (**self)
+                    .eval_script_replicated(script, keys, args, replicas, timeout)
+                    .await
+            }
 
-    async fn wait_for_release(
-        &self,
-        signal: &str,
-        timeout: Duration,
-    ) -> Result<bool, BackendError> {
-        (**self).wait_for_release(signal, timeout).await
-    }
+            async fn wait_for_release(
+                &self,
+                signal: &str,
+                timeout: Duration,
+            ) -> Result<bool, BackendError> {
+                (**self).wait_for_release(signal, timeout).await
+            }
 
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
 
-    fn runtime(&self) -> Option<&Runtime> {
-        (**self).runtime()
-    }
+            fn runtime(&self) -> Option<&Runtime> {
+                (**self).runtime()
+            }
+        }
+    )*};
 }
 
-#[async_trait]
-impl<T: LockBackend + ?Sized> LockBackend for Box<T> {
-    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
-        (**self).set_nx(key, value, ttl).await
-    }
-
-    async fn eval_script(
-        &self,
-        script: &Script,
-        keys: &[&str],
-        args: &[&str],
-    ) -> Result<ScriptValue, BackendError> {
-        (**self).eval_script(script, keys, args).await
-    }
-
-    async fn eval_script_replicated(
-        &self,
-        script: &Script,
-        keys: &[&str],
-        args: &[&str],
-        replicas: usize,
-        timeout: Duration,
-    ) -> Result<(ScriptValue, usize), BackendError> {
-        (**self)
-            .eval_script_replicated(script, keys, args, replicas, timeout)
-            .await
-    }
-
-    async fn wait_for_release(
-        &self,
-        signal: &str,
-        timeout: Duration,
-    ) -> Result<bool, BackendError> {
-        (**self).wait_for_release(signal, timeout).await
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
-
-    fn runtime(&self) -> Option<&Runtime> {
-        (**self).runtime()
-    }
-}
+forward_through_pointer!(Arc, Box);
 
 /// The server's `run_id` in the reply to `INFO server` (a line `run_id:<40 hex digits>`): what
 /// [`SERVER_ID`](crate::script::SERVER_ID) answers, for code that reads `INFO` itself. `None` when the
