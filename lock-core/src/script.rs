@@ -281,6 +281,25 @@ pub static SERVER_ID: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Every script the lock sends, once each: for checks and tools that must cover them all (their
+/// digests, preloading them with `SCRIPT LOAD`).
+pub fn all() -> [&'static Script; 12] {
+    [
+        &*RELEASE,
+        &*RELEASE_AND_SIGNAL,
+        &*EXTEND,
+        &*RENEW,
+        &*EXPIRY,
+        &*IS_OWNER,
+        &*ACQUIRE,
+        &*FENCED_ACQUIRE,
+        &*FENCE_RAISE,
+        &*FENCED_SET,
+        &*READ,
+        &*SERVER_ID,
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,20 +316,7 @@ mod tests {
 
     #[test]
     fn scripts_have_distinct_digests() {
-        let all = [
-            &*RELEASE,
-            &*RELEASE_AND_SIGNAL,
-            &*EXTEND,
-            &*RENEW,
-            &*EXPIRY,
-            &*IS_OWNER,
-            &*ACQUIRE,
-            &*FENCED_ACQUIRE,
-            &*FENCE_RAISE,
-            &*FENCED_SET,
-            &*READ,
-            &*SERVER_ID,
-        ];
+        let all = all();
         for (i, a) in all.iter().enumerate() {
             assert_eq!(a.sha1().len(), 40);
             for b in &all[i + 1..] {

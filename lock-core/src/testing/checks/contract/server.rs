@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::{BackendError, LockBackend, ScriptValue};
-use crate::script::{
-    ACQUIRE, EXPIRY, EXTEND, FENCE_RAISE, FENCED_ACQUIRE, FENCED_SET, IS_OWNER, READ, RELEASE,
-    RELEASE_AND_SIGNAL, RENEW, SERVER_ID, Script,
-};
+use crate::script::{self, IS_OWNER, RELEASE, Script};
 use crate::testing::{CALL_BOUND, Probe, SECOND, sleep};
 use crate::{LockError, RedisLock};
 
@@ -29,22 +26,7 @@ pub async fn script_digests_match_the_server(
     key: String,
 ) {
     let adhoc = Script::new("adhoc", format!("return '{key}'"));
-    let scripts = [
-        &*RELEASE,
-        &*RELEASE_AND_SIGNAL,
-        &*EXTEND,
-        &*RENEW,
-        &*EXPIRY,
-        &*IS_OWNER,
-        &*ACQUIRE,
-        &*FENCED_ACQUIRE,
-        &*FENCE_RAISE,
-        &*FENCED_SET,
-        &*READ,
-        &*SERVER_ID,
-        &adhoc,
-    ];
-    for script in scripts {
+    for script in script::all().into_iter().chain([&adhoc]) {
         let loaded = probe
             .script_load(script.source())
             .await
