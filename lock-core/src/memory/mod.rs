@@ -1,8 +1,10 @@
 //! [`MemoryBackend`]: the lock algorithm without a server, for unit tests and single-process use.
 
 mod scripts;
+mod sets;
 
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +33,7 @@ const NAME: &str = "memory";
 /// [`restore`](Self::restore)) to play a replica, a failover or a restart.
 #[derive(Debug, Clone)]
 pub struct MemoryBackend {
-    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    entries: Arc<Mutex<Data>>,
     /// Shared by clones: one line per key for the tasks of this process, and one identity.
     runtime: Runtime,
     clock: Arc<dyn ServerClock>,
@@ -115,18 +117,18 @@ impl ServerClock for SystemClock {
 /// [`MemoryBackend::snapshot`].
 #[derive(Debug, Clone, Default)]
 pub struct MemorySnapshot {
-    entries: HashMap<String, Entry>,
+    entries: Data,
 }
 
 impl MemorySnapshot {
     /// How many keys the snapshot holds (expired ones included until the snapshot is restored).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.entries.sets.len()
     }
 
     /// Whether the snapshot holds no key: what a restart without persistence finds.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.entries.sets.is_empty()
     }
 
     /// The value of `key` in the snapshot, if it was live when the snapshot was taken: what a replica
@@ -139,6 +141,29 @@ impl MemorySnapshot {
     /// snapshot does not hold it or it has no TTL.
     pub fn expires_at(&self, key: &str) -> Option<Moment> {
         self.entries.get(key).and_then(|e| e.expires_at)
+    }
+}
+
+/// Every key of a store: strings (locks, counters, marks) and sorted sets (the holders of semaphores
+/// and read-write locks, fair queues), in separate maps as Redis keeps one type per key. Derefs to the
+/// strings, which most scripts touch.
+#[derive(Debug, Clone, Default)]
+struct Data {
+    strings: HashMap<String, Entry>,
+    sets: HashMap<String, sets::SortedSet>,
+}
+
+impl Deref for Data {
+    type Target = HashMap<String, Entry>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.strings
+    }
+}
+
+impl DerefMut for Data {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.strings
     }
 }
 
@@ -258,15 +283,30 @@ impl MemoryBackend {
 
     /// Deletes `key` (like `DEL`): for tests that simulate an expiry. Returns whether it existed.
     pub fn delete(&self, key: &str) -> bool {
-        self.live_entries().remove(key).is_some()
+        let mut data = self.live_entries();
+        data.remove(key).is_some() | data.sets.remove(key).is_some()
+    }
+
+    /// The members of the sorted set `key` with their scores, lowest score first (like
+    /// `ZRANGE key 0 -1 WITHSCORES`): the holders of a semaphore or read-write lock, scored by their
+    /// expiry on the server's wall clock in milliseconds. Empty when there is no such key.
+    pub fn members(&self, key: &str) -> Vec<(String, i64)> {
+        self.live_entries()
+            .sets
+            .get(key)
+            .map(sets::SortedSet::ordered)
+            .unwrap_or_default()
     }
 
     /// The map with every expired entry removed: lazy expiry, as Redis does on access.
-    fn live_entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    fn live_entries(&self) -> MutexGuard<'_, Data> {
         // No code below panics while holding the lock; recover rather than poison every later call.
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.clock.now();
         entries.retain(|_, e| e.expires_at.is_none_or(|at| at > now));
+        entries
+            .sets
+            .retain(|_, set| set.expires_at.is_none_or(|at| at > now));
         entries
     }
 }
@@ -276,6 +316,9 @@ impl LockBackend for MemoryBackend {
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
         let now = self.clock.now();
         let mut entries = self.live_entries();
+        if entries.sets.contains_key(key) {
+            return Ok(false);
+        }
         if let Some(existing) = entries.get(key) {
             return Ok(existing.value == value);
         }

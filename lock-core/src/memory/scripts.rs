@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{Entry, MemoryBackend, NAME};
+use super::{Data, Entry, MemoryBackend, NAME};
 use crate::backend::{BackendError, ScriptValue};
 use crate::script::{self, Script};
 use crate::time::Moment;
@@ -24,6 +24,19 @@ impl MemoryBackend {
             entries.get(key).is_some_and(|e| e.value == token)
         };
         let flag = |yes: bool| ScriptValue::Int(i64::from(yes));
+        // The scripts of the primitives kept in sorted sets, each in its own file.
+        let call = Call {
+            script,
+            keys,
+            args,
+            now,
+            wall,
+        };
+        for run in SET_SCRIPTS {
+            if let Some(reply) = run(&call, &mut entries) {
+                return reply;
+            }
+        }
         let reply = match (keys, args) {
             ([key], [token]) if sha == script::IS_OWNER.sha1() => {
                 flag(held_by(&entries, key, token))
@@ -178,9 +191,28 @@ impl MemoryBackend {
     }
 }
 
+/// One script call as a native implementation sees it: the script, its keys and arguments, and the
+/// one reading of each clock the whole script sees.
+pub(super) struct Call<'a> {
+    pub(super) script: &'a Script,
+    pub(super) keys: &'a [&'a str],
+    pub(super) args: &'a [&'a str],
+    /// The store's clock, what keys expire by.
+    pub(super) now: Moment,
+    /// The wall clock, what `TIME` answers.
+    pub(super) wall: Duration,
+}
+
+/// A native implementation of some scripts: `None` when `call` is not one of its scripts, otherwise
+/// the reply (an error for a known script called with the wrong keys or arguments).
+type SetScript = fn(&Call<'_>, &mut Data) -> Option<Result<ScriptValue, BackendError>>;
+
+/// The native implementations of the scripts of semaphores, read-write locks and fair locks.
+const SET_SCRIPTS: &[SetScript] = &[];
+
 /// Deletes `key` if it holds `token`, answering as the release scripts do: 1 deleted, 0 another
 /// token's, -1 no key.
-fn release_if_held(entries: &mut HashMap<String, Entry>, key: &str, token: &str) -> ScriptValue {
+fn release_if_held(entries: &mut Data, key: &str, token: &str) -> ScriptValue {
     ScriptValue::Int(match entries.get(key) {
         Some(e) if e.value == token => {
             entries.remove(key);
@@ -219,22 +251,22 @@ fn written(
 ///
 /// The wall clock, deliberately, as Redis's `TIME` is: fences are compared with fences issued before a
 /// restart or failover, which only a clock that outlives the process can do.
-fn micros(wall: Duration) -> i64 {
+pub(super) fn micros(wall: Duration) -> i64 {
     i64::try_from(wall.as_micros()).unwrap_or(i64::MAX / 2)
 }
 
-fn parse_millis(script: &Script, arg: &str) -> Result<Duration, BackendError> {
+pub(super) fn parse_millis(script: &Script, arg: &str) -> Result<Duration, BackendError> {
     arg.parse()
         .map(Duration::from_millis)
         .map_err(|_| bad_call(script, "expects milliseconds"))
 }
 
-fn parse_int(script: &Script, value: Option<&str>) -> Result<i64, BackendError> {
+pub(super) fn parse_int(script: &Script, value: Option<&str>) -> Result<i64, BackendError> {
     value
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| bad_call(script, "found a value that is not an integer"))
 }
 
-fn bad_call(script: &Script, what: &str) -> BackendError {
+pub(super) fn bad_call(script: &Script, what: &str) -> BackendError {
     BackendError::permanent(NAME, format!("script {} {what}", script.name()))
 }
