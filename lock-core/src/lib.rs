@@ -130,6 +130,8 @@ pub mod redlock;
 mod replication;
 mod runtime;
 pub mod script;
+mod semaphore;
+mod share;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
@@ -143,6 +145,7 @@ pub use lock::RedisLock;
 pub use redlock::{Redlock, RedlockGuard};
 pub use runtime::{Executor, Runtime};
 pub use script::Script;
+pub use semaphore::{Permit, Semaphore};
 pub use time::Moment;
 
 /// Re-exported so backends can implement [`LockBackend`] with the same macro version.

@@ -3,6 +3,15 @@
 //! Every script touches only the keys it is given, runs in O(1), and checks the caller's token before it
 //! changes anything, so an operation by a holder that lost its lock can never affect the next holder.
 
+mod shares;
+
+pub use shares::{
+    SEMAPHORE_ACQUIRE, SEMAPHORE_HELD, SHARE_EXPIRY, SHARE_EXTEND, SHARE_IS_OWNER, SHARE_RELEASE,
+    SHARE_RENEW,
+};
+#[allow(unused_imports)]
+pub(crate) use shares::{expire_with_last, issue_fence, now_ms};
+
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::LazyLock;
@@ -283,7 +292,7 @@ pub static SERVER_ID: LazyLock<Script> = LazyLock::new(|| {
 
 /// Every script the lock sends, once each: for checks and tools that must cover them all (their
 /// digests, preloading them with `SCRIPT LOAD`).
-pub fn all() -> [&'static Script; 12] {
+pub fn all() -> [&'static Script; 19] {
     [
         &*RELEASE,
         &*RELEASE_AND_SIGNAL,
@@ -297,6 +306,14 @@ pub fn all() -> [&'static Script; 12] {
         &*FENCED_SET,
         &*READ,
         &*SERVER_ID,
+        // Semaphores and read-write locks.
+        &*SHARE_RENEW,
+        &*SHARE_EXTEND,
+        &*SHARE_EXPIRY,
+        &*SHARE_IS_OWNER,
+        &*SHARE_RELEASE,
+        &*SEMAPHORE_ACQUIRE,
+        &*SEMAPHORE_HELD,
     ]
 }
 

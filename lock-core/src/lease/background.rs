@@ -100,6 +100,29 @@ pub(super) async fn release_and_signal(
     Released::from_reply(&reply)
 }
 
+/// Removes the member `member` from the sorted set `key` ([`script::SHARE_RELEASE`]), waking up to
+/// `wake` waiters elsewhere where the backend sends signals.
+pub(super) async fn release_share(
+    backend: &dyn LockBackend,
+    key: &str,
+    signal: &str,
+    member: &str,
+    wake: u32,
+) -> std::result::Result<Released, crate::BackendError> {
+    let wake = match backend.capabilities().release_signals {
+        true => wake,
+        false => 0,
+    };
+    let reply = backend
+        .eval_script(
+            &script::SHARE_RELEASE,
+            &[key, signal],
+            &[member, &wake.to_string(), SIGNAL_LINGER_MS],
+        )
+        .await?;
+    Released::from_reply(&reply)
+}
+
 /// `base` scaled by a random factor in [0.8, 1.0], so holders of many locks do not renew in lock-step.
 pub(crate) fn jittered(base: Duration) -> Duration {
     base.mul_f64(0.8 + 0.2 * fastrand::f64())

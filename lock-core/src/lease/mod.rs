@@ -35,7 +35,21 @@ use crate::backend::LockBackend;
 use crate::lease::config::ValidatedConfig;
 use crate::runtime::Runtime;
 use crate::time::Moment;
-use background::release_and_signal;
+use background::{release_and_signal, release_share};
+
+/// The one release of a lease: the lock's token-checked delete, or a share's member removal.
+async fn release_call(
+    backend: &dyn LockBackend,
+    key: &str,
+    signal: &str,
+    token: &str,
+    share: Option<&(Arc<str>, u32)>,
+) -> std::result::Result<Released, crate::BackendError> {
+    match share {
+        None => release_and_signal(backend, key, signal, token).await,
+        Some((member, wake)) => release_share(backend, key, signal, member, *wake).await,
+    }
+}
 
 /// What every guard knows of its acquisition, whatever the primitive.
 pub(crate) struct Holding {
@@ -117,6 +131,10 @@ pub(crate) struct Lease {
     /// can still land later, after a first release found nothing to delete.
     pub(crate) in_flight: bool,
     armed: bool,
+    /// For a holder that shares its key with others (a semaphore's permits, a read-write lock's holds):
+    /// its member of the key's sorted set, and how many waiters its release wakes. `None`: the key is
+    /// the lock, holding the token.
+    share: Option<(Arc<str>, u32)>,
 }
 
 impl Lease {
@@ -135,12 +153,37 @@ impl Lease {
             horizon,
             in_flight: true,
             armed: true,
+            share: None,
         }
     }
 
-    /// Releases the lock if it still holds our token and wakes one waiter elsewhere: one round trip.
+    /// A lease on the member `member` of the sorted set `key` ([`script::SHARE_RELEASE`] releases it),
+    /// whose release wakes up to `wake` waiters elsewhere.
+    pub(crate) fn shared(
+        backend: Arc<dyn LockBackend>,
+        key: Arc<str>,
+        signal: Arc<str>,
+        token: Arc<str>,
+        member: Arc<str>,
+        wake: u32,
+        horizon: Duration,
+    ) -> Self {
+        let mut lease = Self::new(backend, key, signal, token, horizon);
+        lease.share = Some((member, wake));
+        lease
+    }
+
+    /// Releases the lock if it still holds our token (or our member) and wakes waiters elsewhere: one
+    /// round trip.
     pub(crate) async fn release(&self) -> std::result::Result<Released, crate::BackendError> {
-        release_and_signal(&*self.backend, &self.key, &self.signal, &self.token).await
+        release_call(
+            &*self.backend,
+            &self.key,
+            &self.signal,
+            &self.token,
+            self.share.as_ref(),
+        )
+        .await
     }
 
     /// Nothing is held under this token any more (or nothing was ever set): skip the background release.
@@ -160,11 +203,12 @@ impl Lease {
     /// an outage does not leave the key held for its whole TTL once the server is back. Permanent errors
     /// are not retried.
     pub(crate) fn release_in_background(&self, horizon: Duration, why: &'static str) {
-        let (backend, key, signal, token) = (
+        let (backend, key, signal, token, share) = (
             self.backend.clone(),
             self.key.clone(),
             self.signal.clone(),
             self.token.clone(),
+            self.share.clone(),
         );
         let until = match self.in_flight {
             true => Until::Horizon,
@@ -177,10 +221,15 @@ impl Lease {
             why,
             until,
             move || {
-                let (backend, key, signal, token) =
-                    (backend.clone(), key.clone(), signal.clone(), token.clone());
+                let (backend, key, signal, token, share) = (
+                    backend.clone(),
+                    key.clone(),
+                    signal.clone(),
+                    token.clone(),
+                    share.clone(),
+                );
                 Box::pin(async move {
-                    release_and_signal(&*backend, &key, &signal, &token)
+                    release_call(&*backend, &key, &signal, &token, share.as_ref())
                         .await
                         .map(drop)
                 })

@@ -2,10 +2,11 @@
 
 mod scripts;
 mod sets;
+mod shares;
 
 use std::collections::HashMap;
-use std::ops::{Deref, DerefMut};
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -208,7 +208,7 @@ pub(super) struct Call<'a> {
 type SetScript = fn(&Call<'_>, &mut Data) -> Option<Result<ScriptValue, BackendError>>;
 
 /// The native implementations of the scripts of semaphores, read-write locks and fair locks.
-const SET_SCRIPTS: &[SetScript] = &[];
+const SET_SCRIPTS: &[SetScript] = &[super::shares::run];
 
 /// Deletes `key` if it holds `token`, answering as the release scripts do: 1 deleted, 0 another
 /// token's, -1 no key.

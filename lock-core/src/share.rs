@@ -1,0 +1,299 @@
+//! The engine of primitives whose holders share one key ([`Semaphore`](crate::Semaphore),
+//! [`RwLock`](crate::RwLock)): [`ShareGuard`], one holder's member of the key's sorted set (renewed,
+//! extended, checked and released by the `SHARE_*` scripts of [`script`]), and [`acquire_waiting`],
+//! the wait between attempts.
+//!
+//! Each primitive owns only its acquisition script and its guard's name and extra methods; the
+//! validity rules, `hold`, release-on-drop and `run` are the lease engine's, as for the mutex.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::backend::{LockBackend, runtime_of};
+use crate::error::{LockError, Result};
+use crate::lease::config::ValidatedConfig;
+use crate::lease::{Held, Holding, Lease, Released, Validity, Written, hold_renewed};
+use crate::script::{self, Script};
+use crate::time::{Moment, to_millis, validity_deadline};
+
+/// One holder's share of a key: its member of the key's sorted set, scored by the member's own expiry
+/// on the server's clock. The primitives' guards ([`Permit`](crate::Permit),
+/// [`ReadGuard`](crate::ReadGuard), [`WriteGuard`](crate::WriteGuard)) wrap one.
+pub(crate) struct ShareGuard {
+    lease: Lease,
+    holding: Holding,
+    /// The member: what identifies this holder in the set (`"<permits>:<token>"`, `"read:<token>"`).
+    member: Arc<str>,
+    validity: Mutex<Validity>,
+}
+
+impl ShareGuard {
+    /// A share granted by a request sent at `holding.acquired_at`; `lease` was armed before sending.
+    pub(crate) fn new(mut lease: Lease, holding: Holding, member: Arc<str>) -> Self {
+        // Granted: no acquiring request of this token is in flight any more.
+        lease.in_flight = false;
+        let sent_at = holding.acquired_at;
+        let until = validity_deadline(sent_at, holding.ttl);
+        Self {
+            lease,
+            holding,
+            member,
+            validity: Mutex::new(Validity::granted(sent_at, Some(until))),
+        }
+    }
+
+    pub(crate) fn fence(&self) -> Option<u64> {
+        self.holding.fence
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.lease.token
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.lease.key
+    }
+
+    pub(crate) fn member(&self) -> &Arc<str> {
+        &self.member
+    }
+
+    pub(crate) fn holding(&self) -> &Holding {
+        &self.holding
+    }
+
+    pub(crate) fn backend(&self) -> &Arc<dyn LockBackend> {
+        &self.lease.backend
+    }
+
+    pub(crate) fn valid_for(&self) -> Duration {
+        self.validity().left(self.holding.now())
+    }
+
+    pub(crate) async fn is_owner(&self) -> Result<bool> {
+        if self.valid_for().is_zero() {
+            return Ok(false);
+        }
+        let sent_at = self.holding.now();
+        let reply = self.eval(&script::SHARE_IS_OWNER, &[]).await?;
+        let ours = reply.as_int() == Some(1);
+        if !ours {
+            self.validity().disown(sent_at);
+        }
+        Ok(ours)
+    }
+
+    pub(crate) async fn extend(&self, by: Duration) -> Result<bool> {
+        let by_ms = to_millis("extend", by)?;
+        let base = match self.validity().server_expiry_ms() {
+            Some(known) => known,
+            None => {
+                let sent_at = self.holding.now();
+                match self.eval_written(&script::SHARE_EXPIRY, &[]).await? {
+                    Some(read) => {
+                        self.settle(sent_at, Some(read));
+                        read.server_expiry_ms
+                    }
+                    None => return Ok(self.settle(sent_at, None)),
+                }
+            }
+        };
+        let target = base.saturating_add(by_ms).to_string();
+        let sent_at = self.holding.now();
+        let written = self.eval_written(&script::SHARE_EXTEND, &[&target]).await?;
+        Ok(self.settle(sent_at, written))
+    }
+
+    pub(crate) async fn renew(&self) -> Result<bool> {
+        let sent_at = self.holding.now();
+        let written = self
+            .eval_written(&script::SHARE_RENEW, &[&self.holding.ttl_arg])
+            .await?;
+        Ok(self.settle(sent_at, written))
+    }
+
+    pub(crate) async fn release(self) -> Result<bool> {
+        let valid = !self.valid_for().is_zero();
+        let key = self.lease.key.clone();
+        let released = self
+            .lease
+            .release()
+            .await
+            .map_err(|source| LockError::backend_failed(&key, source))?;
+        self.lease.disarm();
+        match released {
+            Released::Deleted => Ok(true),
+            Released::HeldByAnother => Ok(false),
+            Released::Absent if !valid => Ok(false),
+            Released::Absent => Err(LockError::InDoubt {
+                key: key.to_string(),
+                operation: "release",
+                reason:
+                    "this holder's entry was gone while its validity had not run out: a re-sent \
+                         release of ours removed it, or the server lost it"
+                        .into(),
+                source: None,
+            }),
+        }
+    }
+
+    /// Gives the share up without telling the server: it was replaced by another member in the same
+    /// script (a downgrade), so nothing is left to release under this member.
+    pub(crate) fn into_parts(self) -> (Lease, Holding, Validity) {
+        let validity = *self.validity();
+        (self.lease, self.holding, validity)
+    }
+
+    /// A share that continues `validity` under another member of the same key (a downgrade).
+    pub(crate) fn continued(
+        lease: Lease,
+        holding: Holding,
+        member: Arc<str>,
+        validity: Validity,
+    ) -> Self {
+        Self {
+            lease,
+            holding,
+            member,
+            validity: Mutex::new(validity),
+        }
+    }
+
+    pub(crate) async fn hold<F: Future>(&self, work: F) -> Result<F::Output> {
+        hold_renewed(self, work).await
+    }
+
+    fn settle(&self, sent_at: Moment, written: Option<Written>) -> bool {
+        let mut validity = self.validity();
+        match written {
+            Some(written) => {
+                validity.confirm(sent_at, written);
+                true
+            }
+            None => {
+                validity.disown(sent_at);
+                false
+            }
+        }
+    }
+
+    fn validity(&self) -> std::sync::MutexGuard<'_, Validity> {
+        // The critical sections only assign plain values; a poisoned value is still meaningful.
+        self.validity
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs a member-checked script on the key: the member, then `extra_args`.
+    async fn eval(&self, script: &Script, extra_args: &[&str]) -> Result<crate::ScriptValue> {
+        let mut args = Vec::with_capacity(1 + extra_args.len());
+        args.push(&*self.member);
+        args.extend_from_slice(extra_args);
+        self.lease
+            .backend
+            .eval_script(script, &[&self.lease.key], &args)
+            .await
+            .map_err(|source| LockError::backend_failed(&self.lease.key, source))
+    }
+
+    async fn eval_written(&self, script: &Script, extra_args: &[&str]) -> Result<Option<Written>> {
+        let reply = self.eval(script, extra_args).await?;
+        Written::from_reply(script, &reply)
+            .map_err(|source| LockError::backend_failed(&self.lease.key, source))
+    }
+}
+
+impl fmt::Debug for ShareGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShareGuard")
+            .field("key", &self.lease.key)
+            .field("member", &self.member)
+            .field("ttl", &self.holding.ttl)
+            .field("fence", &self.holding.fence)
+            .field("valid_for", &self.valid_for())
+            .finish()
+    }
+}
+
+impl Held for ShareGuard {
+    fn holding(&self) -> &Holding {
+        &self.holding
+    }
+
+    fn remaining(&self) -> Duration {
+        self.valid_for()
+    }
+
+    fn renew_once(&self) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.renew())
+    }
+
+    fn release_lost(&self) {
+        self.validity().end(self.holding.now());
+        self.lease
+            .release_in_background(self.holding.ttl, "hold reported the lease lost");
+    }
+
+    fn release_held(self) -> impl Future<Output = Result<bool>> + Send {
+        self.release()
+    }
+}
+
+/// What an acquisition of a share waits with between attempts.
+pub(crate) struct Waiting<'a> {
+    pub(crate) backend: &'a Arc<dyn LockBackend>,
+    pub(crate) key: &'a str,
+    /// The list releases push wake-ups to.
+    pub(crate) signal: &'a str,
+    pub(crate) config: &'a ValidatedConfig,
+    /// The longest one wait may last, whatever the backoff says: a waiter whose place in Redis must be
+    /// refreshed (a writer's intent) waits at most a third of its TTL.
+    pub(crate) cap: Option<Duration>,
+}
+
+/// Tries `attempt` until it grants (`Ok(Some)`), fails, or the wait deadline passes
+/// ([`LockError::Timeout`] naming the key). Between attempts: a blocking wait on the release signal
+/// where the backend can block, otherwise the backoff; each wait capped (an expiry signals nothing).
+pub(crate) async fn acquire_waiting<G>(
+    waiting: Waiting<'_>,
+    mut attempt: impl AsyncFnMut() -> Result<Option<G>>,
+) -> Result<G> {
+    let runtime = runtime_of(&**waiting.backend);
+    let started = runtime.now();
+    let deadline = waiting
+        .config
+        .wait_timeout
+        .and_then(|wait| started.checked_add(wait));
+    let mut tries: u32 = 0;
+    loop {
+        if let Some(granted) = attempt().await? {
+            return Ok(granted);
+        }
+        let now = runtime.now();
+        let left = match deadline {
+            Some(deadline) if now >= deadline => {
+                return Err(LockError::Timeout {
+                    key: waiting.key.to_owned(),
+                    waited: now - started,
+                });
+            }
+            Some(deadline) => deadline - now,
+            None => Duration::MAX,
+        };
+        let cap = waiting.cap.unwrap_or(Duration::MAX).min(left);
+        if waiting.backend.capabilities().blocking_waits {
+            waiting
+                .backend
+                .wait_for_release(waiting.signal, waiting.config.backoff.max().min(cap))
+                .await
+                .map_err(|source| LockError::backend_failed(waiting.key, source))?;
+        } else {
+            let delay = waiting.config.backoff.delay(tries).min(cap);
+            runtime.sleep(delay).await;
+        }
+        tries = tries.saturating_add(1);
+    }
+}
