@@ -88,7 +88,8 @@ impl ShareGuard {
 
     pub(crate) async fn extend(&self, by: Duration) -> Result<bool> {
         let by_ms = to_millis("extend", by)?;
-        let base = match self.validity().server_expiry_ms() {
+        let known = self.validity().server_expiry_ms();
+        let base = match known {
             Some(known) => known,
             None => {
                 let sent_at = self.holding.now();

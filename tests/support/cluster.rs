@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use lock_core::async_trait;
-use lock_core::testing::Probe;
+use lock_core::testing::{Probe, Unsupported};
 
 use super::{RedisServer, resp_command, resp_pipeline};
 
@@ -499,6 +499,13 @@ impl Probe for ClusterProbe {
 
     async fn del(&self, key: &str) {
         self.command(&["DEL", key]).expect("DEL");
+    }
+
+    async fn members(&self, key: &str) -> Result<Vec<(String, i64)>, Unsupported> {
+        let reply = self
+            .command(&["ZRANGE", key, "0", "-1", "WITHSCORES"])
+            .expect("ZRANGE");
+        Ok(super::scored_members(&reply))
     }
 
     /// `SCRIPT FLUSH` on every master: each node keeps its own script cache.

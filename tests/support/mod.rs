@@ -562,6 +562,25 @@ pub fn resp_pipeline(
         .collect()
 }
 
+/// Reads a rendered `ZRANGE .. WITHSCORES` reply (member and score on alternate lines) into pairs.
+pub fn scored_members(reply: &str) -> Vec<(String, i64)> {
+    let lines: Vec<&str> = reply.lines().collect();
+    lines
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [member, score] => {
+                let score: f64 = score
+                    .parse()
+                    .unwrap_or_else(|e| panic!("score {score:?}: {e}"));
+                // Scores are whole milliseconds (or 0), exact in a double.
+                #[allow(clippy::cast_possible_truncation)]
+                Some(((*member).to_owned(), score as i64))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Encodes a command as a RESP array of bulk strings.
 pub fn encode_command(args: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();

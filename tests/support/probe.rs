@@ -78,6 +78,13 @@ impl Probe for RedisProbe {
         self.command(&["DEL", key]).expect("DEL");
     }
 
+    async fn members(&self, key: &str) -> Result<Vec<(String, i64)>, Unsupported> {
+        let reply = self
+            .command(&["ZRANGE", key, "0", "-1", "WITHSCORES"])
+            .expect("ZRANGE");
+        Ok(super::scored_members(&reply))
+    }
+
     async fn flush_scripts(&self) {
         self.command(&["SCRIPT", "FLUSH"]).expect("SCRIPT FLUSH");
     }

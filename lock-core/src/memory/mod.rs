@@ -268,9 +268,10 @@ impl MemoryBackend {
     /// The remaining time to live of `key`, if it exists and has one (like `PTTL`).
     pub fn ttl(&self, key: &str) -> Option<Duration> {
         let now = self.clock.now();
-        self.live_entries()
-            .get(key)
+        let data = self.live_entries();
+        data.get(key)
             .and_then(|e| e.expires_at)
+            .or_else(|| data.sets.get(key).and_then(|set| set.expires_at))
             .map(|at| at.saturating_duration_since(now))
     }
 

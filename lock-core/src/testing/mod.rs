@@ -72,6 +72,14 @@ pub use checks::hold::{
     hold_reports_failing_renewals, max_hold_bounds_renewal, run_renews_while_the_body_runs,
     run_reports_lost_lock, run_returns_value_and_releases, run_times_out_without_running_the_body,
 };
+pub use checks::semaphore::{
+    semaphore_acquire_many_counts_permits, semaphore_admits_at_most_limit,
+    semaphore_contention_never_exceeds_the_limit,
+    semaphore_dropped_and_cancelled_permits_come_back,
+    semaphore_limit_is_kept_while_permits_are_held, semaphore_permits_expire_on_their_own,
+    semaphore_permits_extend_renew_and_fence, semaphore_run_releases,
+    semaphore_waiter_gets_a_released_permit,
+};
 pub use probe::{Probe, Unsupported};
 pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};
 pub use wrappers::{CountingBackend, Fault, FaultyBackend, Unqueued};

@@ -24,6 +24,13 @@ pub trait Probe: Send + Sync {
     /// `SCRIPT FLUSH` (a restart or failover forgetting loaded scripts). A no-op where scripts are native.
     async fn flush_scripts(&self);
 
+    /// `ZRANGE key 0 -1 WITHSCORES`: the members of a sorted set (a semaphore's or read-write lock's
+    /// holders) with their scores, lowest first; empty when there is no key.
+    async fn members(&self, key: &str) -> Result<Vec<(String, i64)>, Unsupported> {
+        let _ = key;
+        Err(Unsupported("read a sorted set"))
+    }
+
     /// `SCRIPT LOAD source`: the digest the server computes for a script.
     async fn script_load(&self, source: &str) -> Result<String, Unsupported> {
         let _ = source;
@@ -80,4 +87,7 @@ impl Probe for MemoryBackend {
         self.delete(key);
     }
     async fn flush_scripts(&self) {}
+    async fn members(&self, key: &str) -> Result<Vec<(String, i64)>, Unsupported> {
+        Ok(MemoryBackend::members(self, key))
+    }
 }

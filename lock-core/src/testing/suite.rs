@@ -324,6 +324,16 @@ macro_rules! conformance_tests {
             wrong_type_is_permanent [Server],
             script_errors_are_permanent_but_loading_is_transient [Server],
             a_paused_server_gives_a_transient_timeout [Server, OwnStore, BoundedCalls, Alone],
+            // Semaphore.
+            semaphore_admits_at_most_limit,
+            semaphore_acquire_many_counts_permits,
+            semaphore_limit_is_kept_while_permits_are_held,
+            semaphore_permits_expire_on_their_own [Alone],
+            semaphore_waiter_gets_a_released_permit,
+            semaphore_contention_never_exceeds_the_limit,
+            semaphore_permits_extend_renew_and_fence,
+            semaphore_dropped_and_cancelled_permits_come_back,
+            semaphore_run_releases,
         );
     };
 

@@ -7,3 +7,4 @@ pub(super) mod election;
 pub(super) mod fencing;
 pub(super) mod guard;
 pub(super) mod hold;
+pub(super) mod semaphore;
