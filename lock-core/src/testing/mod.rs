@@ -72,6 +72,13 @@ pub use checks::hold::{
     hold_reports_failing_renewals, max_hold_bounds_renewal, run_renews_while_the_body_runs,
     run_reports_lost_lock, run_returns_value_and_releases, run_times_out_without_running_the_body,
 };
+// Fair lock.
+pub use checks::fair::{
+    cancelled_fair_waiter_leaves_the_queue, dead_fair_waiter_stops_blocking_within_its_ttl,
+    fair_and_plain_locks_exclude_each_other, fair_fences_strictly_increase,
+    fair_lock_grants_in_arrival_order, fair_try_acquire_fails_while_someone_waits,
+    fair_waiter_that_gives_up_leaves_the_queue,
+};
 pub use probe::{Probe, Unsupported};
 pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};
 pub use wrappers::{CountingBackend, Fault, FaultyBackend, Unqueued};

@@ -324,6 +324,14 @@ macro_rules! conformance_tests {
             wrong_type_is_permanent [Server],
             script_errors_are_permanent_but_loading_is_transient [Server],
             a_paused_server_gives_a_transient_timeout [Server, OwnStore, BoundedCalls, Alone],
+            // Fair lock.
+            fair_lock_grants_in_arrival_order,
+            fair_try_acquire_fails_while_someone_waits,
+            fair_waiter_that_gives_up_leaves_the_queue,
+            cancelled_fair_waiter_leaves_the_queue,
+            dead_fair_waiter_stops_blocking_within_its_ttl [Alone],
+            fair_fences_strictly_increase,
+            fair_and_plain_locks_exclude_each_other,
         );
     };
 

@@ -7,3 +7,5 @@ pub(super) mod election;
 pub(super) mod fencing;
 pub(super) mod guard;
 pub(super) mod hold;
+// Fair lock.
+pub(super) mod fair;
