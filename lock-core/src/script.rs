@@ -466,6 +466,53 @@ mod tests {
         assert_eq!(script.source(), "return 1");
     }
 
+    /// Every script names every key it touches in `KEYS` and calls commands by literal name (Redis
+    /// Cluster, Dragonfly and managed services refuse anything else, pitfall 45): each `redis.call`
+    /// names its command in quotes and, unless the command takes no key (`TIME`, `INFO`), passes
+    /// `KEYS[n]` as its first argument; no script builds a name from a key with `..`.
+    #[test]
+    fn scripts_name_every_key_in_keys_and_every_command_literally() {
+        const KEYLESS: [&str; 2] = ["time", "info"];
+        for script in all() {
+            let source = script.source();
+            assert!(
+                !source.contains("KEYS[1] ..") && !source.contains(".. KEYS"),
+                "{} builds a key name",
+                script.name()
+            );
+            for (at, _) in source.match_indices("redis.call(") {
+                let call = &source[at + "redis.call(".len()..];
+                let quote = call.chars().next().expect("an argument");
+                assert!(
+                    quote == '\'' || quote == '"',
+                    "{}: a command name that is not a literal: redis.call({}",
+                    script.name(),
+                    &call[..call.len().min(30)]
+                );
+                let end = call[1..].find(quote).expect("a closing quote") + 1;
+                let command = call[1..end].to_ascii_lowercase();
+                if KEYLESS.contains(&command.as_str()) {
+                    continue;
+                }
+                let rest = call[end + 1..].trim_start();
+                let first = rest
+                    .strip_prefix(',')
+                    .map(str::trim_start)
+                    .unwrap_or_default();
+                let is_key = first.strip_prefix("KEYS[").is_some_and(|k| {
+                    let digits: String = k.chars().take_while(char::is_ascii_digit).collect();
+                    !digits.is_empty() && k[digits.len()..].starts_with(']')
+                });
+                assert!(
+                    is_key,
+                    "{}: `{command}` is called with a key that is not KEYS[n]: {}",
+                    script.name(),
+                    &first[..first.len().min(30)]
+                );
+            }
+        }
+    }
+
     #[test]
     fn scripts_have_distinct_digests() {
         let all = all();

@@ -38,6 +38,12 @@ async fn queue_of(backend: &Arc<dyn LockBackend>, key: &str) -> (i64, Vec<String
     }
 }
 
+/// The live waiters of the fair lock `key`, in the order they will be granted (their tokens), read
+/// with [`FAIR_WAITERS`](script::FAIR_WAITERS): for tests that start waiters in a known order.
+pub async fn fair_waiters(backend: &Arc<dyn LockBackend>, key: &str) -> Vec<String> {
+    queue_of(backend, key).await.1
+}
+
 /// How many waiters are queued for `key`.
 async fn waiting(backend: &Arc<dyn LockBackend>, key: &str) -> usize {
     queue_of(backend, key).await.1.len()
