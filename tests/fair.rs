@@ -59,8 +59,7 @@ async fn grant_order(backends: &[Arc<dyn LockBackend>], key: &str) -> Vec<usize>
         task.await.expect("waiter task");
     }
     assert!(fair_waiters(&observer, key).await.is_empty());
-    let order = order.lock().unwrap().clone();
-    order
+    std::mem::take(&mut *order.lock().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,12 +125,8 @@ async fn fair_locks_work_on_a_cluster() {
             let key = |check: &str| format!("{prefix}{b}:{shape}:{check}");
             let probe: &dyn Probe = &probe;
             testing::fair_lock_grants_in_arrival_order(backend.clone(), probe, key("fifo")).await;
-            testing::fair_try_acquire_fails_while_someone_waits(
-                backend.clone(),
-                probe,
-                key("try"),
-            )
-            .await;
+            testing::fair_try_acquire_fails_while_someone_waits(backend.clone(), probe, key("try"))
+                .await;
             testing::fair_waiter_that_gives_up_leaves_the_queue(
                 backend.clone(),
                 probe,
@@ -147,12 +142,8 @@ async fn fair_locks_work_on_a_cluster() {
             )
             .await;
             testing::fair_fences_strictly_increase(backend.clone(), probe, key("fences")).await;
-            testing::fair_and_plain_locks_exclude_each_other(
-                backend.clone(),
-                probe,
-                key("plain"),
-            )
-            .await;
+            testing::fair_and_plain_locks_exclude_each_other(backend.clone(), probe, key("plain"))
+                .await;
         }
     }
     // Both cluster clients in one queue, twice each.

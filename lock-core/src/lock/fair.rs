@@ -110,7 +110,9 @@ impl Drop for Place {
                     queue: queue.clone(),
                     beats: beats.clone(),
                 };
-                Box::pin(async move { leave(&*backend, &key, &keys, &signal, &token, linger).await })
+                Box::pin(
+                    async move { leave(&*backend, &key, &keys, &signal, &token, linger).await },
+                )
             },
         );
     }

@@ -75,9 +75,9 @@ pub use checks::hold::{
 // Fair lock.
 pub use checks::fair::{
     cancelled_fair_waiter_leaves_the_queue, dead_fair_waiter_stops_blocking_within_its_ttl,
-    fair_and_plain_locks_exclude_each_other, fair_fences_strictly_increase, fair_waiters,
+    fair_and_plain_locks_exclude_each_other, fair_fences_strictly_increase,
     fair_lock_grants_in_arrival_order, fair_try_acquire_fails_while_someone_waits,
-    fair_waiter_that_gives_up_leaves_the_queue,
+    fair_waiter_that_gives_up_leaves_the_queue, fair_waiters,
 };
 pub use probe::{Probe, Unsupported};
 pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};

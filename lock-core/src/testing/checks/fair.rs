@@ -104,7 +104,8 @@ pub async fn fair_lock_grants_in_arrival_order(
         let (lock, backend, key, order) = (lock.clone(), backend.clone(), key.clone(), &order);
         async move {
             assert!(
-                eventually(&backend, 10 * SECOND, async || waiting(&backend, &key).await
+                eventually(&backend, 10 * SECOND, async || waiting(&backend, &key)
+                    .await
                     == i)
                 .await,
                 "waiter {i} sees the {i} waiters before it queued"
@@ -117,7 +118,8 @@ pub async fn fair_lock_grants_in_arrival_order(
     };
     let release_when_all_wait = async {
         assert!(
-            eventually(&backend, 10 * SECOND, async || waiting(&backend, &key).await
+            eventually(&backend, 10 * SECOND, async || waiting(&backend, &key)
+                .await
                 == WAITERS)
             .await,
             "all waiters queue"
@@ -166,7 +168,11 @@ pub async fn fair_try_acquire_fails_while_someone_waits(
         .await
         .expect("leave");
     assert_eq!(removed, ScriptValue::Int(1));
-    let guard = lock.try_acquire().await.expect("try").expect("nobody waits");
+    let guard = lock
+        .try_acquire()
+        .await
+        .expect("try")
+        .expect("nobody waits");
     assert!(guard.release().await.expect("release"));
     assert_nothing_left(&backend, probe, &key).await;
 
@@ -179,7 +185,13 @@ pub async fn fair_try_acquire_fails_while_someone_waits(
         replicated.try_acquire().await.unwrap_err(),
     ] {
         assert!(
-            matches!(err, LockError::InvalidArgument { argument: "replicas", .. }),
+            matches!(
+                err,
+                LockError::InvalidArgument {
+                    argument: "replicas",
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -223,7 +235,9 @@ pub async fn cancelled_fair_waiter_leaves_the_queue(
         waiting(&backend, &key).await == 1
     });
     match select(Box::pin(waiter), Box::pin(queued)).await {
-        Either::Left((result, _)) => panic!("the waiter finished while the lock was held: {result:?}"),
+        Either::Left((result, _)) => {
+            panic!("the waiter finished while the lock was held: {result:?}")
+        }
         Either::Right((queued, waiter)) => {
             assert!(queued, "the waiter queued");
             drop(waiter);
@@ -295,7 +309,8 @@ pub async fn fair_fences_strictly_increase(
         // A fair waiter takes over from this holder.
         let (next, released) = join(fair.acquire(), async {
             assert!(
-                eventually(&backend, 10 * SECOND, async || waiting(&backend, &key).await
+                eventually(&backend, 10 * SECOND, async || waiting(&backend, &key)
+                    .await
                     == 1)
                 .await
             );
@@ -336,7 +351,8 @@ pub async fn fair_and_plain_locks_exclude_each_other(
     assert!(fair.try_acquire().await.expect("try").is_none());
     let (waiter, released) = join(fair.acquire(), async {
         assert!(
-            eventually(&backend, 10 * SECOND, async || waiting(&backend, &key).await
+            eventually(&backend, 10 * SECOND, async || waiting(&backend, &key)
+                .await
                 == 1)
             .await
         );
