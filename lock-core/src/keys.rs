@@ -208,5 +208,18 @@ pub(crate) fn fence_mark(resource: &str) -> Result<String> {
     companion_key("resource", resource, "fence-mark")
 }
 
+// Fair lock (`RedisLock::fair`): the queue of waiters and their heartbeats.
+
+/// The waiters of the fair lock `key`: a sorted set of tokens scored by their ticket (arrival order).
+pub(crate) fn fair_queue(key: &str) -> Result<String> {
+    companion_key("key", key, "fair-queue")
+}
+
+/// The heartbeats of the fair lock `key`'s waiters: a sorted set of tokens scored by when each
+/// waiter's place expires (server time, Unix milliseconds).
+pub(crate) fn fair_beats(key: &str) -> Result<String> {
+    companion_key("key", key, "fair-beats")
+}
+
 #[cfg(test)]
 mod tests;

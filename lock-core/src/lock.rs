@@ -15,6 +15,9 @@ use crate::queue::{Baton, InLine, Turn};
 use crate::time::Moment;
 use crate::{keys, script};
 
+// Fair lock: the acquisition in arrival order.
+mod fair;
+
 /// A distributed lock on one Redis key: its configuration, shared freely between tasks.
 ///
 /// `RedisLock` holds no ownership state: every acquisition makes its own random token and hands it out in
@@ -29,6 +32,8 @@ pub struct RedisLock {
     config: LeaseConfig,
     /// Who is acquiring, for elections: tokens become `{owner}:{uuid}` so the holder can be named.
     owner: Option<Arc<str>>,
+    /// Grant in arrival order across processes (see [`RedisLock::fair`]).
+    fair: bool,
 }
 
 impl RedisLock {
@@ -47,6 +52,7 @@ impl RedisLock {
             key: Arc::from(key.into()),
             config: LeaseConfig::default(),
             owner: None,
+            fair: false,
         }
     }
 
@@ -114,6 +120,35 @@ impl RedisLock {
         replicas;
     }
 
+    /// Grants the lock in the order acquirers started waiting, across processes: a fair mutex.
+    /// Default: `false`.
+    ///
+    /// The lock key stays exactly the key, holding exactly the token, so a fair lock and a plain lock on
+    /// one key still exclude each other (a plain lock does not queue, so it can overtake fair waiters).
+    /// Waiters queue in two sorted sets beside the key, in its cluster slot: `key:redlease:fair-queue…`
+    /// (tokens scored by their ticket, which strictly increases while anyone waits) and
+    /// `key:redlease:fair-beats…` (the same tokens scored by when their place expires, in Unix
+    /// milliseconds on the server's clock). A waiter renews its place at least every third of the
+    /// [`timeout`](Self::timeout) while it waits; one that dies loses its place within one `timeout`,
+    /// one that gives up (its wait timed out, or its future was dropped) leaves at once (a dropped one
+    /// in the background, where the backend can spawn). Both sets vanish when nobody waits.
+    ///
+    /// [`try_acquire`](Self::try_acquire) succeeds only when the lock is free and nobody waits. A waiter
+    /// is woken by release signals where the backend blocks on them, and otherwise polls with the
+    /// [`backoff`](Self::backoff), at most a third of the `timeout` apart.
+    ///
+    /// Not combined with [`replicas`](Self::replicas): acquiring a fair lock that asks for replicas
+    /// is [`LockError::InvalidArgument`] naming `replicas`, and nothing is sent.
+    pub fn fair(mut self, yes: bool) -> Self {
+        self.fair = yes;
+        self
+    }
+
+    /// Whether the lock is granted in arrival order ([`fair`](Self::fair)).
+    pub fn get_fair(&self) -> bool {
+        self.fair
+    }
+
     pub(crate) fn owner(mut self, owner: Arc<str>) -> Self {
         self.owner = Some(owner);
         self
@@ -145,6 +180,9 @@ impl RedisLock {
     /// can spawn, otherwise when the TTL runs out.
     pub async fn acquire(&self) -> Result<LockGuard> {
         let plan = self.validate()?;
+        if self.fair {
+            return self.acquire_fair(&plan).await;
+        }
         let runtime = runtime_of(&*self.backend);
         let started = runtime.now();
         // A deadline too far away to represent is no deadline.
@@ -267,9 +305,13 @@ impl RedisLock {
         Ok(matches!(reply, ScriptValue::Str(value) if value == token))
     }
 
-    /// One attempt: `Ok(None)` when the lock is held by someone else.
+    /// One attempt: `Ok(None)` when the lock is held by someone else (on a [fair](Self::fair) lock, also
+    /// when someone is waiting).
     pub async fn try_acquire(&self) -> Result<Option<LockGuard>> {
         let plan = self.validate()?;
+        if self.fair {
+            return self.try_acquire_fair(&plan).await;
+        }
         self.attempt(&self.new_token(), &plan).await
     }
 
@@ -428,6 +470,7 @@ impl fmt::Debug for RedisLock {
             .field("max_hold", &self.config.max_hold)
             .field("fencing", &self.config.fencing)
             .field("replicas", &self.config.replicas)
+            .field("fair", &self.fair)
             .field("backend", &self.backend)
             .finish()
     }

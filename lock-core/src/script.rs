@@ -290,9 +290,140 @@ pub static SERVER_ID: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+// Fair lock (`RedisLock::fair`): FAIR_ACQUIRE, FAIR_LEAVE, FAIR_WAITERS.
+
+/// Acquires the fair lock `KEYS[1]` for the token `ARGV[1]` (TTL `ARGV[2]` ms) in arrival order.
+///
+/// Keys: `KEYS[1]` the lock (a string holding the holder's token, exactly as a plain lock), `KEYS[2]`
+/// the queue (a sorted set of waiting tokens scored by their ticket), `KEYS[3]` the heartbeats (a
+/// sorted set of the same tokens scored by when each place expires, server time in ms), `KEYS[4]` the
+/// release-signal list, and with fencing `KEYS[5]` the fence counter. `ARGV[3]` is `1` to join the
+/// queue when not granted (`acquire`), `0` not to (`try_acquire`); `ARGV[4]` is how long a pushed
+/// wake-up lingers in ms, `0` for none.
+///
+/// First drops every waiter whose heartbeat expired (one `ZREM` pair each: O(log n) per dead waiter).
+/// Then: our token in the lock → a re-sent request: TTL reset, granted. The lock free and the queue
+/// empty or headed by us → `SET KEYS[1] token PX ttl`, we leave the queue, granted. Otherwise, with
+/// `ARGV[3] = 1`, we join (a ticket `max(last ticket + 1, TIME in µs)`, so tickets strictly increase
+/// while the queue exists) or keep our place, and our heartbeat becomes `TIME + ttl`; the queue keys
+/// live as long as their longest heartbeat, so nothing outlives its last waiter. When the lock is free
+/// but we are not the head, one wake-up is pushed, so that a signal we consumed reaches the head.
+///
+/// Replies as [`FENCED_ACQUIRE`]: `{1, fence, now}` when granted (fence 0 without `KEYS[5]`), `{0,
+/// pttl, now}` when not (`pttl` -2 when the lock is free), `now` the server's clock in µs. Every key it
+/// touches is in `KEYS`, and every command is named literally.
+pub static FAIR_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "fair_acquire",
+        r#"local t = redis.call('time')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
+local ttl = tonumber(ARGV[2])
+local dead = redis.call('zrangebyscore', KEYS[3], '-inf', now_ms)
+for _, waiter in ipairs(dead) do
+  redis.call('zrem', KEYS[2], waiter)
+  redis.call('zrem', KEYS[3], waiter)
+end
+local holder = redis.call('get', KEYS[1])
+local function fence_now()
+  if not KEYS[5] then
+    return 0
+  end
+  return tonumber(redis.call('get', KEYS[5]) or '0')
+end
+if holder == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  redis.call('zrem', KEYS[2], ARGV[1])
+  redis.call('zrem', KEYS[3], ARGV[1])
+  return {1, fence_now(), now}
+end
+local head = redis.call('zrange', KEYS[2], 0, 0)[1]
+if not holder and (not head or head == ARGV[1]) then
+  redis.call('zrem', KEYS[2], ARGV[1])
+  redis.call('zrem', KEYS[3], ARGV[1])
+  local fence = 0
+  if KEYS[5] then
+    fence = fence_now() + 1
+    if fence < now then
+      fence = now
+    end
+    redis.call('set', KEYS[5], string.format('%.0f', fence))
+  end
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, fence, now}
+end
+if ARGV[3] == '1' then
+  if not redis.call('zscore', KEYS[2], ARGV[1]) then
+    local ticket = now
+    local last = redis.call('zrange', KEYS[2], -1, -1, 'WITHSCORES')
+    if last[2] and tonumber(last[2]) + 1 > ticket then
+      ticket = tonumber(last[2]) + 1
+    end
+    redis.call('zadd', KEYS[2], string.format('%.0f', ticket), ARGV[1])
+  end
+  redis.call('zadd', KEYS[3], string.format('%.0f', now_ms + ttl), ARGV[1])
+  if redis.call('pttl', KEYS[2]) < ttl then
+    redis.call('pexpire', KEYS[2], ARGV[2])
+  end
+  if redis.call('pttl', KEYS[3]) < ttl then
+    redis.call('pexpire', KEYS[3], ARGV[2])
+  end
+end
+if not holder then
+  if ARGV[4] ~= '0' and redis.call('exists', KEYS[4]) == 0 then
+    redis.call('lpush', KEYS[4], '1')
+    redis.call('pexpire', KEYS[4], ARGV[4])
+  end
+  return {0, -2, now}
+end
+return {0, redis.call('pttl', KEYS[1]), now}"#,
+    )
+});
+
+/// Takes the token `ARGV[1]` out of the fair lock's queue: a waiter that gave up (timed out, was
+/// cancelled, or failed). Keys as [`FAIR_ACQUIRE`]'s first four: lock, queue, heartbeats, signal list.
+/// Returns 1 when the token was queued, 0 otherwise.
+///
+/// When the waiter was the head and the lock is free while others still wait, one wake-up is pushed
+/// (lingering `ARGV[2]` ms; `0` for none) so that the next waiter goes at once.
+pub static FAIR_LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "fair_leave",
+        r#"local head = redis.call('zrange', KEYS[2], 0, 0)[1]
+local removed = redis.call('zrem', KEYS[2], ARGV[1])
+redis.call('zrem', KEYS[3], ARGV[1])
+if removed == 1 and head == ARGV[1] and ARGV[2] ~= '0'
+    and redis.call('exists', KEYS[1]) == 0 and redis.call('exists', KEYS[2]) == 1
+    and redis.call('exists', KEYS[4]) == 0 then
+  redis.call('lpush', KEYS[4], '1')
+  redis.call('pexpire', KEYS[4], ARGV[2])
+end
+return removed"#,
+    )
+});
+
+/// Reads a fair lock's queue without changing it: `KEYS[1]` the queue, `KEYS[2]` the heartbeats.
+/// Returns `{n, tokens}`: `n` how many of the two keys exist, `tokens` the waiters whose heartbeat has
+/// not expired, in the order they will be granted. For checks and operators.
+pub static FAIR_WAITERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "fair_waiters",
+        r#"local t = redis.call('time')
+local now_ms = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2])) / 1000)
+local live = {}
+for _, waiter in ipairs(redis.call('zrange', KEYS[1], 0, -1)) do
+  local beat = redis.call('zscore', KEYS[2], waiter)
+  if beat and tonumber(beat) > now_ms then
+    live[#live + 1] = waiter
+  end
+end
+return {redis.call('exists', KEYS[1], KEYS[2]), live}"#,
+    )
+});
+
 /// Every script the lock sends, once each: for checks and tools that must cover them all (their
 /// digests, preloading them with `SCRIPT LOAD`).
-pub fn all() -> [&'static Script; 19] {
+pub fn all() -> [&'static Script; 22] {
     [
         &*RELEASE,
         &*RELEASE_AND_SIGNAL,
@@ -314,6 +445,10 @@ pub fn all() -> [&'static Script; 19] {
         &*SHARE_RELEASE,
         &*SEMAPHORE_ACQUIRE,
         &*SEMAPHORE_HELD,
+        // Fair lock.
+        &*FAIR_ACQUIRE,
+        &*FAIR_LEAVE,
+        &*FAIR_WAITERS,
     ]
 }
 
@@ -329,6 +464,53 @@ mod tests {
         assert_eq!(script.sha1(), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
         assert_eq!(script.name(), "noop");
         assert_eq!(script.source(), "return 1");
+    }
+
+    /// Every script names every key it touches in `KEYS` and calls commands by literal name (Redis
+    /// Cluster, Dragonfly and managed services refuse anything else, pitfall 45): each `redis.call`
+    /// names its command in quotes and, unless the command takes no key (`TIME`, `INFO`), passes
+    /// `KEYS[n]` as its first argument; no script builds a name from a key with `..`.
+    #[test]
+    fn scripts_name_every_key_in_keys_and_every_command_literally() {
+        const KEYLESS: [&str; 2] = ["time", "info"];
+        for script in all() {
+            let source = script.source();
+            assert!(
+                !source.contains("KEYS[1] ..") && !source.contains(".. KEYS"),
+                "{} builds a key name",
+                script.name()
+            );
+            for (at, _) in source.match_indices("redis.call(") {
+                let call = &source[at + "redis.call(".len()..];
+                let quote = call.chars().next().expect("an argument");
+                assert!(
+                    quote == '\'' || quote == '"',
+                    "{}: a command name that is not a literal: redis.call({}",
+                    script.name(),
+                    &call[..call.len().min(30)]
+                );
+                let end = call[1..].find(quote).expect("a closing quote") + 1;
+                let command = call[1..end].to_ascii_lowercase();
+                if KEYLESS.contains(&command.as_str()) {
+                    continue;
+                }
+                let rest = call[end + 1..].trim_start();
+                let first = rest
+                    .strip_prefix(',')
+                    .map(str::trim_start)
+                    .unwrap_or_default();
+                let is_key = first.strip_prefix("KEYS[").is_some_and(|k| {
+                    let digits: String = k.chars().take_while(char::is_ascii_digit).collect();
+                    !digits.is_empty() && k[digits.len()..].starts_with(']')
+                });
+                assert!(
+                    is_key,
+                    "{}: `{command}` is called with a key that is not KEYS[n]: {}",
+                    script.name(),
+                    &first[..first.len().min(30)]
+                );
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 mod scripts;
 mod sets;
 mod shares;
+// Fair lock.
+mod fair;
 
 use std::collections::HashMap;
 use std::fmt;

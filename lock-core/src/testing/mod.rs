@@ -79,6 +79,12 @@ pub use checks::semaphore::{
     semaphore_limit_is_kept_while_permits_are_held, semaphore_permits_expire_on_their_own,
     semaphore_permits_extend_renew_and_fence, semaphore_run_releases,
     semaphore_waiter_gets_a_released_permit,
+// Fair lock.
+pub use checks::fair::{
+    cancelled_fair_waiter_leaves_the_queue, dead_fair_waiter_stops_blocking_within_its_ttl,
+    fair_and_plain_locks_exclude_each_other, fair_fences_strictly_increase,
+    fair_lock_grants_in_arrival_order, fair_try_acquire_fails_while_someone_waits,
+    fair_waiter_that_gives_up_leaves_the_queue, fair_waiters,
 };
 pub use probe::{Probe, Unsupported};
 pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};

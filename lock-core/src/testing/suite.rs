@@ -334,6 +334,14 @@ macro_rules! conformance_tests {
             semaphore_permits_extend_renew_and_fence,
             semaphore_dropped_and_cancelled_permits_come_back,
             semaphore_run_releases,
+            // Fair lock.
+            fair_lock_grants_in_arrival_order,
+            fair_try_acquire_fails_while_someone_waits,
+            fair_waiter_that_gives_up_leaves_the_queue,
+            cancelled_fair_waiter_leaves_the_queue,
+            dead_fair_waiter_stops_blocking_within_its_ttl [Alone],
+            fair_fences_strictly_increase,
+            fair_and_plain_locks_exclude_each_other,
         );
     };
 

@@ -8,3 +8,5 @@ pub(super) mod fencing;
 pub(super) mod guard;
 pub(super) mod hold;
 pub(super) mod semaphore;
+// Fair lock.
+pub(super) mod fair;
