@@ -79,6 +79,7 @@ pub use checks::semaphore::{
     semaphore_limit_is_kept_while_permits_are_held, semaphore_permits_expire_on_their_own,
     semaphore_permits_extend_renew_and_fence, semaphore_run_releases,
     semaphore_waiter_gets_a_released_permit,
+};
 // Fair lock.
 pub use checks::fair::{
     cancelled_fair_waiter_leaves_the_queue, dead_fair_waiter_stops_blocking_within_its_ttl,
