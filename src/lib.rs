@@ -10,8 +10,9 @@
 
 pub use lock_core::{
     BackendError, Backoff, Capabilities, Election, Executor, Leadership, LockBackend, LockError,
-    LockGuard, Moment, NodeError, RedisLock, Redlock, RedlockGuard, Result, Runtime, Script,
-    ScriptValue, adapter, async_trait, memory, redlock, run_id_from_info, script,
+    LockGuard, Moment, NodeError, Permit, RedisLock, Redlock, RedlockGuard, Result, Runtime,
+    Script, ScriptValue, Semaphore, adapter, async_trait, memory, redlock, run_id_from_info,
+    script,
 };
 
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use redlease::memory::MemoryBackend;
-use redlease::{Election, Leadership, LockError, LockGuard, RedisLock, Redlock, RedlockGuard};
+use redlease::{
+    Election, Leadership, LockError, LockGuard, Permit, RedisLock, Redlock, RedlockGuard, Semaphore,
+};
 
 fn assert_send<T: Send>(value: T) -> T {
     value
@@ -19,6 +21,32 @@ fn types_are_send_sync_debug() {
     check::<Leadership>();
     check::<Redlock>();
     check::<RedlockGuard>();
+    check::<Semaphore>();
+    check::<Permit>();
+}
+
+/// Every future of a semaphore runs inside `tokio::spawn` (which needs `Send + 'static`, for every
+/// lifetime of what it borrows inside).
+#[tokio::test]
+async fn semaphore_futures_run_inside_spawn() {
+    let sem = Semaphore::new(MemoryBackend::new(), "api:semaphore", 3)
+        .timeout(Duration::from_secs(5))
+        .wait_timeout(Some(Duration::from_secs(5)));
+    let spawned = sem.clone();
+    let permits = tokio::spawn(async move {
+        let one = spawned.acquire().await?;
+        let two = spawned.acquire_many(2).await?;
+        assert!(spawned.try_acquire().await?.is_none());
+        assert!(spawned.try_acquire_many(1).await?.is_none());
+        assert_eq!(spawned.available().await?, 0);
+        assert!(one.is_owner().await? && one.renew().await?);
+        assert!(one.extend(Duration::from_secs(1)).await?);
+        let held = one.hold(async { 7 }).await?;
+        assert!(one.release().await? && two.release().await?);
+        let ran = spawned.run(async move |permit| permit.permits()).await?;
+        Ok::<_, LockError>((held, ran))
+    });
+    assert_eq!(permits.await.unwrap().unwrap(), (7, 1));
 }
 
 #[tokio::test]

@@ -258,9 +258,12 @@ pub(crate) struct Waiting<'a> {
 /// Tries `attempt` until it grants (`Ok(Some)`), fails, or the wait deadline passes
 /// ([`LockError::Timeout`] naming the key). Between attempts: a blocking wait on the release signal
 /// where the backend can block, otherwise the backoff; each wait capped (an expiry signals nothing).
-pub(crate) async fn acquire_waiting<G>(
+///
+/// `attempt` returns a boxed future rather than being an async closure: the future of an async closure
+/// that borrows its captures is not `Send` for every lifetime, which a spawned task requires.
+pub(crate) async fn acquire_waiting<'a, G>(
     waiting: Waiting<'_>,
-    mut attempt: impl AsyncFnMut() -> Result<Option<G>>,
+    mut attempt: impl FnMut() -> BoxFuture<'a, Result<Option<G>>>,
 ) -> Result<G> {
     let runtime = runtime_of(&**waiting.backend);
     let started = runtime.now();
