@@ -77,8 +77,8 @@ pub use checks::semaphore::{
     semaphore_contention_never_exceeds_the_limit,
     semaphore_dropped_and_cancelled_permits_come_back,
     semaphore_limit_is_kept_while_permits_are_held, semaphore_permits_expire_on_their_own,
-    semaphore_permits_extend_renew_and_fence, semaphore_run_releases,
-    semaphore_waiter_gets_a_released_permit,
+    semaphore_permits_extend_renew_and_fence, semaphore_resent_requests_apply_once,
+    semaphore_run_releases, semaphore_waiter_gets_a_released_permit,
 };
 // Fair lock.
 pub use checks::fair::{

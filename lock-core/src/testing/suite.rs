@@ -334,6 +334,7 @@ macro_rules! conformance_tests {
             semaphore_permits_extend_renew_and_fence,
             semaphore_dropped_and_cancelled_permits_come_back,
             semaphore_run_releases,
+            semaphore_resent_requests_apply_once,
             // Fair lock.
             fair_lock_grants_in_arrival_order,
             fair_try_acquire_fails_while_someone_waits,

@@ -377,3 +377,37 @@ pub async fn semaphore_run_releases(backend: Arc<dyn LockBackend>, probe: &dyn P
     assert_eq!(seen, 1);
     assert!(holders(probe, &key).await.is_empty(), "released after run");
 }
+
+/// Requests a client re-sent after applying them take effect once: an acquisition takes its permits
+/// once, an `extend` adds once, and a release whose second send found nothing is
+/// [`LockError::InDoubt`], not "not ours" (pitfalls 36 and 37).
+pub async fn semaphore_resent_requests_apply_once(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let faulty = Arc::new(FaultyBackend::new(backend));
+    let sem = Semaphore::new(faulty.clone(), key.clone(), 3).timeout(10 * SECOND);
+    faulty.set_fault(Fault::Resend);
+    let permit = sem.acquire_many(2).await.expect("acquire, sent twice");
+    assert_eq!(
+        holders(probe, &key).await.len(),
+        1,
+        "one acquisition, one member"
+    );
+    assert_eq!(sem.available().await.expect("available"), 1);
+    assert!(permit.extend(20 * SECOND).await.expect("extend"));
+    assert!(permit.extend(20 * SECOND).await.expect("extend again"));
+    let ttl = probe.pttl(&key).await.expect("ttl");
+    assert!(
+        ttl > 48 * SECOND && ttl <= 50 * SECOND,
+        "PTTL {ttl:?} after 10 s + 20 s + 20 s, each sent twice"
+    );
+    assert!(permit.valid_for() <= ttl);
+    match permit.release().await {
+        Err(LockError::InDoubt { operation, .. }) => assert_eq!(operation, "release"),
+        other => panic!("a re-sent release found nothing the second time: {other:?}"),
+    }
+    faulty.set_fault(Fault::None);
+    assert!(holders(probe, &key).await.is_empty(), "released once");
+}
