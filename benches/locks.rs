@@ -5,11 +5,15 @@
 //! - S2 contended: 8 tasks on one key, in one process and split over two processes.
 //! - S3 hand-off: release → waiting acquirer's acquire returning, in one process and across two.
 //! - S4 Redis commands per acquisition under S2 (`INFO commandstats`).
+//! - S6 semaphore: 32 tasks on a semaphore of 4, permits per second against the raw floor, fairness.
 //!
 //! `cargo bench --bench locks` runs all of it; `REDLEASE_BENCH_QUICK=1` shortens every scenario.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "locks/primitives.rs"]
+mod primitives;
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
@@ -558,5 +562,6 @@ fn main() {
     }
     contention_scenarios(&rt, &server, &floors);
     handoff_scenarios(&rt, &server);
+    primitives::semaphore_scenarios(&rt, &server);
     criterion.final_summary();
 }
