@@ -120,9 +120,7 @@ pub(super) fn semaphore_scenarios(rt: &tokio::runtime::Runtime, server: &RedisSe
     } else {
         Duration::from_secs(4)
     };
-    println!(
-        "\n### S6 semaphore ({S6_TASKS} tasks, limit {S6_LIMIT}, one process, {run_for:?})\n"
-    );
+    println!("\n### S6 semaphore ({S6_TASKS} tasks, limit {S6_LIMIT}, one process, {run_for:?})\n");
     print_row(
         &[
             "adapter",

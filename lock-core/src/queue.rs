@@ -30,12 +30,17 @@ use model::{Mutex, MutexGuard};
 
 #[cfg(test)]
 mod model;
+mod wakeups;
+
+pub(crate) use wakeups::LocalWakeups;
 
 /// The per-key waiting lines of one backend (shared by its clones, through their
 /// [`Runtime`](crate::Runtime)).
 #[derive(Default)]
 pub(crate) struct LocalQueues {
     keys: Mutex<HashMap<Arc<str>, Line>>,
+    /// The wake-ups of primitives whose holders share a key (see [`LocalWakeups`]).
+    pub(crate) wakeups: Arc<LocalWakeups>,
 }
 
 #[derive(Default)]

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, select};
 
 use crate::backend::{LockBackend, runtime_of};
 use crate::error::{LockError, Result};
@@ -271,8 +271,12 @@ pub(crate) async fn acquire_waiting<'a, G>(
         .config
         .wait_timeout
         .and_then(|wait| started.checked_add(wait));
+    let key: Arc<str> = Arc::from(waiting.key);
+    let wakeups = runtime.lines().map(|lines| lines.wakeups.clone());
     let mut tries: u32 = 0;
     loop {
+        // Registered before the attempt, so that a local release in between is not missed.
+        let woken = wakeups.as_ref().map(|w| w.listen(&key));
         if let Some(granted) = attempt().await? {
             return Ok(granted);
         }
@@ -288,16 +292,38 @@ pub(crate) async fn acquire_waiting<'a, G>(
             None => Duration::MAX,
         };
         let cap = waiting.cap.unwrap_or(Duration::MAX).min(left);
-        if waiting.backend.capabilities().blocking_waits {
-            waiting
+        // One local waiter per key blocks on the release signal (one connection, however many wait
+        // here); the others wait for a local wake-up, capped by the backoff.
+        let watching = match waiting.backend.capabilities().blocking_waits {
+            true => match &wakeups {
+                Some(wakeups) => wakeups.watch(&key),
+                None => None,
+            },
+            false => None,
+        };
+        if watching.is_some()
+            || (wakeups.is_none() && waiting.backend.capabilities().blocking_waits)
+        {
+            // Never cancelled by a local wake-up: a release made here pushes the signal too, and a
+            // blocking wait dropped mid-way would cost its connection.
+            let signalled = waiting
                 .backend
                 .wait_for_release(waiting.signal, waiting.config.backoff.max().min(cap))
                 .await
                 .map_err(|source| LockError::backend_failed(waiting.key, source))?;
+            if signalled && let Some(wakeups) = &wakeups {
+                // A release: the next local waiter tries too.
+                wakeups.wake(&key, 1);
+            }
         } else {
             let delay = waiting.config.backoff.delay(tries).min(cap);
-            runtime.sleep(delay).await;
+            let sleep = runtime.sleep(delay);
+            match woken {
+                Some(woken) => drop(select(sleep, woken).await),
+                None => sleep.await,
+            }
         }
+        drop(watching);
         tries = tries.saturating_add(1);
     }
 }

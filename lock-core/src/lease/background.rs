@@ -109,7 +109,7 @@ pub(super) async fn release_share(
     member: &str,
     wake: u32,
 ) -> std::result::Result<Released, crate::BackendError> {
-    let wake = match backend.capabilities().release_signals {
+    let remote = match backend.capabilities().release_signals {
         true => wake,
         false => 0,
     };
@@ -117,10 +117,17 @@ pub(super) async fn release_share(
         .eval_script(
             &script::SHARE_RELEASE,
             &[key, signal],
-            &[member, &wake.to_string(), SIGNAL_LINGER_MS],
+            &[member, &remote.to_string(), SIGNAL_LINGER_MS],
         )
         .await?;
-    Released::from_reply(&reply)
+    let released = Released::from_reply(&reply)?;
+    if released == Released::Deleted
+        && let Some(lines) = runtime_of(backend).lines()
+    {
+        // Tasks of this process waiting for the key try again now.
+        lines.wakeups.wake(key, wake);
+    }
+    Ok(released)
 }
 
 /// `base` scaled by a random factor in [0.8, 1.0], so holders of many locks do not renew in lock-step.
