@@ -51,53 +51,45 @@ end
 }
 pub(crate) use expire_with_last;
 
+/// The body of [`SHARE_RENEW`] and [`SHARE_EXTEND`], which differ only in the target they move the
+/// member's expiry to (a Lua expression over `now` and `ARGV[2]`).
+macro_rules! move_member_expiry {
+    ($target:literal) => {
+        concat!(
+            now_ms!(),
+            "local expiry = tonumber(redis.call('zscore', KEYS[1], ARGV[1]))
+if not expiry or expiry <= now then
+  return 0
+end
+local target = ",
+            $target,
+            "
+if target > expiry then
+  redis.call('zadd', KEYS[1], target, ARGV[1])
+  expiry = target
+end
+",
+            expire_with_last!(),
+            "return {expiry - now, expiry}"
+        )
+    };
+}
+
 /// Renews the member `ARGV[1]` of `KEYS[1]` to `ARGV[2]` milliseconds from now (server clock), unless it
 /// already lives longer; only while it is live (scored after now). Returns `{ms left, expiry}` after it,
 /// 0 when the member is gone or expired: the share is no longer ours, and is never re-created.
 pub static SHARE_RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "share_renew",
-        concat!(
-            now_ms!(),
-            "local expiry = tonumber(redis.call('zscore', KEYS[1], ARGV[1]))
-if not expiry or expiry <= now then
-  return 0
-end
-local target = now + tonumber(ARGV[2])
-if target > expiry then
-  redis.call('zadd', KEYS[1], target, ARGV[1])
-  expiry = target
-end
-",
-            expire_with_last!(),
-            "return {expiry - now, expiry}"
-        ),
+        move_member_expiry!("now + tonumber(ARGV[2])"),
     )
 });
 
 /// Moves the expiry of the member `ARGV[1]` of `KEYS[1]` to the absolute server time `ARGV[2]` (Unix
 /// milliseconds) if that is later, only while the member is live. Replies as [`SHARE_RENEW`]. Absolute,
 /// so a re-sent request does not add twice.
-pub static SHARE_EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "share_extend",
-        concat!(
-            now_ms!(),
-            "local expiry = tonumber(redis.call('zscore', KEYS[1], ARGV[1]))
-if not expiry or expiry <= now then
-  return 0
-end
-local target = tonumber(ARGV[2])
-if target > expiry then
-  redis.call('zadd', KEYS[1], target, ARGV[1])
-  expiry = target
-end
-",
-            expire_with_last!(),
-            "return {expiry - now, expiry}"
-        ),
-    )
-});
+pub static SHARE_EXTEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new("share_extend", move_member_expiry!("tonumber(ARGV[2])")));
 
 /// Answers `{ms left, expiry}` of the member `ARGV[1]` of `KEYS[1]` while it is live, 0 otherwise: the
 /// base an [`SHARE_EXTEND`] adds to.
