@@ -88,7 +88,10 @@ impl ShareGuard {
 
     pub(crate) async fn extend(&self, by: Duration) -> Result<bool> {
         let by_ms = to_millis("extend", by)?;
-        let base = match self.validity().server_expiry_ms() {
+        // Read into a local first: a guard in the `match` scrutinee would live through the arms, held
+        // across the await (the future not `Send`) and locked again by `settle` (a deadlock).
+        let known = self.validity().server_expiry_ms();
+        let base = match known {
             Some(known) => known,
             None => {
                 let sent_at = self.holding.now();
