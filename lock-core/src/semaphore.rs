@@ -114,7 +114,7 @@ impl Semaphore {
             config: &plan.config,
             cap: None,
         };
-        acquire_waiting(waiting, async || self.attempt(&plan).await).await
+        acquire_waiting(waiting, || self.attempt(&plan)).await
     }
 
     /// One attempt at one permit: `Ok(None)` when none is free.

@@ -260,10 +260,17 @@ pub(crate) struct Waiting<'a> {
 /// Tries `attempt` until it grants (`Ok(Some)`), fails, or the wait deadline passes
 /// ([`LockError::Timeout`] naming the key). Between attempts: a blocking wait on the release signal
 /// where the backend can block, otherwise the backoff; each wait capped (an expiry signals nothing).
-pub(crate) async fn acquire_waiting<G>(
+///
+/// `attempt` is a closure returning a future rather than an `AsyncFnMut`: the future of an
+/// `AsyncFnMut` is a projection over a borrow of any lifetime, which the compiler cannot prove `Send`,
+/// so callers' acquisition futures would not be `Send` (issue 11 promises they are).
+pub(crate) async fn acquire_waiting<G, F>(
     waiting: Waiting<'_>,
-    mut attempt: impl AsyncFnMut() -> Result<Option<G>>,
-) -> Result<G> {
+    mut attempt: impl FnMut() -> F,
+) -> Result<G>
+where
+    F: Future<Output = Result<Option<G>>>,
+{
     let runtime = runtime_of(&**waiting.backend);
     let started = runtime.now();
     let deadline = waiting
