@@ -164,7 +164,8 @@ fn check_beliefs(history: &[Event], index: &Index, sets: &SetIndex, found: &mut 
     for (key, list) in by_key {
         let limit = list.iter().map(|b| b.limit).min().unwrap_or(0);
         // Per token, its permits and its intervals merged.
-        let mut per_token: BTreeMap<&str, (u64, Vec<(Instant, Instant)>)> = BTreeMap::new();
+        type Spans = Vec<(Instant, Instant)>;
+        let mut per_token: BTreeMap<&str, (u64, Spans)> = BTreeMap::new();
         for b in &list {
             let entry = per_token.entry(b.token).or_insert((b.permits, Vec::new()));
             entry.1.push((b.from, b.to));
