@@ -42,6 +42,15 @@
 //!
 //! # Layout
 //!
+//! # The semaphore
+//!
+//! The same faults over a fenced `Semaphore` (issue 11), in [`semaphore`]: workers take one or two
+//! permits, hold them and release them; the `MONITOR` records every command on the semaphore's key and
+//! every fence, and [`semaphore_checker`] replays them: never more than the limit held, fences strictly
+//! increasing, every acquisition in the server's history, no frozen holder told its permits were still
+//! its own. In the multi-process case a permit holder is stopped with SIGSTOP past its TTL, and its
+//! permits must come back and be granted again while it is stopped.
+//!
 //! This file holds the cases (the `#[test]` functions) and their settings; the machinery is in
 //! `tests/chaos/`: [`cases`] runs a case, [`workload`] is what the workers do, [`events`] what they
 //! record, [`monitor`] the server's history, [`faults`] the fault injection, [`processes`] the worker
@@ -61,6 +70,10 @@ mod faults;
 mod monitor;
 #[path = "chaos/processes.rs"]
 mod processes;
+#[path = "chaos/semaphore.rs"]
+mod semaphore;
+#[path = "chaos/semaphore_checker.rs"]
+mod semaphore_checker;
 #[path = "chaos/workload.rs"]
 mod workload;
 
@@ -162,6 +175,121 @@ fn chaos_worker_process() {
         let backend = backend(PROCESS_INPUT, &var(URL_ENV)).await;
         run_worker(lock(backend, &var(KEY_ENV)), plan, record).await;
     });
+}
+
+#[test]
+fn semaphore_stays_within_its_limit_under_chaos_deadpool_pool() {
+    let _one_at_a_time = serial();
+    semaphore::run_semaphore_task_case(Input::DeadpoolPool);
+}
+
+#[test]
+fn semaphore_permits_of_a_stopped_process_come_back() {
+    let _one_at_a_time = serial();
+    semaphore::run_semaphore_process_case();
+}
+
+/// The worker of the multi-process semaphore case: does nothing unless started as one by that case.
+#[test]
+fn chaos_semaphore_worker_process() {
+    if std::env::var_os(semaphore::SEMAPHORE_WORKER_ENV).is_none() {
+        return;
+    }
+    semaphore::semaphore_worker_process();
+}
+
+/// The semaphore's checker catches what it must: a synthetic history, then one violation at a time.
+#[test]
+fn semaphore_checker_catches_violations() {
+    use semaphore_checker::{SemEvent, SemHistory, check};
+    const EVENTS: &str = "\
+sacq a 100 ta 1
+sacq b 101 tb 1
+send a ta done released
+sacq c 102 tc 2
+sfrozen b tb
+send b tb lost not-ours
+send c tc done released
+sfail a timeout
+sdone a
+sdone b
+sdone c";
+    let watched = |args: &[&str]| Entry::Watched {
+        epoch: 0,
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+    };
+    let fence = |seed| Entry::CounterSeed { epoch: 0, seed };
+    let log = vec![
+        Entry::Attached { epoch: 0 },
+        watched(&["zremrangebyscore", "k", "1", "1000"]),
+        fence(100),
+        watched(&["zadd", "k", "0", "limit:2"]),
+        watched(&["zadd", "k", "GT", "1500", "1:ta"]),
+        watched(&["zremrangebyscore", "k", "1", "1010"]),
+        fence(101),
+        watched(&["zadd", "k", "GT", "1510", "1:tb"]),
+        // A renewal moves a holder: not a new one.
+        watched(&["zadd", "k", "1600", "1:ta"]),
+        watched(&["zrem", "k", "1:ta"]),
+        // tb expired (1510 <= 1700) before tc's grant.
+        watched(&["zremrangebyscore", "k", "1", "1700"]),
+        fence(102),
+        watched(&["zadd", "k", "GT", "2200", "2:tc"]),
+    ];
+    let history = |events: &str, log: Vec<Entry>| SemHistory {
+        events: events.lines().map(SemEvent::parse).collect(),
+        log,
+        limit: 2,
+        frozen_tokens: Vec::new(),
+    };
+    let good = history(EVENTS, log.clone());
+    for event in &good.events {
+        assert_eq!(&SemEvent::parse(&event.line()), event);
+    }
+    let report = check(&good);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    let f = &report.figures;
+    assert_eq!((f.acquisitions, f.grants_seen, f.full), (3, 3, 2));
+    assert_eq!((f.losses, f.timeouts, f.lifetimes), (1, 1, 1));
+
+    let expect = |history: SemHistory, what: &str| {
+        let found = check(&history).violations;
+        assert!(
+            found.iter().any(|v| v.contains(what)),
+            "expected a violation mentioning {what:?}, got {found:#?}"
+        );
+    };
+    let with_log = |edit: &dyn Fn(&mut Vec<Entry>)| {
+        let mut log = log.clone();
+        edit(&mut log);
+        history(EVENTS, log)
+    };
+    let with_events = |from: &str, to: &str| {
+        assert!(EVENTS.contains(from), "{from}");
+        history(&EVENTS.replacen(from, to, 1), log.clone())
+    };
+    // tb had not expired when tc took two permits: three held under a limit of two.
+    expect(
+        with_log(&|log| log[10] = watched(&["zremrangebyscore", "k", "1", "1505"])),
+        "permits held (limit 2)",
+    );
+    // The fence counter repeating, or going back after a restart.
+    expect(with_log(&|log| log[11] = fence(101)), "strictly increase");
+    // A grant the server never made; a fence the counter never took; one fence twice.
+    expect(with_log(&|log| drop(log.remove(12))), "not in the server");
+    expect(with_events("sacq c 102", "sacq c 103"), "never took");
+    expect(with_events("sacq b 101", "sacq b 100"), "issued twice");
+    // A frozen holder told its permits were still its own.
+    expect(
+        with_events("send b tb lost not-ours", "send b tb done released"),
+        "frozen past its TTL",
+    );
+    let mut stopped = history(EVENTS, log.clone());
+    stopped.frozen_tokens = vec!["ta".into()];
+    expect(stopped, "frozen past its TTL");
+    // A worker that did not finish; an acquisition that never ended.
+    expect(with_events("\nsdone c", ""), "did not finish");
+    expect(with_events("send c tc done released\n", ""), "never ended");
 }
 
 /// The checker itself catches what it must: a synthetic history, then one violation at a time.

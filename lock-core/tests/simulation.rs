@@ -5,7 +5,7 @@
 //! - `cargo test -p lock-core --test simulation` runs at least `REDLEASE_SIM_OPS` operations (default
 //!   100,000) over as many seeds as that takes, starting at `REDLEASE_SIM_BASE` (default 1; `random`
 //!   draws one), and ends by printing `simulation: <operations> operations, <seeds> seeds,
-//!   <violations> violations`. A failing seed is printed with the command that replays it.
+//!   <violations> violations; by primitive: mutex <n>, redlock <n>, election <n>, semaphore <n>`. A failing seed is printed with the command that replays it.
 //! - `REDLEASE_SIM_MODE=single|failover|replicas|redlock` runs every seed in that mode (see
 //!   `workload::Mode`), to focus a soak.
 //! - `REDLEASE_SIM_FAILURES=<n>` stops after `n` failing seeds (default 5).
@@ -52,6 +52,16 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// `mutex 1200, redlock 0, ...`: the operations per primitive.
+fn per_primitive(counts: &[u64]) -> String {
+    workload::Primitive::ALL
+        .iter()
+        .zip(counts)
+        .map(|(primitive, n)| format!("{} {n}", primitive.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn replay_command(seed: u64) -> String {
     let mode = std::env::var("REDLEASE_SIM_MODE")
         .map(|mode| format!("REDLEASE_SIM_MODE={mode} "))
@@ -96,9 +106,10 @@ fn simulation() {
         }
         say(&describe(&report));
         say(&format!(
-            "simulation: {} operations, 1 seeds, {} violations ({:?})",
+            "simulation: {} operations, 1 seeds, {} violations; by primitive: {} ({:?})",
             report.operations,
             report.violations.len(),
+            per_primitive(&report.by_primitive),
             started.elapsed()
         ));
         assert!(report.violations.is_empty(), "seed {seed} broke invariants");
@@ -113,6 +124,7 @@ fn simulation() {
     let started = WallClock::now();
     let next = AtomicU64::new(base);
     let operations = AtomicU64::new(0);
+    let by_primitive: [AtomicU64; workload::Primitive::ALL.len()] = Default::default();
     let seeds = AtomicU64::new(0);
     let violations = AtomicUsize::new(0);
     let failed: Mutex<Vec<u64>> = Mutex::new(Vec::new());
@@ -130,6 +142,9 @@ fn simulation() {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     let report = run_seed(seed);
                     operations.fetch_add(report.operations, Ordering::Relaxed);
+                    for (count, n) in by_primitive.iter().zip(report.by_primitive) {
+                        count.fetch_add(n, Ordering::Relaxed);
+                    }
                     seeds.fetch_add(1, Ordering::Relaxed);
                     if !report.violations.is_empty() {
                         violations.fetch_add(report.violations.len(), Ordering::Relaxed);
@@ -157,8 +172,10 @@ fn simulation() {
             started.elapsed()
         ));
     }
+    let by_primitive = by_primitive.map(AtomicU64::into_inner);
     say(&format!(
-        "simulation: {operations} operations, {seeds} seeds, {violations} violations"
+        "simulation: {operations} operations, {seeds} seeds, {violations} violations; by primitive: {}",
+        per_primitive(&by_primitive)
     ));
     assert_eq!(
         violations,

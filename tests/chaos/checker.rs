@@ -243,7 +243,8 @@ pub(crate) fn check(history: &History) -> Report {
                 last = Some((*epoch, fence, value));
             }
             Entry::Attached { epoch } => f.lifetimes = f.lifetimes.max(epoch + 1),
-            Entry::Echo(_) => {}
+            // (Only a semaphore case watches a key.)
+            Entry::Echo(_) | Entry::Watched { .. } => {}
         }
     }
     for (value, (worker, _, outcome)) in &writes {

@@ -24,6 +24,9 @@ pub(crate) enum Freezer {
     /// Worker processes (pid, output file): the holder is found through the lock key's token and
     /// stopped with SIGSTOP for [`PROCESS_STOP`].
     Processes(Vec<(u32, PathBuf)>),
+    /// Worker processes holding a semaphore's permits: one holder is stopped with SIGSTOP for
+    /// [`PROCESS_STOP`], and its permits must come back (and be granted again) while it is stopped.
+    PermitHolders(Vec<(u32, PathBuf)>),
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +46,10 @@ pub(crate) struct FaultTally {
     pub(crate) freezes_missed: usize,
     /// Tokens of the acquisitions frozen in worker processes.
     pub(crate) frozen_tokens: Vec<String>,
+    /// Stopped permit holders whose permits expired while they were stopped, and those after which
+    /// another acquisition was granted before they ran again.
+    pub(crate) permits_came_back: usize,
+    pub(crate) permits_granted_again: usize,
 }
 
 impl fmt::Display for FaultTally {
@@ -189,6 +196,21 @@ pub(crate) async fn inject(
                         tally.frozen_tokens.push(token);
                     }
                 }
+                Freezer::PermitHolders(children) => {
+                    let children = children.clone();
+                    let key = names.key.clone();
+                    let stopped = blocking(server, move |server| {
+                        crate::semaphore::stop_a_permit_holder(server, &key, &children)
+                    })
+                    .await;
+                    tally.freezes_missed += stopped.missed;
+                    if let Some(token) = stopped.token {
+                        tally.freezes += 1;
+                        tally.frozen_tokens.push(token);
+                        tally.permits_came_back += usize::from(stopped.came_back);
+                        tally.permits_granted_again += usize::from(stopped.granted_again);
+                    }
+                }
             },
         }
         tokio::time::sleep(rng.millis(300, 700)).await;
@@ -236,7 +258,7 @@ fn stop_a_holder(
     (None, missed + 1)
 }
 
-fn signal(pid: u32, signal: &str) {
+pub(crate) fn signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())

@@ -27,12 +27,16 @@ pub(crate) enum Entry {
     Echo(String),
     /// The monitor attached to server lifetime `epoch` (0: the first launch, then one per restart).
     Attached { epoch: u32 },
+    /// Any command on the watched key (a semaphore's sorted set), with its arguments.
+    Watched { epoch: u32, args: Vec<String> },
 }
 
 /// A `MONITOR` connection straight to the server, re-attached after each restart.
 pub(crate) struct Monitor {
     resource: String,
     counter: String,
+    /// A key every command on which is recorded ([`Entry::Watched`]).
+    watched: Option<String>,
     entries: Arc<Mutex<Vec<Entry>>>,
     problems: Arc<Mutex<Vec<String>>>,
     current: Mutex<Option<Attachment>>,
@@ -51,10 +55,19 @@ impl Monitor {
         Monitor {
             resource: names.resource.clone(),
             counter: names.counter.clone(),
+            watched: None,
             entries: Arc::default(),
             problems: Arc::default(),
             current: Mutex::new(None),
             readers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A monitor that also records every command on `key` (a semaphore's holders).
+    pub(crate) fn watching(names: &Names, key: &str) -> Monitor {
+        Monitor {
+            watched: Some(key.to_owned()),
+            ..Monitor::new(names)
         }
     }
 
@@ -87,6 +100,7 @@ impl Monitor {
             let problems = self.problems.clone();
             let resource = self.resource.clone();
             let counter = self.counter.clone();
+            let watched = self.watched.clone();
             thread::spawn(move || {
                 let mut line = String::new();
                 loop {
@@ -127,6 +141,12 @@ impl Monitor {
                             }
                         }
                         (Some("echo"), Some(text), None) => Entry::Echo(text.clone()),
+                        (Some(_), Some(key), _) if Some(key) == watched.as_ref() => {
+                            Entry::Watched {
+                                epoch,
+                                args: args.clone(),
+                            }
+                        }
                         _ => continue,
                     };
                     lock_ignoring_poison(&entries).push(entry);

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use super::history::{Detail, Event, Op, Outcome, Params, What, check, invariant};
 
+// Per primitive beyond the mutex, on the same builder.
+#[path = "checker_tests/semaphore.rs"]
+mod semaphore;
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }

@@ -12,6 +12,11 @@ mod contracts;
 mod index;
 #[path = "history/safety.rs"]
 mod safety;
+// Per primitive beyond the mutex: its invariants, over the sorted-set keys that `shares` indexes.
+#[path = "history/semaphore.rs"]
+mod semaphore;
+#[path = "history/shares.rs"]
+mod shares;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -134,6 +139,35 @@ pub enum What {
     },
     /// An operation ended.
     Op(Op),
+    /// A server's sorted-set key (a semaphore's holders) after a script that changed it (or a
+    /// restore): every member with its score and, for holders (scored above 0), its true expiry; and
+    /// the server's wall clock in milliseconds then (`now` for the scripts).
+    Members {
+        server: usize,
+        key: String,
+        wall_ms: i64,
+        members: Vec<(String, i64, Instant)>,
+        cause: &'static str,
+    },
+    /// A client read `valid_for() > 0` of a permit: it believes it holds `permits` of the semaphore
+    /// `key` (limit `limit`) as `member` until `until` (true time).
+    Permits {
+        process: usize,
+        key: String,
+        token: String,
+        member: String,
+        permits: u32,
+        limit: u32,
+        until: Instant,
+    },
+    /// Work under `Permit::hold` began at `start` and finished now, `hold` letting it: the permit was
+    /// held throughout.
+    ShareWork {
+        process: usize,
+        key: String,
+        member: String,
+        start: Instant,
+    },
 }
 
 /// An operation as the workload saw it.
@@ -193,6 +227,15 @@ pub enum Detail {
         token: String,
         valid: bool,
         redlock: bool,
+    },
+    /// A waiting acquisition of `permits` of a semaphore of `limit` (`acquire`, `acquire_many`, `run`):
+    /// as [`Detail::Wait`].
+    Permits {
+        wait: Option<Duration>,
+        bound: Duration,
+        took: Duration,
+        permits: u32,
+        limit: u32,
     },
     /// `extend(by)` (by in true time), with the key's true expiry on the server before and after.
     Extend {
@@ -294,6 +337,16 @@ pub mod invariant {
     pub const EXTEND_OVERGRANT: &str = "extend-overgrant";
     /// Tasks or backends outlived the run.
     pub const LEAK: &str = "leak";
+
+    // The semaphore's (see `history/semaphore.rs`).
+    /// A client believed it held permits the server did not hold for it.
+    pub const PERMIT_NOT_HELD: &str = "permit-not-held";
+    /// At one true instant, clients believed they held more permits of a semaphore than its limit.
+    pub const OVER_LIMIT: &str = "over-limit";
+    /// After a script, a server held more live permits of a semaphore than its limit.
+    pub const SERVER_OVER_LIMIT: &str = "server-over-limit";
+    /// A permit's expiry moved later (or it came back) after its holder had stopped.
+    pub const PERMIT_REVIVED: &str = "permit-revived";
 }
 
 fn violation(at: Instant, invariant: &'static str, detail: String) -> Violation {
@@ -321,6 +374,7 @@ pub fn check(history: &[Event], params: &Params) -> Vec<Violation> {
     if let Some(quiet_from) = params.quiet_from {
         check_orphans(history, &index, params, quiet_from, &mut found);
     }
+    semaphore::check(history, &index, params, &mut found);
     found.sort_by(|a, b| (a.at, a.invariant, &a.detail).cmp(&(b.at, b.invariant, &b.detail)));
     found
 }

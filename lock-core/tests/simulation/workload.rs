@@ -9,6 +9,8 @@
 
 #[path = "workload/rounds.rs"]
 mod rounds;
+#[path = "workload/semaphore.rs"]
+mod semaphore;
 #[path = "workload/worker.rs"]
 mod worker;
 
@@ -59,6 +61,35 @@ pub struct Config {
     pub elections: bool,
     /// No faults at all (delays only): liveness is checked from the start.
     pub calm: bool,
+    /// The semaphores (on server 0), each key with its limit; empty: no semaphore rounds.
+    pub semaphores: Vec<(String, u32)>,
+}
+
+/// The primitives a run exercises, for the per-primitive counts of operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Primitive {
+    Mutex,
+    Redlock,
+    Election,
+    Semaphore,
+}
+
+impl Primitive {
+    pub const ALL: [Primitive; 4] = [
+        Primitive::Mutex,
+        Primitive::Redlock,
+        Primitive::Election,
+        Primitive::Semaphore,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Primitive::Mutex => "mutex",
+            Primitive::Redlock => "redlock",
+            Primitive::Election => "election",
+            Primitive::Semaphore => "semaphore",
+        }
+    }
 }
 
 /// The mode `REDLEASE_SIM_MODE` forces on every seed (`single`, `failover`, `replicas`, `redlock`), to
@@ -112,6 +143,16 @@ impl Config {
                 "lock:b".to_owned(),
             ],
         };
+        // Drawn last, so that the draws above stay as they were. Two keys whose companion keys could
+        // collide, with limits of their own (a key's limit never changes within a run).
+        let semaphores = match rng.u32(0..4) {
+            0 => Vec::new(),
+            1 => vec![("sem:a".to_owned(), rng.u32(1..=4))],
+            _ => vec![
+                ("sem:a".to_owned(), rng.u32(1..=4)),
+                ("{sem:a}".to_owned(), rng.u32(1..=4)),
+            ],
+        };
         Self {
             seed,
             mode,
@@ -128,6 +169,7 @@ impl Config {
             cancel: rng.f64() * 0.15,
             elections: mode != Mode::Redlock && mode != Mode::Replicas && rng.bool(),
             calm,
+            semaphores,
         }
     }
 
@@ -172,6 +214,8 @@ impl Config {
 pub struct Report {
     pub config: Config,
     pub operations: u64,
+    /// The operations per primitive, in the order of [`Primitive::ALL`].
+    pub by_primitive: [u64; Primitive::ALL.len()],
     pub violations: Vec<Violation>,
     pub events: usize,
     pub polls: u64,
@@ -190,6 +234,8 @@ struct Ctx {
     /// Per process, per server.
     clients: Vec<Vec<Arc<SimClient>>>,
     operations: AtomicU64,
+    /// Per primitive, in the order of [`Primitive::ALL`].
+    by_primitive: [AtomicU64; Primitive::ALL.len()],
     values: AtomicU64,
 }
 
@@ -271,6 +317,7 @@ pub fn run_seed_with(seed: u64, config: &Config) -> Report {
         processes,
         clients,
         operations: AtomicU64::new(0),
+        by_primitive: Default::default(),
         values: AtomicU64::new(0),
     });
     for process in 0..config.processes {
@@ -287,6 +334,7 @@ pub fn run_seed_with(seed: u64, config: &Config) -> Report {
                 rng: fastrand::Rng::with_seed(rng.u64(..)),
                 election: election.clone(),
                 redlocks: Vec::new(),
+                primitive: Primitive::Mutex,
             };
             rt.spawn(Some(process), worker.run());
         }
@@ -307,6 +355,7 @@ pub fn run_seed_with(seed: u64, config: &Config) -> Report {
     }
     exec.clear();
     let operations = ctx.operations.load(Ordering::Relaxed);
+    let by_primitive = std::array::from_fn(|i| ctx.by_primitive[i].load(Ordering::Relaxed));
     let clients: Vec<Arc<SimClient>> = ctx.clients.iter().flatten().cloned().collect();
     drop(ctx);
     for client in &clients {
@@ -330,6 +379,7 @@ pub fn run_seed_with(seed: u64, config: &Config) -> Report {
         digest: digest(&events),
         config,
         operations,
+        by_primitive,
         violations,
         events: events.len(),
         polls: exec.polls,
@@ -464,4 +514,6 @@ struct Worker {
     election: Option<Election>,
     /// One `Redlock` per key, kept (it learns its masters' identities once).
     redlocks: Vec<(String, Redlock)>,
+    /// The primitive of the round under way, whose count `record_op` adds to.
+    primitive: Primitive,
 }

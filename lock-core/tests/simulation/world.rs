@@ -222,6 +222,9 @@ struct ServerState {
     keys: BTreeMap<String, Option<(String, Instant)>>,
     /// The same, on the replica.
     replica_keys: BTreeMap<String, Option<(String, Instant)>>,
+    /// The last recorded members of every sorted-set key seen (semaphores' holders), to record only
+    /// changes.
+    set_keys: BTreeMap<String, Vec<(String, i64)>>,
 }
 
 fn transient(why: &'static str) -> BackendError {
@@ -269,6 +272,20 @@ impl SimServer {
         Some((value, self.expires(ttl)))
     }
 
+    /// The true instant at which this server's wall clock reaches `ms` (Unix milliseconds): when a
+    /// sorted-set member scored `ms` stops being live for the scripts (they compare `score > now`).
+    pub fn wall_ms_instant(&self, ms: i64) -> Instant {
+        let clock = &self.clock.clock;
+        let at = Duration::from_millis(ms.max(0).unsigned_abs());
+        let local = (clock.origin + at).saturating_sub(self.clock.wall_base);
+        clock.true_instant(local)
+    }
+
+    /// This server's wall clock in whole milliseconds, as a script reading `TIME` now computes `now`.
+    fn wall_ms(&self) -> i64 {
+        i64::try_from(self.clock.wall().as_millis()).unwrap_or(i64::MAX)
+    }
+
     pub fn is_down(&self) -> bool {
         self.now() < lock(&self.state).down_until
     }
@@ -298,6 +315,11 @@ impl SimServer {
             Request::Eval { .. } => (None, ""),
         };
         let held_before = lock_key.and_then(|key| self.store.get(key));
+        // The companion string keys of a script (a fence counter among them), to see which it moved.
+        let companions_before: Vec<Option<String>> = match request {
+            Request::Eval { keys, .. } => keys.iter().skip(1).map(|k| self.store.get(k)).collect(),
+            Request::SetNx { .. } => Vec::new(),
+        };
         let reply = match request {
             Request::SetNx { key, value, ttl } => self
                 .store
@@ -366,7 +388,15 @@ impl SimServer {
                 Request::SetNx { .. } => "set_nx",
                 Request::Eval { script, .. } => script.name(),
             };
-            self.record_key(&mut state, key, cause);
+            // A sorted set (a semaphore's holders) is recorded member by member; a string as a lock.
+            if state.set_keys.contains_key(key) || !self.store.members(key).is_empty() {
+                if let (Request::Eval { keys, args, .. }, Ok(reply)) = (request, &reply) {
+                    self.record_set_fence(keys, args, &companions_before, reply);
+                }
+                self.record_members(&mut state, key, cause);
+            } else {
+                self.record_key(&mut state, key, cause);
+            }
         }
         let mut extra = Duration::ZERO;
         let reply = match (request, reply) {
@@ -414,6 +444,65 @@ impl SimServer {
             }
         }
         state.replica = (snapshot, seq);
+    }
+
+    /// A script on a sorted-set key issued a fence when it granted (`{1, fence, ..}`) and moved a
+    /// companion string key to that fence: the counter. (A re-sent grant answers the counter as it
+    /// stands without moving it: not a new fence.)
+    fn record_set_fence(
+        &self,
+        keys: &[String],
+        args: &[String],
+        before: &[Option<String>],
+        reply: &ScriptValue,
+    ) {
+        let ScriptValue::Array(items) = reply else {
+            return;
+        };
+        let [ScriptValue::Int(1), ScriptValue::Int(fence), ..] = items.as_slice() else {
+            return;
+        };
+        let moved = keys.iter().skip(1).zip(before).any(|(counter, before)| {
+            let after = self.store.get(counter);
+            after != *before && after.is_some_and(|value| value == fence.to_string())
+        });
+        if moved {
+            self.core.record(What::FenceIssued {
+                server: self.index,
+                key: keys[0].clone(),
+                // The member, which names the holder's token.
+                token: args.first().cloned().unwrap_or_default(),
+                fence: *fence as u64,
+            });
+        }
+    }
+
+    /// Records the members of the sorted set `key` (with each holder's true expiry) if they changed.
+    fn record_members(&self, state: &mut ServerState, key: &str, cause: &'static str) {
+        let members = self.store.members(key);
+        let last = state.set_keys.entry(key.to_owned()).or_default();
+        if *last == members {
+            return;
+        }
+        last.clone_from(&members);
+        let members = members
+            .into_iter()
+            .map(|(member, score)| {
+                let expires = if score > 0 {
+                    self.wall_ms_instant(score)
+                } else {
+                    Instant::ZERO
+                };
+                (member, score, expires)
+            })
+            .collect();
+        self.core.record(What::Members {
+            server: self.index,
+            key: key.to_owned(),
+            wall_ms: self.wall_ms(),
+            members,
+            cause,
+        });
     }
 
     fn record_key(&self, state: &mut ServerState, key: &str, cause: &'static str) {
@@ -510,6 +599,10 @@ impl SimServer {
         let keys: Vec<String> = state.keys.keys().cloned().collect();
         for key in keys {
             self.record_key(state, &key, "restore");
+        }
+        let set_keys: Vec<String> = state.set_keys.keys().cloned().collect();
+        for key in set_keys {
+            self.record_members(state, &key, "restore");
         }
     }
 }

@@ -12,7 +12,7 @@ use lock_core::{Leadership, LockError, LockGuard, RedlockGuard};
 use super::super::executor::Instant;
 use super::super::history::{self, Detail, Outcome, What};
 use super::super::world::{SimClient, VirtualClock};
-use super::{Mode, Worker};
+use super::{Mode, Primitive, Worker};
 
 /// A guard of any kind, with what the workload does with it.
 pub(super) enum Guard {
@@ -168,7 +168,7 @@ impl Worker {
         self.ctx.processes[self.process].clock.local()
     }
 
-    fn clock(&self) -> &VirtualClock {
+    pub(super) fn clock(&self) -> &VirtualClock {
         &self.ctx.processes[self.process].clock
     }
 
@@ -235,6 +235,11 @@ impl Worker {
         detail: Detail,
     ) {
         self.ctx.operations.fetch_add(1, Ordering::Relaxed);
+        let primitive = Primitive::ALL
+            .iter()
+            .position(|p| *p == self.primitive)
+            .expect("every primitive is listed");
+        self.ctx.by_primitive[primitive].fetch_add(1, Ordering::Relaxed);
         self.ctx.core.record(What::Op(history::Op {
             process: self.process,
             task: self.ctx.core.rt.current_task(),
@@ -288,10 +293,22 @@ impl Worker {
         self.sleep(first).await;
         while self.now() < end {
             let choice = self.rng.u32(0..10);
+            // About a third of the rounds on a semaphore, where the run has them.
+            let semaphore = !self.ctx.cfg.semaphores.is_empty() && self.rng.u32(0..3) == 0;
             match self.ctx.cfg.mode {
-                Mode::Redlock => self.redlock_round(choice).await,
-                _ if self.election.is_some() && choice >= 8 => self.lead().await,
-                _ => self.lock_round(choice).await,
+                _ if semaphore => self.semaphore_round(choice).await,
+                Mode::Redlock => {
+                    self.primitive = Primitive::Redlock;
+                    self.redlock_round(choice).await;
+                }
+                _ if self.election.is_some() && choice >= 8 => {
+                    self.primitive = Primitive::Election;
+                    self.lead().await;
+                }
+                _ => {
+                    self.primitive = Primitive::Mutex;
+                    self.lock_round(choice).await;
+                }
             }
             let pause = self.random_span(self.ctx.cfg.ttl / 4);
             self.sleep(pause).await;
