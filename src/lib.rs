@@ -14,6 +14,9 @@ pub use lock_core::{
     ScriptValue, adapter, async_trait, memory, redlock, run_id_from_info, script,
 };
 
+// Read-write locks.
+pub use lock_core::{ReadGuard, RwLock, WriteGuard};
+
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or
 /// `Pool` (for one server, a Cluster or Sentinel); `redlease::fred::fred` is the client crate itself.
 #[cfg(feature = "fred")]

@@ -208,5 +208,13 @@ pub(crate) fn fence_mark(resource: &str) -> Result<String> {
     companion_key("resource", resource, "fence-mark")
 }
 
+// Read-write locks.
+
+/// The sorted set of the writers waiting for the read-write lock `key`, each intent scored by its
+/// expiry on the server's clock: while it holds a live intent, no new reader enters.
+pub(crate) fn rwlock_writers(key: &str) -> Result<String> {
+    companion_key("key", key, "writers")
+}
+
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,11 @@ pub use shares::{
 #[allow(unused_imports)]
 pub(crate) use shares::{expire_with_last, issue_fence, now_ms};
 
+// Read-write locks.
+mod rwlock;
+
+pub use rwlock::{RW_DOWNGRADE, RW_LEAVE, RW_READ, RW_WRITE};
+
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::LazyLock;
@@ -292,7 +297,7 @@ pub static SERVER_ID: LazyLock<Script> = LazyLock::new(|| {
 
 /// Every script the lock sends, once each: for checks and tools that must cover them all (their
 /// digests, preloading them with `SCRIPT LOAD`).
-pub fn all() -> [&'static Script; 19] {
+pub fn all() -> [&'static Script; 23] {
     [
         &*RELEASE,
         &*RELEASE_AND_SIGNAL,
@@ -314,6 +319,11 @@ pub fn all() -> [&'static Script; 19] {
         &*SHARE_RELEASE,
         &*SEMAPHORE_ACQUIRE,
         &*SEMAPHORE_HELD,
+        // Read-write locks.
+        &*RW_READ,
+        &*RW_WRITE,
+        &*RW_LEAVE,
+        &*RW_DOWNGRADE,
     ]
 }
 

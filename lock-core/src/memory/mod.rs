@@ -3,6 +3,8 @@
 mod scripts;
 mod sets;
 mod shares;
+// Read-write locks.
+mod rwlock;
 
 use std::collections::HashMap;
 use std::fmt;

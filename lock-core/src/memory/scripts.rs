@@ -208,7 +208,11 @@ pub(super) struct Call<'a> {
 type SetScript = fn(&Call<'_>, &mut Data) -> Option<Result<ScriptValue, BackendError>>;
 
 /// The native implementations of the scripts of semaphores, read-write locks and fair locks.
-const SET_SCRIPTS: &[SetScript] = &[super::shares::run];
+const SET_SCRIPTS: &[SetScript] = &[
+    super::shares::run,
+    // Read-write locks.
+    super::rwlock::run,
+];
 
 /// Deletes `key` if it holds `token`, answering as the release scripts do: 1 deleted, 0 another
 /// token's, -1 no key.
