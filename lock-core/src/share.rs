@@ -88,7 +88,9 @@ impl ShareGuard {
 
     pub(crate) async fn extend(&self, by: Duration) -> Result<bool> {
         let by_ms = to_millis("extend", by)?;
-        let base = match self.validity().server_expiry_ms() {
+        // Read first: a guard held across the `match` would deadlock with `settle` below.
+        let known = self.validity().server_expiry_ms();
+        let base = match known {
             Some(known) => known,
             None => {
                 let sent_at = self.holding.now();

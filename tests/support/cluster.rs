@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use lock_core::async_trait;
-use lock_core::testing::Probe;
+use lock_core::testing::{Probe, Unsupported};
 
 use super::{RedisServer, resp_command, resp_pipeline};
 
@@ -506,6 +506,13 @@ impl Probe for ClusterProbe {
         for reply in self.on_all_masters(&["SCRIPT", "FLUSH"]) {
             reply.expect("SCRIPT FLUSH");
         }
+    }
+
+    async fn members(&self, key: &str) -> Result<Vec<(String, i64)>, Unsupported> {
+        let reply = self
+            .command(&["ZRANGE", key, "0", "-1", "WITHSCORES"])
+            .expect("ZRANGE");
+        Ok(super::probe::parse_members(key, &reply))
     }
 }
 

@@ -108,6 +108,13 @@ impl Probe for RedisProbe {
         Ok(())
     }
 
+    async fn members(&self, key: &str) -> Result<Vec<(String, i64)>, Unsupported> {
+        let reply = self
+            .command(&["ZRANGE", key, "0", "-1", "WITHSCORES"])
+            .expect("ZRANGE");
+        Ok(parse_members(key, &reply))
+    }
+
     async fn pause(&self) -> Result<(), Unsupported> {
         self.server("pause a server it does not own")?.pause();
         Ok(())
@@ -117,4 +124,17 @@ impl Probe for RedisProbe {
         self.server("resume a server it does not own")?.resume();
         Ok(())
     }
+}
+
+/// The members and scores of a rendered `ZRANGE key 0 -1 WITHSCORES` reply (one item per line).
+pub fn parse_members(key: &str, reply: &str) -> Vec<(String, i64)> {
+    let items: Vec<&str> = reply.lines().filter(|line| !line.is_empty()).collect();
+    items
+        .chunks(2)
+        .map(|pair| {
+            let score = pair.get(1).and_then(|s| s.parse().ok());
+            let score = score.unwrap_or_else(|| panic!("ZRANGE {key}: bad score in {pair:?}"));
+            (pair[0].to_owned(), score)
+        })
+        .collect()
 }

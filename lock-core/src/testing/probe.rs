@@ -55,6 +55,14 @@ pub trait Probe: Send + Sync {
     async fn resume(&self) -> Result<(), Unsupported> {
         Err(Unsupported("resume the server"))
     }
+
+    /// `ZRANGE key 0 -1 WITHSCORES`: the members of the sorted set `key` with their scores, lowest
+    /// first (the holders of a read-write lock, scored by their expiry in Unix milliseconds); empty
+    /// when there is no such key.
+    async fn members(&self, key: &str) -> Result<Vec<(String, i64)>, Unsupported> {
+        let _ = key;
+        Err(Unsupported("read a sorted set"))
+    }
 }
 
 /// A [`Probe`] method this probe cannot answer: its store is not a Redis server, or the probe has no
@@ -80,4 +88,7 @@ impl Probe for MemoryBackend {
         self.delete(key);
     }
     async fn flush_scripts(&self) {}
+    async fn members(&self, key: &str) -> Result<Vec<(String, i64)>, Unsupported> {
+        Ok(MemoryBackend::members(self, key))
+    }
 }

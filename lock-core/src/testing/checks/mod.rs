@@ -7,3 +7,5 @@ pub(super) mod election;
 pub(super) mod fencing;
 pub(super) mod guard;
 pub(super) mod hold;
+// Read-write locks.
+pub(super) mod rwlock;
