@@ -123,7 +123,9 @@ impl RwLock {
             config: &plan.config,
             cap: None,
         };
-        acquire_waiting(waiting, async || self.try_read_with(&plan).await).await
+        // A plain closure returning the attempt, not an async closure: its future is then `Send` for
+        // every lifetime, as `tokio::spawn` needs.
+        acquire_waiting(waiting, || self.try_read_with(&plan)).await
     }
 
     /// One attempt at a read hold: `Ok(None)` while a writer holds or waits.
@@ -149,10 +151,7 @@ impl RwLock {
             // Refreshed well before it lapses, so a live writer never loses its place.
             cap: Some(plan.config.ttl / 3),
         };
-        let outcome = acquire_waiting(waiting, async || {
-            self.try_write_with(&plan, &intent, join).await
-        })
-        .await;
+        let outcome = acquire_waiting(waiting, || self.try_write_with(&plan, &intent, join)).await;
         match outcome {
             // Granted: the same script removed the intent.
             Ok(guard) => {

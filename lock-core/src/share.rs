@@ -259,10 +259,15 @@ pub(crate) struct Waiting<'a> {
 /// Tries `attempt` until it grants (`Ok(Some)`), fails, or the wait deadline passes
 /// ([`LockError::Timeout`] naming the key). Between attempts: a blocking wait on the release signal
 /// where the backend can block, otherwise the backoff; each wait capped (an expiry signals nothing).
-pub(crate) async fn acquire_waiting<G>(
-    waiting: Waiting<'_>,
-    mut attempt: impl AsyncFnMut() -> Result<Option<G>>,
-) -> Result<G> {
+///
+/// `attempt` is a closure returning the attempt's future rather than an `AsyncFnMut`: the future of an
+/// async closure's call borrows the closure for a lifetime the compiler cannot prove `Send` for every
+/// instance of, so an acquisition awaited inside `tokio::spawn` would not compile.
+pub(crate) async fn acquire_waiting<G, A, F>(waiting: Waiting<'_>, mut attempt: A) -> Result<G>
+where
+    A: FnMut() -> F,
+    F: Future<Output = Result<Option<G>>>,
+{
     let runtime = runtime_of(&**waiting.backend);
     let started = runtime.now();
     let deadline = waiting
