@@ -98,11 +98,27 @@ impl RwLock {
         timeout;
         wait_timeout;
         backoff;
-        max_hold;
         /// On a read-write lock, read and write holds take fences from the same counter a
         /// [`RedisLock`](crate::RedisLock) on the key would use: they strictly increase across all
         /// holds of the key, so a write hold's fence exceeds every fence issued before it.
         fencing;
+    }
+
+    // Written out rather than by `lease_settings!`, whose docs link a `run` this lock names
+    // `run_read` and `run_write`.
+    /// The longest a hold may be kept under [`ReadGuard::hold`] or [`WriteGuard::hold`] (and so
+    /// [`run_read`](Self::run_read) and [`run_write`](Self::run_write)), counted from the acquisition:
+    /// past it, renewal stops and `hold` returns [`LockError::Lost`]. Bounds a renewal loop that
+    /// would otherwise outlive a hung task. Zero is [`LockError::InvalidArgument`] naming `max_hold`
+    /// when the lock is used. Default: no bound. A downgraded hold keeps the bound of its write hold.
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.config.max_hold = Some(max_hold);
+        self
+    }
+
+    /// The bound set by [`max_hold`](Self::max_hold), if any.
+    pub fn get_max_hold(&self) -> Option<Duration> {
+        self.config.max_hold
     }
 
     /// The lock's key, exactly as given.
