@@ -548,22 +548,23 @@ pub async fn rw_cancelled_acquire_leaves_nothing(
             true => Either::Left(Box::pin(async { lock.write().await.map(drop) })),
             false => Either::Right(Box::pin(async { lock.read().await.map(drop) })),
         };
-        match select(
-            acquire,
-            runtime_of(&backend).sleep(Duration::from_millis(300)),
-        )
-        .await
-        {
-            Either::Left(_) => panic!("acquire cannot finish while the reply is held back"),
-            Either::Right(((), acquire)) => {
-                assert_eq!(
-                    members(probe, &key).await.len(),
-                    1,
-                    "the server applied the request (write: {write})"
-                );
-                drop(acquire);
+        // Polled until the server has applied the request (a cold pool connects first), then dropped.
+        let mut acquire = acquire;
+        let started = Instant::now();
+        loop {
+            match select(acquire, pause(&backend, Duration::from_millis(50))).await {
+                Either::Left(_) => panic!("acquire cannot finish while the reply is held back"),
+                Either::Right(((), pending)) => acquire = pending,
             }
+            if members(probe, &key).await.len() == 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < 5 * SECOND,
+                "the server never applied the request (write: {write})"
+            );
         }
+        drop(acquire);
         slow.set_fault(Fault::None);
         assert!(
             empty_soon(&backend, probe, &key).await,
