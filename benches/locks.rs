@@ -7,7 +7,8 @@
 //! - S4 Redis commands per acquisition under S2 (`INFO commandstats`).
 //! - S6 semaphore: 32 tasks on a semaphore of 4, permits per second against the raw floor, fairness.
 //!
-//! `cargo bench --bench locks` runs all of it; `REDLEASE_BENCH_QUICK=1` shortens every scenario.
+//! `cargo bench --bench locks` runs all of it; `REDLEASE_BENCH_QUICK=1` shortens every scenario, and
+//! `REDLEASE_BENCH_ONLY=s6` runs one scenario alone.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -512,6 +513,14 @@ fn main() {
     let rt = runtime();
     if let Ok(input) = std::env::var("REDLEASE_BENCH_PROFILE") {
         profile_loop(&rt, &server, parse_input(&input));
+        return;
+    }
+    if let Ok(only) = std::env::var("REDLEASE_BENCH_ONLY") {
+        // One scenario alone, for a profile or a second look: `REDLEASE_BENCH_ONLY=s6`.
+        match only.as_str() {
+            "s6" => primitives::semaphore_scenarios(&rt, &server),
+            other => panic!("REDLEASE_BENCH_ONLY={other}: only s6 runs alone"),
+        }
         return;
     }
     let mut criterion = Criterion::default()

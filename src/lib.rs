@@ -15,6 +15,9 @@ pub use lock_core::{
     script,
 };
 
+// Read-write locks.
+pub use lock_core::{ReadGuard, RwLock, WriteGuard};
+
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or
 /// `Pool` (for one server, a Cluster or Sentinel); `redlease::fred::fred` is the client crate itself.
 #[cfg(feature = "fred")]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use lock_core::testing::{CountingBackend, Probe, companion_keys, run_all};
 use redlease::deadpool::{DeadpoolBackend, deadpool_redis};
 use redlease::fred::{FredBackend, fred::prelude::*};
-use redlease::{LockBackend, LockError, RedisLock, script};
+use redlease::{LockBackend, LockError, RedisLock, RwLock, script};
 use support::cluster::{RedisCluster, masters_serving};
 
 /// A fred client from a `redis-cluster://` URL naming every node: fred rediscovers the cluster only
@@ -472,5 +472,57 @@ async fn failover_keeps_only_acknowledged_locks() {
         assert!(!unsafe_guard.is_owner().await.expect("is_owner"), "{name}");
         assert!(thief.release().await.expect("release"));
         assert!(safe.release().await.expect("release"), "{name}");
+    }
+}
+
+/// The read-write lock on a cluster, for both adapters and keys of every brace shape: every one of its
+/// scripts (a read, a writer that waits and gives up, renew, extend, release, a write and its
+/// downgrade) runs with all its keys in the key's slot (besides the suite's read-write checks, which
+/// `both_adapters_pass_the_suite_and_reach_every_master` runs on a cluster too); a companion in another slot would be refused
+/// (`CROSSSLOT`), and a waiting writer's key is one of them. Nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rwlock_runs_for_keys_of_every_shape() {
+    let cluster = RedisCluster::start(3, 0);
+    let probe = cluster.probe();
+    for (name, backend) in backends(&cluster).await {
+        // One key of each brace shape (`tricky_keys` has hundreds: each costs a writer's wait here).
+        for shape in [
+            "plain", "{a}", "a{}b", "a{b", "a}b", "{}", "{", "}}{{", "x{y}z{w}",
+        ] {
+            let key = format!("{shape}:rw:{name}");
+            let lock = RwLock::new(backend.clone(), key.clone())
+                .fencing(true)
+                .wait_timeout(Some(Duration::from_secs(2)));
+            let reader = lock
+                .read()
+                .await
+                .unwrap_or_else(|e| panic!("{name}: read {key}: {e:?}"));
+            let gave_up = lock
+                .clone()
+                .wait_timeout(Some(Duration::from_millis(200)))
+                .write()
+                .await;
+            assert!(
+                matches!(gave_up, Err(LockError::Timeout { .. })),
+                "{name}: {key}: {gave_up:?}"
+            );
+            assert!(reader.renew().await.expect("renew"), "{name}: {key}");
+            assert!(reader.extend(Duration::from_secs(1)).await.expect("extend"));
+            let fence = reader.fence();
+            assert!(reader.release().await.expect("release"), "{name}: {key}");
+            let writer = lock
+                .write()
+                .await
+                .unwrap_or_else(|e| panic!("{name}: write {key}: {e:?}"));
+            assert!(writer.fence() > fence, "{name}: {key}");
+            let reader = writer.downgrade().await.expect("downgrade");
+            assert!(reader.is_owner().await.expect("is_owner"), "{name}: {key}");
+            assert!(reader.release().await.expect("release"), "{name}: {key}");
+            assert_eq!(
+                probe.members(&key).await.expect("ZRANGE"),
+                [],
+                "{name}: {key}: no holder left"
+            );
+        }
     }
 }

@@ -221,5 +221,13 @@ pub(crate) fn fair_beats(key: &str) -> Result<String> {
     companion_key("key", key, "fair-beats")
 }
 
+// Read-write locks.
+
+/// The sorted set of the writers waiting for the read-write lock `key`, each intent scored by its
+/// expiry on the server's clock: while it holds a live intent, no new reader enters.
+pub(crate) fn rwlock_writers(key: &str) -> Result<String> {
+    companion_key("key", key, "writers")
+}
+
 #[cfg(test)]
 mod tests;

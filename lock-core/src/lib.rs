@@ -148,5 +148,9 @@ pub use script::Script;
 pub use semaphore::{Permit, Semaphore};
 pub use time::Moment;
 
+// Read-write locks.
+mod rwlock;
+pub use rwlock::{ReadGuard, RwLock, WriteGuard};
+
 /// Re-exported so backends can implement [`LockBackend`] with the same macro version.
 pub use async_trait::async_trait;

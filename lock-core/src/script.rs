@@ -12,6 +12,11 @@ pub use shares::{
 #[allow(unused_imports)]
 pub(crate) use shares::{expire_with_last, issue_fence, now_ms};
 
+// Read-write locks.
+mod rwlock;
+
+pub use rwlock::{RW_DOWNGRADE, RW_LEAVE, RW_READ, RW_WRITE};
+
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::LazyLock;
@@ -423,7 +428,7 @@ return {redis.call('exists', KEYS[1], KEYS[2]), live}"#,
 
 /// Every script the lock sends, once each: for checks and tools that must cover them all (their
 /// digests, preloading them with `SCRIPT LOAD`).
-pub fn all() -> [&'static Script; 22] {
+pub fn all() -> [&'static Script; 26] {
     [
         &*RELEASE,
         &*RELEASE_AND_SIGNAL,
@@ -449,6 +454,11 @@ pub fn all() -> [&'static Script; 22] {
         &*FAIR_ACQUIRE,
         &*FAIR_LEAVE,
         &*FAIR_WAITERS,
+        // Read-write locks.
+        &*RW_READ,
+        &*RW_WRITE,
+        &*RW_LEAVE,
+        &*RW_DOWNGRADE,
     ]
 }
 

@@ -114,7 +114,7 @@ impl Semaphore {
             config: &plan.config,
             cap: None,
         };
-        acquire_waiting(waiting, || Box::pin(self.attempt(&plan))).await
+        acquire_waiting(waiting, || self.attempt(&plan)).await
     }
 
     /// One attempt at one permit: `Ok(None)` when none is free.

@@ -88,6 +88,7 @@ impl ShareGuard {
 
     pub(crate) async fn extend(&self, by: Duration) -> Result<bool> {
         let by_ms = to_millis("extend", by)?;
+        // Read first: a guard held across the `match` would deadlock with `settle` below.
         let known = self.validity().server_expiry_ms();
         let base = match known {
             Some(known) => known,
@@ -259,12 +260,14 @@ pub(crate) struct Waiting<'a> {
 /// ([`LockError::Timeout`] naming the key). Between attempts: a blocking wait on the release signal
 /// where the backend can block, otherwise the backoff; each wait capped (an expiry signals nothing).
 ///
-/// `attempt` returns a boxed future rather than being an async closure: the future of an async closure
-/// that borrows its captures is not `Send` for every lifetime, which a spawned task requires.
-pub(crate) async fn acquire_waiting<'a, G>(
-    waiting: Waiting<'_>,
-    mut attempt: impl FnMut() -> BoxFuture<'a, Result<Option<G>>>,
-) -> Result<G> {
+/// `attempt` is a closure returning the attempt's future rather than an `AsyncFnMut`: the future of an
+/// async closure's call borrows the closure for a lifetime the compiler cannot prove `Send` for every
+/// instance of, so an acquisition awaited inside `tokio::spawn` would not compile.
+pub(crate) async fn acquire_waiting<G, A, F>(waiting: Waiting<'_>, mut attempt: A) -> Result<G>
+where
+    A: FnMut() -> F,
+    F: Future<Output = Result<Option<G>>>,
+{
     let runtime = runtime_of(&**waiting.backend);
     let started = runtime.now();
     let deadline = waiting

@@ -5,6 +5,8 @@ mod sets;
 mod shares;
 // Fair lock.
 mod fair;
+// Read-write locks.
+mod rwlock;
 
 use std::collections::HashMap;
 use std::fmt;

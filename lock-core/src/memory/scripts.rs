@@ -212,6 +212,8 @@ const SET_SCRIPTS: &[SetScript] = &[
     super::shares::run,
     // Fair lock.
     super::fair::run,
+    // Read-write locks.
+    super::rwlock::run,
 ];
 
 /// Deletes `key` if it holds `token`, answering as the release scripts do: 1 deleted, 0 another

@@ -87,6 +87,14 @@ pub use checks::fair::{
     fair_lock_grants_in_arrival_order, fair_try_acquire_fails_while_someone_waits,
     fair_waiter_that_gives_up_leaves_the_queue, fair_waiters,
 };
+// Read-write locks.
+pub use checks::rwlock::{
+    rw_cancelled_acquire_leaves_nothing, rw_dead_writer_stops_blocking_within_its_ttl,
+    rw_downgrade_keeps_the_hold_and_lets_readers_in, rw_dropped_guards_are_released,
+    rw_fences_strictly_increase, rw_holds_expire_on_their_own, rw_invalid_arguments_send_nothing,
+    rw_readers_share_the_lock, rw_waiting_writer_blocks_new_readers, rw_writer_excludes_everyone,
+    rw_writer_gets_in_under_a_stream_of_readers, rw_writer_that_gives_up_stops_blocking_readers,
+};
 pub use probe::{Probe, Unsupported};
 pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};
 pub use wrappers::{CountingBackend, Fault, FaultyBackend, Unqueued};

@@ -343,6 +343,19 @@ macro_rules! conformance_tests {
             dead_fair_waiter_stops_blocking_within_its_ttl [Alone],
             fair_fences_strictly_increase,
             fair_and_plain_locks_exclude_each_other,
+            // Read-write locks.
+            rw_readers_share_the_lock,
+            rw_writer_excludes_everyone,
+            rw_waiting_writer_blocks_new_readers,
+            rw_writer_gets_in_under_a_stream_of_readers [Alone],
+            rw_writer_that_gives_up_stops_blocking_readers,
+            rw_dead_writer_stops_blocking_within_its_ttl [Alone],
+            rw_downgrade_keeps_the_hold_and_lets_readers_in,
+            rw_holds_expire_on_their_own [Alone],
+            rw_fences_strictly_increase,
+            rw_dropped_guards_are_released,
+            rw_cancelled_acquire_leaves_nothing,
+            rw_invalid_arguments_send_nothing,
         );
     };
 

@@ -10,3 +10,5 @@ pub(super) mod hold;
 pub(super) mod semaphore;
 // Fair lock.
 pub(super) mod fair;
+// Read-write locks.
+pub(super) mod rwlock;
