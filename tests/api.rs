@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use redlease::memory::MemoryBackend;
 use redlease::{
-    Election, Leadership, LockError, LockGuard, Permit, RedisLock, Redlock, RedlockGuard, Semaphore,
+    Election, Leadership, LockError, LockGuard, Permit, ReadGuard, RedisLock, Redlock,
+    RedlockGuard, RwLock, Semaphore, WriteGuard,
 };
 
 fn assert_send<T: Send>(value: T) -> T {
@@ -23,6 +24,46 @@ fn types_are_send_sync_debug() {
     check::<RedlockGuard>();
     check::<Semaphore>();
     check::<Permit>();
+    check::<RwLock>();
+    check::<ReadGuard>();
+    check::<WriteGuard>();
+}
+
+/// Every future of a read-write lock, and of a fair lock, runs inside `tokio::spawn`.
+#[tokio::test]
+async fn rwlock_and_fair_lock_futures_run_inside_spawn() {
+    let backend = MemoryBackend::new();
+    let rw = RwLock::new(backend.clone(), "api:rwlock")
+        .timeout(Duration::from_secs(5))
+        .wait_timeout(Some(Duration::from_secs(5)));
+    let spawned = rw.clone();
+    let held = tokio::spawn(async move {
+        let reader = spawned.read().await?;
+        assert!(spawned.try_read().await?.is_some());
+        assert!(spawned.try_write().await?.is_none());
+        assert!(reader.is_owner().await? && reader.renew().await?);
+        assert!(reader.extend(Duration::from_secs(1)).await?);
+        assert_eq!(reader.hold(async { 1 }).await?, 1);
+        assert!(reader.release().await?);
+        let writer = spawned.write().await?;
+        let reader = writer.downgrade().await?;
+        assert!(reader.release().await?);
+        let read = spawned
+            .run_read(async move |guard| guard.key().len())
+            .await?;
+        let written = spawned
+            .run_write(async move |guard| guard.key().len())
+            .await?;
+        Ok::<_, LockError>(read + written)
+    });
+    assert_eq!(held.await.unwrap().unwrap(), 2 * "api:rwlock".len());
+    let fair = RedisLock::new(backend, "api:fair").fair(true);
+    let granted = tokio::spawn(async move {
+        let guard = fair.acquire().await?;
+        assert!(fair.try_acquire().await?.is_none());
+        guard.release().await
+    });
+    assert!(granted.await.unwrap().unwrap());
 }
 
 /// Every future of a semaphore runs inside `tokio::spawn` (which needs `Send + 'static`, for every
