@@ -6,9 +6,10 @@
 //! - S3 hand-off: release → waiting acquirer's acquire returning, in one process and across two.
 //! - S4 Redis commands per acquisition under S2 (`INFO commandstats`).
 //! - S6 semaphore: 32 tasks on a semaphore of 4, permits per second against the raw floor, fairness.
+//! - S7 read-write lock: a writer's wait under a continuous stream of readers.
 //!
 //! `cargo bench --bench locks` runs all of it; `REDLEASE_BENCH_QUICK=1` shortens every scenario, and
-//! `REDLEASE_BENCH_ONLY=s6` runs one scenario alone.
+//! `REDLEASE_BENCH_ONLY=s6` (or `s7`) runs one scenario alone.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -519,7 +520,8 @@ fn main() {
         // One scenario alone, for a profile or a second look: `REDLEASE_BENCH_ONLY=s6`.
         match only.as_str() {
             "s6" => primitives::semaphore_scenarios(&rt, &server),
-            other => panic!("REDLEASE_BENCH_ONLY={other}: only s6 runs alone"),
+            "s7" => primitives::rwlock_scenarios(&rt, &server),
+            other => panic!("REDLEASE_BENCH_ONLY={other}: only s6 and s7 run alone"),
         }
         return;
     }
@@ -572,5 +574,6 @@ fn main() {
     contention_scenarios(&rt, &server, &floors);
     handoff_scenarios(&rt, &server);
     primitives::semaphore_scenarios(&rt, &server);
+    primitives::rwlock_scenarios(&rt, &server);
     criterion.final_summary();
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use redlease::deadpool::deadpool_redis;
 use redlease::script::{SEMAPHORE_ACQUIRE, SHARE_RELEASE};
-use redlease::{LockBackend, Semaphore};
+use redlease::{LockBackend, RwLock, Semaphore};
 
 use super::support::inputs::{Input, RawClient};
 use super::{INPUTS, RedisServer, connect, print_row, quick};
@@ -147,6 +147,105 @@ pub(super) fn semaphore_scenarios(rt: &tokio::runtime::Runtime, server: &RedisSe
             format!("{per_sec:.0}"),
             format!("{:.2}", per_sec / floor),
             format!("{:.2}", min / max.max(1.0)),
+        ]);
+    }
+}
+
+/// S7: reader tasks that keep the lock read-held (each reads for a moment, releases, reads again,
+/// overlapping), and one writer that asks for the write hold again and again.
+const S7_READERS: usize = 8;
+const S7_READ_FOR: Duration = Duration::from_millis(2);
+const S7_WRITE_EVERY: Duration = Duration::from_millis(20);
+
+/// Runs S7 for `run_for`: every write wait, the reads per second, and the reader-free cycle time of one
+/// uncontended write hold taken and released by the same client (the floor the waits compare with).
+async fn rwlock_contention(
+    backend: Arc<dyn LockBackend>,
+    key: &str,
+    run_for: Duration,
+) -> (Vec<Duration>, f64, Duration) {
+    let rw = RwLock::new(backend, key)
+        .timeout(Duration::from_secs(10))
+        .wait_timeout(Some(Duration::from_secs(30)));
+    let n = 100;
+    let floor_started = Instant::now();
+    for _ in 0..n {
+        rw.write().await.unwrap().release().await.unwrap();
+    }
+    let floor = floor_started.elapsed() / n;
+    let started = Instant::now();
+    let deadline = started + run_for;
+    let readers: Vec<_> = (0..S7_READERS)
+        .map(|_| {
+            let rw = rw.clone();
+            tokio::spawn(async move {
+                let mut reads = 0usize;
+                while Instant::now() < deadline {
+                    let reader = rw.read().await.expect("read under a writer");
+                    tokio::time::sleep(S7_READ_FOR).await;
+                    reader.release().await.expect("release");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let writer = tokio::spawn(async move {
+        let mut waits = Vec::new();
+        while Instant::now() < deadline {
+            tokio::time::sleep(S7_WRITE_EVERY).await;
+            let asked = Instant::now();
+            let guard = rw.write().await.expect("write under a reader stream");
+            waits.push(asked.elapsed());
+            guard.release().await.expect("release");
+        }
+        waits
+    });
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.unwrap();
+    }
+    let mut waits = writer.await.unwrap();
+    waits.sort();
+    (waits, reads as f64 / started.elapsed().as_secs_f64(), floor)
+}
+
+pub(super) fn rwlock_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
+    let run_for = if quick() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(4)
+    };
+    println!(
+        "\n### S7 read-write lock ({S7_READERS} readers holding {S7_READ_FOR:?} each, back to back; one writer every {S7_WRITE_EVERY:?}; {run_for:?})\n"
+    );
+    print_row(
+        &[
+            "adapter",
+            "uncontended write cycle",
+            "writes",
+            "writer wait p50",
+            "writer wait p99",
+            "p99 ÷ uncontended cycle",
+            "reads/s",
+        ]
+        .map(String::from),
+    );
+    print_row(&["---"; 7].map(String::from));
+    for input in INPUTS {
+        let client = rt.block_on(connect(input, &server.url()));
+        let key = format!("bench:s7:{}:{}", input.name(), uuid::Uuid::new_v4());
+        let (waits, reads, floor) =
+            rt.block_on(rwlock_contention(client.backend(None), &key, run_for));
+        let p = |q: f64| super::percentile(&waits, q);
+        print_row(&[
+            input.name().into(),
+            format!("{:.3} ms", floor.as_secs_f64() * 1e3),
+            waits.len().to_string(),
+            format!("{:.3} ms", p(0.5).as_secs_f64() * 1e3),
+            format!("{:.3} ms", p(0.99).as_secs_f64() * 1e3),
+            format!("{:.1}", p(0.99).as_secs_f64() / floor.as_secs_f64()),
+            format!("{reads:.0}"),
         ]);
     }
 }
