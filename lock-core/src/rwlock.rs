@@ -11,7 +11,7 @@ use crate::error::{LockError, Result};
 use crate::lease::config::{LeaseConfig, ValidatedConfig};
 use crate::lease::{self, Holding, Lease, Until, Written, lease_settings, retry_in_background};
 use crate::script::{self, Script};
-use crate::share::{ShareGuard, Waiting, acquire_waiting};
+use crate::share::{ShareGuard, Waiting, acquire_waiting, held_by_share, share_guard_methods};
 use crate::{keys, script::RW_LEAVE};
 
 /// How many waiters a reader's release wakes: readers never wait for readers, so only a writer can
@@ -458,90 +458,6 @@ async fn leave(
         .map(drop)
 }
 
-/// Writes the methods every hold of a [`RwLock`] has, each delegating to its [`ShareGuard`], with the
-/// docs naming the hold.
-macro_rules! hold_methods {
-    ($hold:literal, $kind:literal) => {
-        #[doc = concat!("This hold's token (its entry in the key is `\"", $kind, ":<token>\"`).")]
-        pub fn token(&self) -> &str {
-            self.share.token()
-        }
-
-        /// The lock's key, exactly as given.
-        pub fn key(&self) -> &str {
-            self.share.key()
-        }
-
-        /// This hold's fence, with [`RwLock::fencing`]: larger than every fence issued before for the
-        /// key (see [`LockGuard::fence`](crate::LockGuard::fence)).
-        pub fn fence(&self) -> Option<u64> {
-            self.share.fence()
-        }
-
-        #[doc = concat!("How long the ", $hold, " is still ours by the lease clock (see")]
-        /// [`LockGuard::valid_for`](crate::LockGuard::valid_for)).
-        pub fn valid_for(&self) -> Duration {
-            self.share.valid_for()
-        }
-
-        #[doc = concat!("Whether this ", $hold, " is still held. A `false` ends the validity for good.")]
-        pub async fn is_owner(&self) -> Result<bool> {
-            self.share.is_owner().await
-        }
-
-        #[doc = concat!("Moves this ", $hold, "'s expiry `by` later (see")]
-        /// [`LockGuard::extend`](crate::LockGuard::extend)).
-        pub async fn extend(&self, by: Duration) -> Result<bool> {
-            self.share.extend(by).await
-        }
-
-        #[doc = concat!("Resets this ", $hold, "'s TTL to the lock's timeout unless it lives longer (see")]
-        /// [`LockGuard::renew`](crate::LockGuard::renew)).
-        pub async fn renew(&self) -> Result<bool> {
-            self.share.renew().await
-        }
-
-        #[doc = concat!("Ends this ", $hold, ", waking waiters. `Ok(true)` when it was still ours, `Ok(false)`")]
-        /// when it had expired (see [`LockGuard::release`](crate::LockGuard::release)).
-        pub async fn release(self) -> Result<bool> {
-            self.share.release().await
-        }
-
-        #[doc = concat!("Runs `work` while renewing the ", $hold, " (see")]
-        /// [`LockGuard::hold`](crate::LockGuard::hold)).
-        pub async fn hold<F: Future>(&self, work: F) -> Result<F::Output> {
-            self.share.hold(work).await
-        }
-    };
-}
-
-/// Writes [`lease::Held`] for a hold, delegating to its [`ShareGuard`].
-macro_rules! held_by_share {
-    ($guard:ty) => {
-        impl lease::Held for $guard {
-            fn holding(&self) -> &Holding {
-                self.share.holding()
-            }
-
-            fn remaining(&self) -> Duration {
-                self.share.valid_for()
-            }
-
-            fn renew_once(&self) -> futures::future::BoxFuture<'_, Result<bool>> {
-                Box::pin(self.share.renew())
-            }
-
-            fn release_lost(&self) {
-                lease::Held::release_lost(&self.share);
-            }
-
-            fn release_held(self) -> impl Future<Output = Result<bool>> + Send {
-                self.share.release()
-            }
-        }
-    };
-}
-
 /// A read hold of a [`RwLock`]: other readers may hold it too, no writer does.
 ///
 /// Its methods are those of [`LockGuard`](crate::LockGuard), checked against this hold's own entry in
@@ -553,7 +469,7 @@ pub struct ReadGuard {
 }
 
 impl ReadGuard {
-    hold_methods!("read hold", "read");
+    share_guard_methods!(RwLock, "read hold", "\"read:<token>\"");
 }
 
 impl fmt::Debug for ReadGuard {
@@ -577,7 +493,7 @@ pub struct WriteGuard {
 }
 
 impl WriteGuard {
-    hold_methods!("write hold", "write");
+    share_guard_methods!(RwLock, "write hold", "\"write:<token>\"");
 
     /// Turns this write hold into a read hold in one script: no writer can get in between, and readers
     /// may join at once (unless a writer waits). The read hold keeps the token, the fence, the expiry

@@ -3,13 +3,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, Result};
 use crate::lease::config::{LeaseConfig, ValidatedConfig};
 use crate::lease::{self, Holding, Lease, lease_settings};
-use crate::share::{ShareGuard, Waiting, acquire_waiting};
+use crate::share::{ShareGuard, Waiting, acquire_waiting, held_by_share, share_guard_methods};
 use crate::{keys, script};
 
 /// A counting semaphore on one Redis key: at most `limit` permits held at once, across every process.
@@ -316,58 +315,11 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// This acquisition's token (its entry in the key is `"<permits>:<token>"`).
-    pub fn token(&self) -> &str {
-        self.share.token()
-    }
-
-    /// The semaphore's key, exactly as given.
-    pub fn key(&self) -> &str {
-        self.share.key()
-    }
+    share_guard_methods!(Semaphore, "permit", "\"<permits>:<token>\"");
 
     /// How many permits this acquisition holds.
     pub fn permits(&self) -> u32 {
         self.permits
-    }
-
-    /// This acquisition's fence, with [`Semaphore::fencing`]: larger than every fence issued before for
-    /// the key (see [`LockGuard::fence`](crate::LockGuard::fence)).
-    pub fn fence(&self) -> Option<u64> {
-        self.share.fence()
-    }
-
-    /// How long the permits are still ours by the lease clock (see
-    /// [`LockGuard::valid_for`](crate::LockGuard::valid_for)).
-    pub fn valid_for(&self) -> Duration {
-        self.share.valid_for()
-    }
-
-    /// Whether this acquisition still holds its permits. A `false` ends the validity for good.
-    pub async fn is_owner(&self) -> Result<bool> {
-        self.share.is_owner().await
-    }
-
-    /// Moves this acquisition's expiry `by` later (see [`LockGuard::extend`](crate::LockGuard::extend)).
-    pub async fn extend(&self, by: Duration) -> Result<bool> {
-        self.share.extend(by).await
-    }
-
-    /// Resets this acquisition's TTL to the semaphore's timeout unless it lives longer (see
-    /// [`LockGuard::renew`](crate::LockGuard::renew)).
-    pub async fn renew(&self) -> Result<bool> {
-        self.share.renew().await
-    }
-
-    /// Gives the permits back, waking up to as many waiters. `Ok(true)` when they were still ours,
-    /// `Ok(false)` when they had expired (see [`LockGuard::release`](crate::LockGuard::release)).
-    pub async fn release(self) -> Result<bool> {
-        self.share.release().await
-    }
-
-    /// Runs `work` while renewing the permits (see [`LockGuard::hold`](crate::LockGuard::hold)).
-    pub async fn hold<F: Future>(&self, work: F) -> Result<F::Output> {
-        self.share.hold(work).await
     }
 }
 
@@ -380,24 +332,4 @@ impl fmt::Debug for Permit {
     }
 }
 
-impl lease::Held for Permit {
-    fn holding(&self) -> &Holding {
-        self.share.holding()
-    }
-
-    fn remaining(&self) -> Duration {
-        self.share.valid_for()
-    }
-
-    fn renew_once(&self) -> futures::future::BoxFuture<'_, Result<bool>> {
-        Box::pin(self.share.renew())
-    }
-
-    fn release_lost(&self) {
-        lease::Held::release_lost(&self.share);
-    }
-
-    fn release_held(self) -> impl Future<Output = Result<bool>> + Send {
-        self.share.release()
-    }
-}
+held_by_share!(Permit);

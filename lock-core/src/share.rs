@@ -244,6 +244,95 @@ impl Held for ShareGuard {
     }
 }
 
+/// Writes the methods every guard of a shared key has (a [`Permit`](crate::Permit), a
+/// [`ReadGuard`](crate::ReadGuard), a [`WriteGuard`](crate::WriteGuard)), each delegating to its
+/// `share: ShareGuard` field, with docs naming the primitive (`$primitive`, whose `fencing` is linked),
+/// what a guard holds (`$hold`) and its entry in the key (`$entry`).
+macro_rules! share_guard_methods {
+    ($primitive:ident, $hold:literal, $entry:literal) => {
+        #[doc = concat!("This ", $hold, "'s token (its entry in the key is `", $entry, "`).")]
+        pub fn token(&self) -> &str {
+            self.share.token()
+        }
+
+        /// The key, exactly as given.
+        pub fn key(&self) -> &str {
+            self.share.key()
+        }
+
+        #[doc = concat!("This ", $hold, "'s fence, with [`", stringify!($primitive), "::fencing`](crate::", stringify!($primitive), "::fencing):")]
+        /// larger than every fence issued before for the key (see
+        /// [`LockGuard::fence`](crate::LockGuard::fence)).
+        pub fn fence(&self) -> Option<u64> {
+            self.share.fence()
+        }
+
+        #[doc = concat!("How long the ", $hold, " is still ours by the lease clock (see")]
+        /// [`LockGuard::valid_for`](crate::LockGuard::valid_for)).
+        pub fn valid_for(&self) -> ::std::time::Duration {
+            self.share.valid_for()
+        }
+
+        #[doc = concat!("Whether this ", $hold, " is still held. A `false` ends the validity for good.")]
+        pub async fn is_owner(&self) -> $crate::Result<bool> {
+            self.share.is_owner().await
+        }
+
+        #[doc = concat!("Moves this ", $hold, "'s expiry `by` later (see")]
+        /// [`LockGuard::extend`](crate::LockGuard::extend)).
+        pub async fn extend(&self, by: ::std::time::Duration) -> $crate::Result<bool> {
+            self.share.extend(by).await
+        }
+
+        #[doc = concat!("Resets this ", $hold, "'s TTL to the configured timeout unless it lives longer (see")]
+        /// [`LockGuard::renew`](crate::LockGuard::renew)).
+        pub async fn renew(&self) -> $crate::Result<bool> {
+            self.share.renew().await
+        }
+
+        #[doc = concat!("Ends this ", $hold, ", waking waiters. `Ok(true)` when it was still ours, `Ok(false)`")]
+        /// when it had expired (see [`LockGuard::release`](crate::LockGuard::release)).
+        pub async fn release(self) -> $crate::Result<bool> {
+            self.share.release().await
+        }
+
+        #[doc = concat!("Runs `work` while renewing the ", $hold, " (see")]
+        /// [`LockGuard::hold`](crate::LockGuard::hold)).
+        pub async fn hold<F: Future>(&self, work: F) -> $crate::Result<F::Output> {
+            self.share.hold(work).await
+        }
+    };
+}
+
+/// Writes [`Held`](crate::lease::Held) for a guard of a shared key, delegating to its `share` field.
+macro_rules! held_by_share {
+    ($guard:ty) => {
+        impl $crate::lease::Held for $guard {
+            fn holding(&self) -> &$crate::lease::Holding {
+                self.share.holding()
+            }
+
+            fn remaining(&self) -> ::std::time::Duration {
+                self.share.valid_for()
+            }
+
+            fn renew_once(&self) -> ::futures::future::BoxFuture<'_, $crate::Result<bool>> {
+                Box::pin(self.share.renew())
+            }
+
+            fn release_lost(&self) {
+                $crate::lease::Held::release_lost(&self.share);
+            }
+
+            fn release_held(self) -> impl Future<Output = $crate::Result<bool>> + Send {
+                self.share.release()
+            }
+        }
+    };
+}
+
+pub(crate) use {held_by_share, share_guard_methods};
+
 /// What an acquisition of a share waits with between attempts.
 pub(crate) struct Waiting<'a> {
     pub(crate) backend: &'a Arc<dyn LockBackend>,
