@@ -27,6 +27,12 @@ fn is_hold(member: &str) -> bool {
     member.starts_with("read:") || is_write(member)
 }
 
+/// A recorded state of a sorted set: each member, its score and its true expiry.
+type Members = [(String, i64, Instant)];
+
+/// A hold for the fence order: its key, whether it ever wrote, when it was first and last believed.
+type Span<'a> = (&'a str, bool, Instant, Instant);
+
 fn token_of(member: &str) -> &str {
     member.split_once(':').map_or(member, |(_, token)| token)
 }
@@ -82,7 +88,7 @@ fn live(members: &[(String, i64, Instant)], wall_ms: i64) -> Vec<&str> {
 /// while a writer's intent was live (writer preference). A read hold that replaces its own write hold
 /// (a downgrade) is no new reader.
 fn check_server(history: &[Event], writers: &HashMap<&str, &str>, found: &mut Vec<Violation>) {
-    let mut last: HashMap<(usize, &str), &[(String, i64, Instant)]> = HashMap::new();
+    let mut last: HashMap<(usize, &str), &Members> = HashMap::new();
     for event in history {
         let What::Members {
             server,
@@ -308,14 +314,14 @@ fn check_fence_order(history: &[Event], beliefs: &[&Believed], found: &mut Vec<V
         })
         .collect();
     // Per token: its key, whether it ever wrote, when it was first and last believed.
-    let mut holds: BTreeMap<&str, (&str, bool, Instant, Instant)> = BTreeMap::new();
+    let mut holds: BTreeMap<&str, Span> = BTreeMap::new();
     for b in beliefs {
         let entry = holds.entry(b.token).or_insert((b.key, false, b.from, b.to));
         entry.1 |= is_write(b.member);
         entry.2 = entry.2.min(b.from);
         entry.3 = entry.3.max(b.to);
     }
-    let list: Vec<(&str, (&str, bool, Instant, Instant), u64)> = holds
+    let list: Vec<(&str, Span, u64)> = holds
         .into_iter()
         .filter_map(|(token, hold)| fences.get(token).map(|f| (token, hold, *f)))
         .collect();
@@ -437,7 +443,7 @@ fn check_owner(history: &[Event], sets: &SetIndex, found: &mut Vec<Violation>) {
 }
 
 /// The waiting writer that sent each intent: (process, task) and the operation's start and end.
-fn intent_ops<'a>(history: &'a [Event]) -> HashMap<&'a str, (&'a Op, Instant)> {
+fn intent_ops(history: &[Event]) -> HashMap<&str, (&Op, Instant)> {
     let mut ops: HashMap<(usize, u64), Vec<(&Op, Instant)>> = HashMap::new();
     for event in history {
         if let What::Op(
