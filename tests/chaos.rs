@@ -51,6 +51,16 @@
 //! its own. In the multi-process case a permit holder is stopped with SIGSTOP past its TTL, and its
 //! permits must come back and be granted again while it is stopped.
 //!
+//! # The read-write lock
+//!
+//! The same faults over a fenced `RwLock` (issue 11), in [`rwlock`]: workers take read holds (two
+//! times in three) or the write hold, hold them, sometimes downgrade a write hold, and release; the
+//! `MONITOR` records every command on the lock's key and every fence, and [`rwlock_checker`] replays
+//! them: never a reader beside a writer, one writer at most, fences strictly increasing, every
+//! acquisition and downgrade in the server's history, no frozen holder told its hold was still its
+//! own. In the multi-process case a reader is stopped with SIGSTOP past its TTL, and its read hold
+//! must expire, and a writer get in, while it is stopped.
+//!
 //! This file holds the cases (the `#[test]` functions) and their settings; the machinery is in
 //! `tests/chaos/`: [`cases`] runs a case, [`workload`] is what the workers do, [`events`] what they
 //! record, [`monitor`] the server's history, [`faults`] the fault injection, [`processes`] the worker
@@ -70,6 +80,10 @@ mod faults;
 mod monitor;
 #[path = "chaos/processes.rs"]
 mod processes;
+#[path = "chaos/rwlock.rs"]
+mod rwlock;
+#[path = "chaos/rwlock_checker.rs"]
+mod rwlock_checker;
 #[path = "chaos/semaphore.rs"]
 mod semaphore;
 #[path = "chaos/semaphore_checker.rs"]
@@ -196,6 +210,137 @@ fn chaos_semaphore_worker_process() {
         return;
     }
     semaphore::semaphore_worker_process();
+}
+
+#[test]
+fn rwlock_keeps_readers_from_writers_under_chaos_fred_client() {
+    let _one_at_a_time = serial();
+    rwlock::run_rwlock_task_case(Input::FredClient);
+}
+
+#[test]
+fn rwlock_read_hold_of_a_stopped_process_expires() {
+    let _one_at_a_time = serial();
+    rwlock::run_rwlock_process_case();
+}
+
+/// The worker of the multi-process read-write lock case: does nothing unless started as one by that
+/// case.
+#[test]
+fn chaos_rwlock_worker_process() {
+    if std::env::var_os(rwlock::RWLOCK_WORKER_ENV).is_none() {
+        return;
+    }
+    rwlock::rwlock_worker_process();
+}
+
+/// The read-write lock's checker catches what it must: a clean synthetic history, then one
+/// violation at a time.
+#[test]
+fn rwlock_checker_catches_violations() {
+    use rwlock_checker::{RwEvent, RwHistory, check};
+    let watched = |args: &[&str]| Entry::Watched {
+        epoch: 0,
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+    };
+    let clean_log = || {
+        vec![
+            Entry::Attached { epoch: 0 },
+            Entry::CounterSeed { epoch: 0, seed: 10 },
+            watched(&["zremrangebyscore", "k", "1", "1000"]),
+            watched(&["zadd", "k", "GT", "2000", "read:a"]),
+            Entry::CounterSeed { epoch: 0, seed: 11 },
+            watched(&["zadd", "k", "GT", "2000", "read:b"]),
+            watched(&["zrem", "k", "read:a"]),
+            watched(&["zrem", "k", "read:b"]),
+            Entry::CounterSeed { epoch: 0, seed: 12 },
+            watched(&["zremrangebyscore", "k", "1", "1100"]),
+            watched(&["zadd", "k", "GT", "2100", "write:c"]),
+            watched(&["zrem", "k", "write:c"]),
+            watched(&["zadd", "k", "2100", "read:c"]),
+        ]
+    };
+    let acq = |worker: &str, kind: &str, fence: u64, token: &str| RwEvent::Acquired {
+        worker: worker.into(),
+        kind: kind.into(),
+        fence,
+        token: token.into(),
+    };
+    let end = |worker: &str, token: &str, release: &str| RwEvent::End {
+        worker: worker.into(),
+        token: token.into(),
+        hold: "done".into(),
+        release: release.into(),
+    };
+    let done = |worker: &str| RwEvent::Done {
+        worker: worker.into(),
+    };
+    let clean_events = || {
+        vec![
+            acq("w0", "read", 10, "a"),
+            acq("w1", "read", 11, "b"),
+            end("w0", "a", "released"),
+            end("w1", "b", "released"),
+            acq("w0", "write", 12, "c"),
+            RwEvent::Downgraded {
+                worker: "w0".into(),
+                token: "c".into(),
+                outcome: "ok".into(),
+            },
+            end("w0", "c", "released"),
+            done("w0"),
+            done("w1"),
+        ]
+    };
+    let history = |log: Vec<Entry>, events: Vec<RwEvent>| RwHistory {
+        events,
+        log,
+        frozen_tokens: Vec::new(),
+    };
+    let report = check(&history(clean_log(), clean_events()));
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.figures.shared, 1);
+    assert_eq!(report.figures.downgrades, 1);
+
+    let violates = |log: Vec<Entry>, events: Vec<RwEvent>, frozen: &[&str], what: &str| {
+        let mut h = history(log, events);
+        h.frozen_tokens = frozen.iter().map(|t| (*t).to_owned()).collect();
+        let found = check(&h).violations;
+        assert!(
+            found.iter().any(|v| v.contains(what)),
+            "expected a violation containing {what:?}, found {found:?}"
+        );
+    };
+    // A writer added beside a live reader.
+    let mut log = clean_log();
+    log.insert(5, watched(&["zadd", "k", "GT", "2000", "write:x"]));
+    violates(log, clean_events(), &[], "a reader beside a writer");
+    // Two writers.
+    let mut log = clean_log();
+    log.push(watched(&["zrem", "k", "read:c"]));
+    log.push(watched(&["zadd", "k", "GT", "2200", "write:d"]));
+    log.push(watched(&["zadd", "k", "GT", "2200", "write:e"]));
+    violates(log, clean_events(), &[], "two writers");
+    // A fence counter that goes back.
+    let mut log = clean_log();
+    log.push(Entry::CounterSeed { epoch: 0, seed: 11 });
+    violates(log, clean_events(), &[], "fences must strictly increase");
+    // An acquisition the server never granted.
+    let mut events = clean_events();
+    events.insert(0, acq("w2", "write", 12, "z"));
+    events.push(end("w2", "z", "released"));
+    events.push(done("w2"));
+    violates(clean_log(), events, &[], "not in the server's history");
+    // A frozen holder told its hold was still its own.
+    violates(clean_log(), clean_events(), &["a"], "frozen past its TTL");
+    // A downgrade the server never applied.
+    let mut log = clean_log();
+    log.pop();
+    violates(log, clean_events(), &[], "never held read:c");
+    // A hold that never ended.
+    let mut events = clean_events();
+    events.retain(|e| !matches!(e, RwEvent::End { token, .. } if token == "b"));
+    violates(clean_log(), events, &[], "never ended");
 }
 
 /// The semaphore's checker catches what it must: a synthetic history, then one violation at a time.

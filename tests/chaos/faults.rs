@@ -27,6 +27,10 @@ pub(crate) enum Freezer {
     /// Worker processes holding a semaphore's permits: one holder is stopped with SIGSTOP for
     /// [`PROCESS_STOP`], and its permits must come back (and be granted again) while it is stopped.
     PermitHolders(Vec<(u32, PathBuf)>),
+    /// Worker processes holding a read-write lock's read holds: one reader is stopped with SIGSTOP
+    /// for [`PROCESS_STOP`], and its read hold must expire (and a writer get in) while it is stopped.
+    /// Tallied as `PermitHolders`.
+    ReadHolders(Vec<(u32, PathBuf)>),
 }
 
 #[derive(Debug, Default)]
@@ -201,6 +205,21 @@ pub(crate) async fn inject(
                     let key = names.key.clone();
                     let stopped = blocking(server, move |server| {
                         crate::semaphore::stop_a_permit_holder(server, &key, &children)
+                    })
+                    .await;
+                    tally.freezes_missed += stopped.missed;
+                    if let Some(token) = stopped.token {
+                        tally.freezes += 1;
+                        tally.frozen_tokens.push(token);
+                        tally.permits_came_back += usize::from(stopped.came_back);
+                        tally.permits_granted_again += usize::from(stopped.granted_again);
+                    }
+                }
+                Freezer::ReadHolders(children) => {
+                    let children = children.clone();
+                    let key = names.key.clone();
+                    let stopped = blocking(server, move |server| {
+                        crate::rwlock::stop_a_read_holder(server, &key, &children)
                     })
                     .await;
                     tally.freezes_missed += stopped.missed;

@@ -13,6 +13,8 @@ mod index;
 #[path = "history/safety.rs"]
 mod safety;
 // Per primitive beyond the mutex: its invariants, over the sorted-set keys that `shares` indexes.
+#[path = "history/rwlock.rs"]
+mod rwlock;
 #[path = "history/semaphore.rs"]
 mod semaphore;
 #[path = "history/shares.rs"]
@@ -161,12 +163,35 @@ pub enum What {
         until: Instant,
     },
     /// Work under `Permit::hold` began at `start` and finished now, `hold` letting it: the permit was
-    /// held throughout.
+    /// held throughout. (Also work under a read-write lock's hold, its member `read:<token>` or
+    /// `write:<token>`.)
     ShareWork {
         process: usize,
         key: String,
         member: String,
         start: Instant,
+    },
+    // The read-write lock's (see `history/rwlock.rs`).
+    /// A client read `valid_for() > 0` of a read-write lock's hold: it believes it holds `key` as
+    /// `member` (`read:<token>` or `write:<token>`) until `until` (true time).
+    RwHold {
+        process: usize,
+        key: String,
+        token: String,
+        member: String,
+        until: Instant,
+    },
+    /// `WriteGuard::downgrade` of `token` was called: the write hold is given up now (a read hold
+    /// follows if the call succeeds).
+    Downgrading { key: String, token: String },
+    /// A writer's request that may register its intent `intent` in the writers' key `writers` of the
+    /// read-write lock `key` left, from task `task`.
+    IntentSent {
+        process: usize,
+        task: u64,
+        key: String,
+        writers: String,
+        intent: String,
     },
 }
 
@@ -236,6 +261,18 @@ pub enum Detail {
         took: Duration,
         permits: u32,
         limit: u32,
+    },
+    /// A waiting acquisition of a read-write lock (`rw_read`, `rw_write`, `rw_run_read`,
+    /// `rw_run_write`): as [`Detail::Wait`], and whether it was for the write hold.
+    RwWait {
+        wait: Option<Duration>,
+        bound: Duration,
+        took: Duration,
+        write: bool,
+    },
+    /// `is_owner` or `downgrade` of the read-write lock's hold `member` (`downgrade`: the write hold).
+    RwMember {
+        member: String,
     },
     /// `extend(by)` (by in true time), with the key's true expiry on the server before and after.
     Extend {
@@ -347,6 +384,31 @@ pub mod invariant {
     pub const SERVER_OVER_LIMIT: &str = "server-over-limit";
     /// A permit's expiry moved later (or it came back) after its holder had stopped.
     pub const PERMIT_REVIVED: &str = "permit-revived";
+
+    // The read-write lock's (see `history/rwlock.rs`).
+    /// After a script, a server's live holders of a read-write lock were a writer and a reader.
+    pub const SERVER_READER_BESIDE_WRITER: &str = "server-reader-beside-writer";
+    /// After a script, a server's live holders of a read-write lock were two writers.
+    pub const SERVER_TWO_WRITERS: &str = "server-two-writers";
+    /// At one true instant, a client believed it held a read hold and another the write hold.
+    pub const READER_BESIDE_WRITER: &str = "reader-beside-writer";
+    /// At one true instant, two clients believed they held the write hold.
+    pub const TWO_WRITERS: &str = "two-writers";
+    /// A client believed it held a read or write hold the server did not hold for it.
+    pub const HOLD_NOT_HELD: &str = "hold-not-held";
+    /// A server admitted a new reader while a waiting writer's intent was live.
+    pub const READER_PAST_WRITER: &str = "reader-past-writer";
+    /// A hold that began after a write hold ended (or a write hold that began after another hold
+    /// ended), by the clients' beliefs, got a fence not greater than the earlier hold's.
+    pub const RW_FENCE_ORDER: &str = "rw-fence-order";
+    /// A downgrade left an instant without the hold, or let another holder in between: the read hold
+    /// did not replace a live write hold, at its expiry, in one script.
+    pub const DOWNGRADE_GAP: &str = "downgrade-gap";
+    /// A waiting writer's intent outlived one TTL from its last refresh, or from its writer's end.
+    pub const INTENT_KEPT: &str = "intent-kept";
+    /// `is_owner` of a read-write lock's hold answered `true`, though the server never held its
+    /// member while it asked.
+    pub const RW_OWNER_ANSWER: &str = "rw-owner-answer";
 }
 
 fn violation(at: Instant, invariant: &'static str, detail: String) -> Violation {
@@ -375,6 +437,7 @@ pub fn check(history: &[Event], params: &Params) -> Vec<Violation> {
         check_orphans(history, &index, params, quiet_from, &mut found);
     }
     semaphore::check(history, &index, params, &mut found);
+    rwlock::check(history, &index, params, &mut found);
     found.sort_by(|a, b| (a.at, a.invariant, &a.detail).cmp(&(b.at, b.invariant, &b.detail)));
     found
 }

@@ -9,6 +9,8 @@
 
 #[path = "workload/rounds.rs"]
 mod rounds;
+#[path = "workload/rwlock.rs"]
+mod rwlock;
 #[path = "workload/semaphore.rs"]
 mod semaphore;
 #[path = "workload/worker.rs"]
@@ -63,6 +65,8 @@ pub struct Config {
     pub calm: bool,
     /// The semaphores (on server 0), each key with its limit; empty: no semaphore rounds.
     pub semaphores: Vec<(String, u32)>,
+    /// The read-write locks' keys (on server 0); empty: no read-write lock rounds.
+    pub rwlocks: Vec<String>,
 }
 
 /// The primitives a run exercises, for the per-primitive counts of operations.
@@ -72,14 +76,16 @@ pub enum Primitive {
     Redlock,
     Election,
     Semaphore,
+    RwLock,
 }
 
 impl Primitive {
-    pub const ALL: [Primitive; 4] = [
+    pub const ALL: [Primitive; 5] = [
         Primitive::Mutex,
         Primitive::Redlock,
         Primitive::Election,
         Primitive::Semaphore,
+        Primitive::RwLock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +94,7 @@ impl Primitive {
             Primitive::Redlock => "redlock",
             Primitive::Election => "election",
             Primitive::Semaphore => "semaphore",
+            Primitive::RwLock => "rwlock",
         }
     }
 }
@@ -170,6 +177,13 @@ impl Config {
             elections: mode != Mode::Redlock && mode != Mode::Replicas && rng.bool(),
             calm,
             semaphores,
+            // Drawn last, so that every draw above stays as it was. Two keys whose companion keys
+            // (writers' intents, fence counters) could collide.
+            rwlocks: match rng.u32(0..4) {
+                0 => Vec::new(),
+                1 => vec!["rw:a".to_owned()],
+                _ => vec!["rw:a".to_owned(), "{rw:a}".to_owned()],
+            },
         }
     }
 

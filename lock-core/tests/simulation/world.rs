@@ -398,6 +398,15 @@ impl SimServer {
                 self.record_key(&mut state, key, cause);
             }
         }
+        // A read-write lock's writers' key (its waiting writers' intents), which these scripts change
+        // beside the lock key.
+        if let Request::Eval { script, keys, .. } = request
+            && (script.sha1() == script::RW_READ.sha1() || script.sha1() == script::RW_WRITE.sha1())
+            && let Some(writers) = keys.get(1)
+            && (state.set_keys.contains_key(writers) || !self.store.members(writers).is_empty())
+        {
+            self.record_members(&mut state, writers, script.name());
+        }
         let mut extra = Duration::ZERO;
         let reply = match (request, reply) {
             (
@@ -697,6 +706,19 @@ impl SimClient {
                 process: self.process.index,
                 server: self.server.index,
                 token: args[0].clone(),
+            });
+        }
+        if let Request::Eval {
+            script, keys, args, ..
+        } = &request
+            && script.sha1() == script::RW_WRITE.sha1()
+        {
+            self.core.record(What::IntentSent {
+                process: self.process.index,
+                task: self.core.rt.current_task(),
+                key: keys[0].clone(),
+                writers: keys[1].clone(),
+                intent: args[2].clone(),
             });
         }
         if let Some((key, token)) = acquiring {

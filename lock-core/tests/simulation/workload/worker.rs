@@ -295,8 +295,11 @@ impl Worker {
             let choice = self.rng.u32(0..10);
             // About a third of the rounds on a semaphore, where the run has them.
             let semaphore = !self.ctx.cfg.semaphores.is_empty() && self.rng.u32(0..3) == 0;
+            // And about a third of the others on a read-write lock, where the run has them.
+            let rwlock = !semaphore && !self.ctx.cfg.rwlocks.is_empty() && self.rng.u32(0..3) == 0;
             match self.ctx.cfg.mode {
                 _ if semaphore => self.semaphore_round(choice).await,
+                _ if rwlock => self.rwlock_round(choice).await,
                 Mode::Redlock => {
                     self.primitive = Primitive::Redlock;
                     self.redlock_round(choice).await;
