@@ -5,7 +5,7 @@
 //! - `cargo test -p lock-core --test simulation` runs at least `REDLEASE_SIM_OPS` operations (default
 //!   100,000) over as many seeds as that takes, starting at `REDLEASE_SIM_BASE` (default 1; `random`
 //!   draws one), and ends by printing `simulation: <operations> operations, <seeds> seeds,
-//!   <violations> violations; by primitive: mutex <n>, redlock <n>, election <n>, semaphore <n>`. A failing seed is printed with the command that replays it.
+//!   <violations> violations; by primitive: mutex <n>, redlock <n>, election <n>, semaphore <n>, fair <n>`. A failing seed is printed with the command that replays it.
 //! - `REDLEASE_SIM_MODE=single|failover|replicas|redlock` runs every seed in that mode (see
 //!   `workload::Mode`), to focus a soak.
 //! - `REDLEASE_SIM_FAILURES=<n>` stops after `n` failing seeds (default 5).

@@ -17,6 +17,9 @@ mod safety;
 mod semaphore;
 #[path = "history/shares.rs"]
 mod shares;
+// The fair lock's: grants in ticket order, and places that stop blocking.
+#[path = "history/fair.rs"]
+mod fair;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -168,6 +171,29 @@ pub enum What {
         member: String,
         start: Instant,
     },
+    /// A fair lock's queue on a server after a fair script that changed it or granted the lock (or
+    /// after a restore): its waiters in ticket order, the server's wall clock in milliseconds then
+    /// (the scripts' `now`), and the token the script granted `key` to, if it did.
+    FairQueue {
+        server: usize,
+        /// The lock's key (the queue is its companion).
+        key: String,
+        wall_ms: i64,
+        waiters: Vec<Waiter>,
+        granted: Option<String>,
+        cause: &'static str,
+    },
+}
+
+/// A fair lock's waiter as the server has it: its token, its ticket (the queue's score), its
+/// heartbeat (wall ms: its place is live while the heartbeat is above the scripts' `now`), and the
+/// true instant its heartbeat lapses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiter {
+    pub token: String,
+    pub ticket: i64,
+    pub beat_ms: i64,
+    pub lapses: Instant,
 }
 
 /// An operation as the workload saw it.
@@ -347,6 +373,19 @@ pub mod invariant {
     pub const SERVER_OVER_LIMIT: &str = "server-over-limit";
     /// A permit's expiry moved later (or it came back) after its holder had stopped.
     pub const PERMIT_REVIVED: &str = "permit-revived";
+
+    // The fair lock's (see `history/fair.rs`).
+    /// A fair lock was granted while a live waiter with a smaller ticket (any live waiter, for a
+    /// token not queued) was in the server's queue.
+    pub const FAIR_ORDER: &str = "fair-order";
+    /// A waiter's place was renewed by a request sent after its acquisition had ended, or stayed
+    /// live longer than one TTL after its last renewal.
+    pub const PLACE_OUTLIVED: &str = "place-outlived";
+    /// After faults stopped, a waiter that gave up (timed out, was cancelled, failed) kept its live
+    /// place beyond the grace.
+    pub const PLACE_NOT_LEFT: &str = "place-not-left";
+    /// After faults stopped, a fair lock's key stayed free while a live waiter was queued.
+    pub const QUEUE_STALL: &str = "queue-stall";
 }
 
 fn violation(at: Instant, invariant: &'static str, detail: String) -> Violation {
@@ -375,6 +414,7 @@ pub fn check(history: &[Event], params: &Params) -> Vec<Violation> {
         check_orphans(history, &index, params, quiet_from, &mut found);
     }
     semaphore::check(history, &index, params, &mut found);
+    fair::check(history, &index, params, &mut found);
     found.sort_by(|a, b| (a.at, a.invariant, &a.detail).cmp(&(b.at, b.invariant, &b.detail)));
     found
 }

@@ -7,6 +7,8 @@
 //! share a candidate id), `Redlock` over five masters, and `replicas(1)`. They record what they
 //! believed and what each call returned; the servers record what they did.
 
+#[path = "workload/fair.rs"]
+mod fair;
 #[path = "workload/rounds.rs"]
 mod rounds;
 #[path = "workload/semaphore.rs"]
@@ -63,6 +65,8 @@ pub struct Config {
     pub calm: bool,
     /// The semaphores (on server 0), each key with its limit; empty: no semaphore rounds.
     pub semaphores: Vec<(String, u32)>,
+    /// The fair locks' keys (on server 0); empty: no fair rounds.
+    pub fair: Vec<String>,
 }
 
 /// The primitives a run exercises, for the per-primitive counts of operations.
@@ -72,14 +76,16 @@ pub enum Primitive {
     Redlock,
     Election,
     Semaphore,
+    Fair,
 }
 
 impl Primitive {
-    pub const ALL: [Primitive; 4] = [
+    pub const ALL: [Primitive; 5] = [
         Primitive::Mutex,
         Primitive::Redlock,
         Primitive::Election,
         Primitive::Semaphore,
+        Primitive::Fair,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +94,7 @@ impl Primitive {
             Primitive::Redlock => "redlock",
             Primitive::Election => "election",
             Primitive::Semaphore => "semaphore",
+            Primitive::Fair => "fair",
         }
     }
 }
@@ -153,7 +160,7 @@ impl Config {
                 ("{sem:a}".to_owned(), rng.u32(1..=4)),
             ],
         };
-        Self {
+        let mut config = Self {
             seed,
             mode,
             processes: rng.usize(2..=4),
@@ -170,7 +177,17 @@ impl Config {
             elections: mode != Mode::Redlock && mode != Mode::Replicas && rng.bool(),
             calm,
             semaphores,
-        }
+            fair: Vec::new(),
+        };
+        // Drawn after everything else, so that every other draw stays as it was. Fair locks refuse
+        // `replicas`, which every lock of the `Replicas` mode waits for: none there.
+        config.fair = match rng.u32(0..5) {
+            _ if mode == Mode::Replicas => Vec::new(),
+            0 => Vec::new(),
+            1..=3 => vec!["fair:a".to_owned()],
+            _ => vec!["fair:a".to_owned(), "{fair:a}".to_owned()],
+        };
+        config
     }
 
     /// When faults stop and when workers stop.

@@ -295,8 +295,12 @@ impl Worker {
             let choice = self.rng.u32(0..10);
             // About a third of the rounds on a semaphore, where the run has them.
             let semaphore = !self.ctx.cfg.semaphores.is_empty() && self.rng.u32(0..3) == 0;
+            // And about half of the others on a fair lock, where the run has them: enough waiters at
+            // once that grants are made past a queue.
+            let fair = !semaphore && !self.ctx.cfg.fair.is_empty() && self.rng.bool();
             match self.ctx.cfg.mode {
                 _ if semaphore => self.semaphore_round(choice).await,
+                _ if fair => self.fair_round(choice).await,
                 Mode::Redlock => {
                     self.primitive = Primitive::Redlock;
                     self.redlock_round(choice).await;
