@@ -27,6 +27,10 @@ pub(crate) enum Freezer {
     /// Worker processes holding a semaphore's permits: one holder is stopped with SIGSTOP for
     /// [`PROCESS_STOP`], and its permits must come back (and be granted again) while it is stopped.
     PermitHolders(Vec<(u32, PathBuf)>),
+    /// Worker processes waiting for a fair lock: one waiter (not the holder) is stopped with SIGSTOP
+    /// for [`PROCESS_STOP`], and its place must lapse (and a waiter behind it be granted) while it is
+    /// stopped.
+    FairWaiters(Vec<(u32, PathBuf)>),
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +54,10 @@ pub(crate) struct FaultTally {
     /// another acquisition was granted before they ran again.
     pub(crate) permits_came_back: usize,
     pub(crate) permits_granted_again: usize,
+    /// Stopped fair waiters whose place lapsed while they were stopped, and those after which a
+    /// waiter behind them was granted before they ran again.
+    pub(crate) places_dropped: usize,
+    pub(crate) granted_past: usize,
 }
 
 impl fmt::Display for FaultTally {
@@ -209,6 +217,20 @@ pub(crate) async fn inject(
                         tally.frozen_tokens.push(token);
                         tally.permits_came_back += usize::from(stopped.came_back);
                         tally.permits_granted_again += usize::from(stopped.granted_again);
+                    }
+                }
+                Freezer::FairWaiters(children) => {
+                    let children = children.clone();
+                    let key = names.key.clone();
+                    let stopped = blocking(server, move |server| {
+                        crate::fair::stop_a_waiter(server, &key, &children)
+                    })
+                    .await;
+                    tally.freezes_missed += stopped.missed;
+                    if stopped.token.is_some() {
+                        tally.freezes += 1;
+                        tally.places_dropped += usize::from(stopped.place_dropped);
+                        tally.granted_past += usize::from(stopped.granted_past);
                     }
                 }
             },

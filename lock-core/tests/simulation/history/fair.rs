@@ -99,7 +99,7 @@ fn check_order(history: &[Event], found: &mut Vec<Violation>) {
 
 /// When each fair acquisition's token stopped being waited for: the end of the operation that sent
 /// its first request. Keyed by token.
-fn waits_ended<'a>(history: &'a [Event]) -> HashMap<&'a str, (usize, Instant)> {
+fn waits_ended(history: &[Event]) -> HashMap<&str, (usize, Instant)> {
     let fair_keys: Vec<&str> = history
         .iter()
         .filter_map(|e| match &e.what {
