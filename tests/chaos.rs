@@ -60,6 +60,13 @@
 //! acquisition and downgrade in the server's history, no frozen holder told its hold was still its
 //! own. In the multi-process case a reader is stopped with SIGSTOP past its TTL, and its read hold
 //! must expire, and a writer get in, while it is stopped.
+//! # The fair lock
+//!
+//! The mutex workload on a fenced fair lock (`RedisLock::fair(true)`), in [`fair`], under the same
+//! faults in worker processes: the mutex checker judges the fenced writes, and [`fair_checker`]
+//! replays the lock's key, queue and heartbeats from the `MONITOR`: grants in ticket order, fences
+//! strictly increasing, every acquisition a grant of the server's. A *waiter* is stopped with SIGSTOP
+//! past its TTL: its place must lapse, and a waiter behind it be granted, while it is stopped.
 //!
 //! This file holds the cases (the `#[test]` functions) and their settings; the machinery is in
 //! `tests/chaos/`: [`cases`] runs a case, [`workload`] is what the workers do, [`events`] what they
@@ -74,6 +81,10 @@ mod cases;
 mod checker;
 #[path = "chaos/events.rs"]
 mod events;
+#[path = "chaos/fair.rs"]
+mod fair;
+#[path = "chaos/fair_checker.rs"]
+mod fair_checker;
 #[path = "chaos/faults.rs"]
 mod faults;
 #[path = "chaos/monitor.rs"]
@@ -239,6 +250,24 @@ fn chaos_rwlock_worker_process() {
 #[test]
 fn rwlock_checker_catches_violations() {
     use rwlock_checker::{RwEvent, RwHistory, check};
+fn fair_lock_grants_in_ticket_order_under_chaos_with_stopped_waiters() {
+    let _one_at_a_time = serial();
+    fair::run_fair_process_case();
+}
+
+/// The worker of the fair-lock case: does nothing unless started as one by that case.
+#[test]
+fn chaos_fair_worker_process() {
+    if std::env::var_os(fair::FAIR_WORKER_ENV).is_none() {
+        return;
+    }
+    fair::fair_worker_process();
+}
+
+/// The fair lock's checker catches what it must: a synthetic history, then one violation at a time.
+#[test]
+fn fair_checker_catches_violations() {
+    use fair_checker::{FairHistory, check};
     let watched = |args: &[&str]| Entry::Watched {
         epoch: 0,
         args: args.iter().map(|a| (*a).to_owned()).collect(),
@@ -341,6 +370,102 @@ fn rwlock_checker_catches_violations() {
     let mut events = clean_events();
     events.retain(|e| !matches!(e, RwEvent::End { token, .. } if token == "b"));
     violates(clean_log(), events, &[], "never ended");
+    let fence = |seed| Entry::CounterSeed { epoch: 0, seed };
+    // ta holds; tb then tc join; ta releases; tb (the head) is granted, then tc.
+    let log = vec![
+        Entry::Attached { epoch: 0 },
+        watched(&["zrangebyscore", "b", "-inf", "1000"]),
+        fence(100),
+        watched(&["set", "k", "ta", "PX", "500"]),
+        watched(&["zrangebyscore", "b", "-inf", "1010"]),
+        watched(&["zadd", "q", "1010000", "tb"]),
+        watched(&["zadd", "b", "1510", "tb"]),
+        watched(&["zrangebyscore", "b", "-inf", "1020"]),
+        watched(&["zadd", "q", "1020000", "tc"]),
+        watched(&["zadd", "b", "1520", "tc"]),
+        watched(&["del", "k"]),
+        watched(&["zrangebyscore", "b", "-inf", "1100"]),
+        watched(&["zrem", "q", "tb"]),
+        watched(&["zrem", "b", "tb"]),
+        fence(101),
+        watched(&["set", "k", "tb", "PX", "500"]),
+        watched(&["del", "k"]),
+        watched(&["zrangebyscore", "b", "-inf", "1200"]),
+        watched(&["zrem", "q", "tc"]),
+        watched(&["zrem", "b", "tc"]),
+        fence(102),
+        watched(&["set", "k", "tc", "PX", "500"]),
+    ];
+    let events = "acq a 100 ta
+acq b 101 tb
+acq c 102 tc";
+    let history = |log: Vec<Entry>, events: &str| FairHistory {
+        log,
+        events: events.lines().map(Event::parse).collect(),
+        key: "k".into(),
+        queue: "q".into(),
+        beats: "b".into(),
+    };
+    let (figures, violations) = check(&history(log.clone(), events));
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert_eq!(
+        (
+            figures.grants,
+            figures.grants_past_queue,
+            figures.joins,
+            figures.fences
+        ),
+        (3, 1, 2, 3)
+    );
+    let expect = |history: FairHistory, what: &str| {
+        let (_, found) = check(&history);
+        assert!(
+            found.iter().any(|v| v.contains(what)),
+            "expected a violation mentioning {what:?}, got {found:#?}"
+        );
+    };
+    let with_log = |edit: &dyn Fn(&mut Vec<Entry>)| {
+        let mut log = log.clone();
+        edit(&mut log);
+        history(log, events)
+    };
+    // tc taken out of turn while tb, ahead of it, is live.
+    expect(
+        with_log(&|log| {
+            log[12] = watched(&["zrem", "q", "tc"]);
+            log[13] = watched(&["zrem", "b", "tc"]);
+            log[15] = watched(&["set", "k", "tc", "PX", "500"]);
+        }),
+        "waited ahead",
+    );
+    // A token not queued (try_acquire) granted while tb and tc wait.
+    expect(
+        with_log(&|log| log[15] = watched(&["set", "k", "td", "PX", "500"])),
+        "waited ahead",
+    );
+    // tb's place lapsed (heartbeat 1510 <= 1515) and tc's did not: tc may go first, and tb's removal
+    // counts as a lapse.
+    let (lapsed, found) = check(&with_log(&|log| {
+        log[11] = watched(&["zrangebyscore", "b", "-inf", "1515"]);
+        log[12] = watched(&["zrem", "q", "tb", "tc"]);
+        log[13] = watched(&["zrem", "b", "tb", "tc"]);
+        log[15] = watched(&["set", "k", "tc", "PX", "500"]);
+    }));
+    assert!(
+        found.iter().all(|v| !v.contains("waited ahead")),
+        "{found:#?}"
+    );
+    assert_eq!(lapsed.lapsed, 1);
+    // The fence counter repeating; an acquisition the server never granted; a fence never taken.
+    expect(with_log(&|log| log[14] = fence(100)), "strictly increase");
+    expect(
+        history(log.clone(), &events.replace("acq c 102 tc", "acq c 102 tx")),
+        "not in the server's history",
+    );
+    expect(
+        history(log.clone(), &events.replace("acq c 102 tc", "acq c 103 tc")),
+        "never took",
+    );
 }
 
 /// The semaphore's checker catches what it must: a synthetic history, then one violation at a time.

@@ -6,7 +6,7 @@
 //!   100,000) over as many seeds as that takes, starting at `REDLEASE_SIM_BASE` (default 1; `random`
 //!   draws one), and ends by printing `simulation: <operations> operations, <seeds> seeds,
 //!   <violations> violations; by primitive: mutex <n>, redlock <n>, election <n>, semaphore <n>,
-//!   rwlock <n>`. A failing seed is printed with the command that replays it.
+//!   rwlock <n>, fair <n>`. A failing seed is printed with the command that replays it.
 //! - `REDLEASE_SIM_MODE=single|failover|replicas|redlock` runs every seed in that mode (see
 //!   `workload::Mode`), to focus a soak.
 //! - `REDLEASE_SIM_FAILURES=<n>` stops after `n` failing seeds (default 5).

@@ -31,6 +31,10 @@ pub(crate) enum Freezer {
     /// for [`PROCESS_STOP`], and its read hold must expire (and a writer get in) while it is stopped.
     /// Tallied as `PermitHolders`.
     ReadHolders(Vec<(u32, PathBuf)>),
+    /// Worker processes waiting for a fair lock: one waiter (not the holder) is stopped with SIGSTOP
+    /// for [`PROCESS_STOP`], and its place must lapse (and a waiter behind it be granted) while it is
+    /// stopped.
+    FairWaiters(Vec<(u32, PathBuf)>),
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +58,10 @@ pub(crate) struct FaultTally {
     /// another acquisition was granted before they ran again.
     pub(crate) permits_came_back: usize,
     pub(crate) permits_granted_again: usize,
+    /// Stopped fair waiters whose place lapsed while they were stopped, and those after which a
+    /// waiter behind them was granted before they ran again.
+    pub(crate) places_dropped: usize,
+    pub(crate) granted_past: usize,
 }
 
 impl fmt::Display for FaultTally {
@@ -228,6 +236,18 @@ pub(crate) async fn inject(
                         tally.frozen_tokens.push(token);
                         tally.permits_came_back += usize::from(stopped.came_back);
                         tally.permits_granted_again += usize::from(stopped.granted_again);
+                Freezer::FairWaiters(children) => {
+                    let children = children.clone();
+                    let key = names.key.clone();
+                    let stopped = blocking(server, move |server| {
+                        crate::fair::stop_a_waiter(server, &key, &children)
+                    })
+                    .await;
+                    tally.freezes_missed += stopped.missed;
+                    if stopped.token.is_some() {
+                        tally.freezes += 1;
+                        tally.places_dropped += usize::from(stopped.place_dropped);
+                        tally.granted_past += usize::from(stopped.granted_past);
                     }
                 }
             },

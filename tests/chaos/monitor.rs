@@ -27,7 +27,8 @@ pub(crate) enum Entry {
     Echo(String),
     /// The monitor attached to server lifetime `epoch` (0: the first launch, then one per restart).
     Attached { epoch: u32 },
-    /// Any command on the watched key (a semaphore's sorted set), with its arguments.
+    /// Any command on a watched key (a semaphore's sorted set; a fair lock's key, queue and
+    /// heartbeats), with its arguments.
     Watched { epoch: u32, args: Vec<String> },
 }
 
@@ -35,8 +36,8 @@ pub(crate) enum Entry {
 pub(crate) struct Monitor {
     resource: String,
     counter: String,
-    /// A key every command on which is recorded ([`Entry::Watched`]).
-    watched: Option<String>,
+    /// Keys every command on which is recorded ([`Entry::Watched`]).
+    watched: Vec<String>,
     entries: Arc<Mutex<Vec<Entry>>>,
     problems: Arc<Mutex<Vec<String>>>,
     current: Mutex<Option<Attachment>>,
@@ -55,7 +56,7 @@ impl Monitor {
         Monitor {
             resource: names.resource.clone(),
             counter: names.counter.clone(),
-            watched: None,
+            watched: Vec::new(),
             entries: Arc::default(),
             problems: Arc::default(),
             current: Mutex::new(None),
@@ -65,8 +66,13 @@ impl Monitor {
 
     /// A monitor that also records every command on `key` (a semaphore's holders).
     pub(crate) fn watching(names: &Names, key: &str) -> Monitor {
+        Monitor::watching_all(names, &[key.to_owned()])
+    }
+
+    /// A monitor that also records every command on each of `keys` (a fair lock's key and queue).
+    pub(crate) fn watching_all(names: &Names, keys: &[String]) -> Monitor {
         Monitor {
-            watched: Some(key.to_owned()),
+            watched: keys.to_vec(),
             ..Monitor::new(names)
         }
     }
@@ -141,12 +147,10 @@ impl Monitor {
                             }
                         }
                         (Some("echo"), Some(text), None) => Entry::Echo(text.clone()),
-                        (Some(_), Some(key), _) if Some(key) == watched.as_ref() => {
-                            Entry::Watched {
-                                epoch,
-                                args: args.clone(),
-                            }
-                        }
+                        (Some(_), Some(key), _) if watched.contains(key) => Entry::Watched {
+                            epoch,
+                            args: args.clone(),
+                        },
                         _ => continue,
                     };
                     lock_ignoring_poison(&entries).push(entry);

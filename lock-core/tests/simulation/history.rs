@@ -19,6 +19,9 @@ mod rwlock;
 mod semaphore;
 #[path = "history/shares.rs"]
 mod shares;
+// The fair lock's: grants in ticket order, and places that stop blocking.
+#[path = "history/fair.rs"]
+mod fair;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -193,6 +196,29 @@ pub enum What {
         writers: String,
         intent: String,
     },
+    /// A fair lock's queue on a server after a fair script that changed it or granted the lock (or
+    /// after a restore): its waiters in ticket order, the server's wall clock in milliseconds then
+    /// (the scripts' `now`), and the token the script granted `key` to, if it did.
+    FairQueue {
+        server: usize,
+        /// The lock's key (the queue is its companion).
+        key: String,
+        wall_ms: i64,
+        waiters: Vec<Waiter>,
+        granted: Option<String>,
+        cause: &'static str,
+    },
+}
+
+/// A fair lock's waiter as the server has it: its token, its ticket (the queue's score), its
+/// heartbeat (wall ms: its place is live while the heartbeat is above the scripts' `now`), and the
+/// true instant its heartbeat lapses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiter {
+    pub token: String,
+    pub ticket: i64,
+    pub beat_ms: i64,
+    pub lapses: Instant,
 }
 
 /// An operation as the workload saw it.
@@ -409,6 +435,18 @@ pub mod invariant {
     /// `is_owner` of a read-write lock's hold answered `true`, though the server never held its
     /// member while it asked.
     pub const RW_OWNER_ANSWER: &str = "rw-owner-answer";
+    // The fair lock's (see `history/fair.rs`).
+    /// A fair lock was granted while a live waiter with a smaller ticket (any live waiter, for a
+    /// token not queued) was in the server's queue.
+    pub const FAIR_ORDER: &str = "fair-order";
+    /// A waiter's place was renewed by a request sent after its acquisition had ended, or stayed
+    /// live longer than one TTL after its last renewal.
+    pub const PLACE_OUTLIVED: &str = "place-outlived";
+    /// After faults stopped, a waiter that gave up (timed out, was cancelled, failed) kept its live
+    /// place beyond the grace.
+    pub const PLACE_NOT_LEFT: &str = "place-not-left";
+    /// After faults stopped, a fair lock's key stayed free while a live waiter was queued.
+    pub const QUEUE_STALL: &str = "queue-stall";
 }
 
 fn violation(at: Instant, invariant: &'static str, detail: String) -> Violation {
@@ -438,6 +476,7 @@ pub fn check(history: &[Event], params: &Params) -> Vec<Violation> {
     }
     semaphore::check(history, &index, params, &mut found);
     rwlock::check(history, &index, params, &mut found);
+    fair::check(history, &index, params, &mut found);
     found.sort_by(|a, b| (a.at, a.invariant, &a.detail).cmp(&(b.at, b.invariant, &b.detail)));
     found
 }

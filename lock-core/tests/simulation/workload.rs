@@ -7,6 +7,8 @@
 //! share a candidate id), `Redlock` over five masters, and `replicas(1)`. They record what they
 //! believed and what each call returned; the servers record what they did.
 
+#[path = "workload/fair.rs"]
+mod fair;
 #[path = "workload/rounds.rs"]
 mod rounds;
 #[path = "workload/rwlock.rs"]
@@ -67,6 +69,8 @@ pub struct Config {
     pub semaphores: Vec<(String, u32)>,
     /// The read-write locks' keys (on server 0); empty: no read-write lock rounds.
     pub rwlocks: Vec<String>,
+    /// The fair locks' keys (on server 0); empty: no fair rounds.
+    pub fair: Vec<String>,
 }
 
 /// The primitives a run exercises, for the per-primitive counts of operations.
@@ -77,15 +81,17 @@ pub enum Primitive {
     Election,
     Semaphore,
     RwLock,
+    Fair,
 }
 
 impl Primitive {
-    pub const ALL: [Primitive; 5] = [
+    pub const ALL: [Primitive; 6] = [
         Primitive::Mutex,
         Primitive::Redlock,
         Primitive::Election,
         Primitive::Semaphore,
         Primitive::RwLock,
+        Primitive::Fair,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +101,7 @@ impl Primitive {
             Primitive::Election => "election",
             Primitive::Semaphore => "semaphore",
             Primitive::RwLock => "rwlock",
+            Primitive::Fair => "fair",
         }
     }
 }
@@ -160,7 +167,7 @@ impl Config {
                 ("{sem:a}".to_owned(), rng.u32(1..=4)),
             ],
         };
-        Self {
+        let mut config = Self {
             seed,
             mode,
             processes: rng.usize(2..=4),
@@ -184,7 +191,17 @@ impl Config {
                 1 => vec!["rw:a".to_owned()],
                 _ => vec!["rw:a".to_owned(), "{rw:a}".to_owned()],
             },
-        }
+            fair: Vec::new(),
+        };
+        // Drawn after everything else, so that every other draw stays as it was. Fair locks refuse
+        // `replicas`, which every lock of the `Replicas` mode waits for: none there.
+        config.fair = match rng.u32(0..5) {
+            _ if mode == Mode::Replicas => Vec::new(),
+            0 => Vec::new(),
+            1..=3 => vec!["fair:a".to_owned()],
+            _ => vec!["fair:a".to_owned(), "{fair:a}".to_owned()],
+        };
+        config
     }
 
     /// When faults stop and when workers stop.

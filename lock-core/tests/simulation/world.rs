@@ -24,7 +24,7 @@ use lock_core::script::{self, Script};
 use lock_core::{BackendError, Executor, LockBackend, Moment, ScriptValue, async_trait};
 
 use super::executor::{Instant, Runtime};
-use super::history::{History, What};
+use super::history::{History, Waiter, What};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -225,6 +225,20 @@ struct ServerState {
     /// The last recorded members of every sorted-set key seen (semaphores' holders), to record only
     /// changes.
     set_keys: BTreeMap<String, Vec<(String, i64)>>,
+    /// Per fair lock key seen: its queue and heartbeat keys, and the waiters last recorded.
+    fair_keys: BTreeMap<String, FairKeys>,
+}
+
+/// A fair lock's companion keys on a server, and its waiters as last recorded.
+#[derive(Debug, Default)]
+struct FairKeys {
+    queue: String,
+    beats: String,
+    last: Vec<(String, i64, i64)>,
+}
+
+fn is_fair(script: &Script) -> bool {
+    script.sha1() == script::FAIR_ACQUIRE.sha1() || script.sha1() == script::FAIR_LEAVE.sha1()
 }
 
 fn transient(why: &'static str) -> BackendError {
@@ -340,7 +354,9 @@ impl SimServer {
         };
         if let (Request::Eval { script, keys, .. }, Ok(ScriptValue::Array(items))) =
             (request, &reply)
-            && script.sha1() == script::FENCED_ACQUIRE.sha1()
+            && (script.sha1() == script::FENCED_ACQUIRE.sha1()
+                // A fair lock's grant issues a fence when it has a counter (`KEYS[5]`).
+                || (script.sha1() == script::FAIR_ACQUIRE.sha1() && keys.len() == 5))
             && held_before.as_deref() != Some(token)
             && let [ScriptValue::Int(1), ScriptValue::Int(fence), ..] = items.as_slice()
         {
@@ -396,6 +412,26 @@ impl SimServer {
                 self.record_members(&mut state, key, cause);
             } else {
                 self.record_key(&mut state, key, cause);
+            }
+            // A fair lock's queue, after every fair script that changed it or granted.
+            if let (
+                Request::Eval {
+                    script, keys, args, ..
+                },
+                Ok(reply),
+            ) = (request, &reply)
+                && is_fair(script)
+                && let [_, queue, beats, ..] = keys.as_slice()
+            {
+                // A grant to a new holder (a re-sent grant to the holder only resets its TTL).
+                let granted = (matches!(reply, ScriptValue::Array(items)
+                    if items.first() == Some(&ScriptValue::Int(1)))
+                    && held_before.as_deref() != Some(args[0].as_str()))
+                .then(|| args[0].clone());
+                let fair = state.fair_keys.entry(key.to_owned()).or_default();
+                fair.queue.clone_from(queue);
+                fair.beats.clone_from(beats);
+                self.record_queue(&mut state, key, granted, cause);
             }
         }
         // A read-write lock's writers' key (its waiting writers' intents), which these scripts change
@@ -514,6 +550,51 @@ impl SimServer {
         });
     }
 
+    /// Records the fair lock `key`'s queue if it changed, or always when the script `granted`.
+    fn record_queue(
+        &self,
+        state: &mut ServerState,
+        key: &str,
+        granted: Option<String>,
+        cause: &'static str,
+    ) {
+        let Some(fair) = state.fair_keys.get_mut(key) else {
+            return;
+        };
+        let beats: BTreeMap<String, i64> = self.store.members(&fair.beats).into_iter().collect();
+        // In ticket order (`members` lists them by score).
+        let waiters: Vec<(String, i64, i64)> = self
+            .store
+            .members(&fair.queue)
+            .into_iter()
+            .map(|(token, ticket)| {
+                let beat = beats.get(&token).copied().unwrap_or(0);
+                (token, ticket, beat)
+            })
+            .collect();
+        if waiters == fair.last && granted.is_none() {
+            return;
+        }
+        fair.last.clone_from(&waiters);
+        let waiters = waiters
+            .into_iter()
+            .map(|(token, ticket, beat_ms)| Waiter {
+                token,
+                ticket,
+                beat_ms,
+                lapses: self.wall_ms_instant(beat_ms),
+            })
+            .collect();
+        self.core.record(What::FairQueue {
+            server: self.index,
+            key: key.to_owned(),
+            wall_ms: self.wall_ms(),
+            waiters,
+            granted,
+            cause,
+        });
+    }
+
     fn record_key(&self, state: &mut ServerState, key: &str, cause: &'static str) {
         let holder = self.holder(key);
         let last = state.keys.entry(key.to_owned()).or_insert(None);
@@ -613,6 +694,10 @@ impl SimServer {
         for key in set_keys {
             self.record_members(state, &key, "restore");
         }
+        let fair_keys: Vec<String> = state.fair_keys.keys().cloned().collect();
+        for key in fair_keys {
+            self.record_queue(state, &key, None, "restore");
+        }
     }
 }
 
@@ -692,7 +777,8 @@ impl SimClient {
             Request::Eval {
                 script, keys, args, ..
             } if script.sha1() == script::FENCED_ACQUIRE.sha1()
-                || script.sha1() == script::ACQUIRE.sha1() =>
+                || script.sha1() == script::ACQUIRE.sha1()
+                || script.sha1() == script::FAIR_ACQUIRE.sha1() =>
             {
                 Some((keys[0].clone(), args[0].clone()))
             }

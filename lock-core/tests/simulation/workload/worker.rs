@@ -297,9 +297,13 @@ impl Worker {
             let semaphore = !self.ctx.cfg.semaphores.is_empty() && self.rng.u32(0..3) == 0;
             // And about a third of the others on a read-write lock, where the run has them.
             let rwlock = !semaphore && !self.ctx.cfg.rwlocks.is_empty() && self.rng.u32(0..3) == 0;
+            // And about half of the rest on a fair lock, where the run has them: enough waiters at
+            // once that grants are made past a queue.
+            let fair = !semaphore && !rwlock && !self.ctx.cfg.fair.is_empty() && self.rng.bool();
             match self.ctx.cfg.mode {
                 _ if semaphore => self.semaphore_round(choice).await,
                 _ if rwlock => self.rwlock_round(choice).await,
+                _ if fair => self.fair_round(choice).await,
                 Mode::Redlock => {
                     self.primitive = Primitive::Redlock;
                     self.redlock_round(choice).await;
