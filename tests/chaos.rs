@@ -60,6 +60,7 @@
 //! acquisition and downgrade in the server's history, no frozen holder told its hold was still its
 //! own. In the multi-process case a reader is stopped with SIGSTOP past its TTL, and its read hold
 //! must expire, and a writer get in, while it is stopped.
+//!
 //! # The fair lock
 //!
 //! The mutex workload on a fenced fair lock (`RedisLock::fair(true)`), in [`fair`], under the same
@@ -250,24 +251,6 @@ fn chaos_rwlock_worker_process() {
 #[test]
 fn rwlock_checker_catches_violations() {
     use rwlock_checker::{RwEvent, RwHistory, check};
-fn fair_lock_grants_in_ticket_order_under_chaos_with_stopped_waiters() {
-    let _one_at_a_time = serial();
-    fair::run_fair_process_case();
-}
-
-/// The worker of the fair-lock case: does nothing unless started as one by that case.
-#[test]
-fn chaos_fair_worker_process() {
-    if std::env::var_os(fair::FAIR_WORKER_ENV).is_none() {
-        return;
-    }
-    fair::fair_worker_process();
-}
-
-/// The fair lock's checker catches what it must: a synthetic history, then one violation at a time.
-#[test]
-fn fair_checker_catches_violations() {
-    use fair_checker::{FairHistory, check};
     let watched = |args: &[&str]| Entry::Watched {
         epoch: 0,
         args: args.iter().map(|a| (*a).to_owned()).collect(),
@@ -370,6 +353,31 @@ fn fair_checker_catches_violations() {
     let mut events = clean_events();
     events.retain(|e| !matches!(e, RwEvent::End { token, .. } if token == "b"));
     violates(clean_log(), events, &[], "never ended");
+}
+
+#[test]
+fn fair_lock_grants_in_ticket_order_under_chaos_with_stopped_waiters() {
+    let _one_at_a_time = serial();
+    fair::run_fair_process_case();
+}
+
+/// The worker of the fair-lock case: does nothing unless started as one by that case.
+#[test]
+fn chaos_fair_worker_process() {
+    if std::env::var_os(fair::FAIR_WORKER_ENV).is_none() {
+        return;
+    }
+    fair::fair_worker_process();
+}
+
+/// The fair lock's checker catches what it must: a synthetic history, then one violation at a time.
+#[test]
+fn fair_checker_catches_violations() {
+    use fair_checker::{FairHistory, check};
+    let watched = |args: &[&str]| Entry::Watched {
+        epoch: 0,
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+    };
     let fence = |seed| Entry::CounterSeed { epoch: 0, seed };
     // ta holds; tb then tc join; ta releases; tb (the head) is granted, then tc.
     let log = vec![

@@ -236,6 +236,8 @@ pub(crate) async fn inject(
                         tally.frozen_tokens.push(token);
                         tally.permits_came_back += usize::from(stopped.came_back);
                         tally.permits_granted_again += usize::from(stopped.granted_again);
+                    }
+                }
                 Freezer::FairWaiters(children) => {
                     let children = children.clone();
                     let key = names.key.clone();

@@ -6,10 +6,10 @@ use std::time::Duration;
 use super::history::{Detail, Event, Op, Outcome, Params, What, check, invariant};
 
 // Per primitive beyond the mutex, on the same builder.
-#[path = "checker_tests/rwlock.rs"]
-mod rwlock;
 #[path = "checker_tests/fair.rs"]
 mod fair;
+#[path = "checker_tests/rwlock.rs"]
+mod rwlock;
 #[path = "checker_tests/semaphore.rs"]
 mod semaphore;
 
