@@ -29,3 +29,7 @@ pub use lock_fred as fred;
 /// itself.
 #[cfg(feature = "deadpool")]
 pub use lock_deadpool as deadpool;
+
+// The blocking API (issue 12, part "blocking").
+#[cfg(feature = "blocking")]
+pub mod blocking;
