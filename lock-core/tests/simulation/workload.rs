@@ -420,43 +420,93 @@ pub fn run_seed_with(seed: u64, config: &Config) -> Report {
 }
 
 /// A digest of `events` that does not depend on the random tokens (uuids): each token is replaced by
-/// the order of its first appearance.
+/// the order of its first appearance in an event that names tokens in a deterministic order.
+///
+/// A sorted set's members (`What::Members`) are listed by score and, for equal scores, by member, so
+/// two holders that tie are listed in the order of their random tokens: those events do not number
+/// tokens, and their members are digested as a sorted list of (score, numbered member, expiry), with
+/// tokens not yet numbered all written `T?`. Equal runs then digest equally, whatever the tokens.
 fn digest(events: &[Event]) -> u64 {
     use std::collections::HashMap;
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut names: HashMap<String, usize> = HashMap::new();
+    for event in events {
+        if !matches!(event.what, What::Members { .. }) {
+            replace_tokens(&format!("{:?}", event.what), &mut names, true);
+        }
+    }
     let mut hasher = DefaultHasher::new();
     for event in events {
-        let mut text = format!("{:?} {:?}", event.at, event.what);
-        // Tokens are uuids, alone or after a candidate id: 36 characters of hex and dashes.
-        let bytes = text.clone();
-        let mut replaced = String::with_capacity(text.len());
-        let mut i = 0;
-        let b = bytes.as_bytes();
-        while i < b.len() {
-            if i + 36 <= b.len()
-                && b[i + 8] == b'-'
-                && b[i + 13] == b'-'
-                && b[i + 18] == b'-'
-                && b[i + 23] == b'-'
-                && b[i..i + 36]
+        let text = match &event.what {
+            What::Members {
+                server,
+                key,
+                wall_ms,
+                members,
+                cause,
+            } => {
+                let mut listed: Vec<(i64, String, Instant)> = members
                     .iter()
-                    .all(|c| c.is_ascii_hexdigit() || *c == b'-')
-            {
-                let token = &bytes[i..i + 36];
-                let next = names.len();
-                let n = *names.entry(token.to_owned()).or_insert(next);
-                replaced.push_str(&format!("T{n}"));
-                i += 36;
-            } else {
-                replaced.push(b[i] as char);
-                i += 1;
+                    .map(|(member, score, until)| {
+                        (*score, replace_tokens(member, &mut names, false), *until)
+                    })
+                    .collect();
+                listed.sort();
+                format!(
+                    "{:?} Members {server} {} {wall_ms} {listed:?} {cause}",
+                    event.at,
+                    replace_tokens(key, &mut names, false)
+                )
             }
-        }
-        text = replaced;
+            what => format!(
+                "{:?} {}",
+                event.at,
+                replace_tokens(&format!("{what:?}"), &mut names, false)
+            ),
+        };
         text.hash(&mut hasher);
     }
     hasher.finish()
+}
+
+/// `text` with every token (a uuid: 36 characters of hex and dashes, alone or after a candidate id)
+/// replaced by `T<n>`, its number in `names`; a token not numbered yet gets the next number when
+/// `assign`, otherwise is written `T?`.
+fn replace_tokens(
+    text: &str,
+    names: &mut std::collections::HashMap<String, usize>,
+    assign: bool,
+) -> String {
+    let b = text.as_bytes();
+    let mut replaced = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        if i + 36 <= b.len()
+            && b[i + 8] == b'-'
+            && b[i + 13] == b'-'
+            && b[i + 18] == b'-'
+            && b[i + 23] == b'-'
+            && b[i..i + 36]
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() || *c == b'-')
+        {
+            let token = &text[i..i + 36];
+            let next = names.len();
+            match (names.get(token), assign) {
+                (Some(n), _) => replaced.push_str(&format!("T{n}")),
+                (None, true) => {
+                    names.insert(token.to_owned(), next);
+                    replaced.push_str(&format!("T{next}"));
+                }
+                (None, false) => replaced.push_str("T?"),
+            }
+            i += 36;
+        } else {
+            replaced.push(b[i] as char);
+            i += 1;
+        }
+    }
+    replaced
 }
 
 /// Injects the run's faults until they stop: process pauses, failovers, restarts, broken replication.
