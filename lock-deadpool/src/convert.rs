@@ -77,15 +77,23 @@ fn what(error: &RedisError) -> &'static str {
 /// its source, so a printed chain would say it twice; keep the I/O error alone then.
 fn cause(error: RedisError) -> Box<dyn std::error::Error + Send + Sync> {
     use std::error::Error as _;
-    let io = error
+    use std::io::ErrorKind;
+    let repeated = error
         .source()
-        .and_then(|source| source.downcast_ref::<std::io::Error>())
-        .filter(|io| io.to_string() == error.to_string())
-        .map(|io| std::io::Error::new(io.kind(), io.to_string()));
-    match io {
-        Some(io) => Box::new(io),
-        None => Box::new(error),
+        .is_some_and(|source| source.to_string() == error.to_string());
+    if !(error.is_io_error() && repeated) {
+        return Box::new(error);
     }
+    let kind = if error.is_connection_refusal() {
+        ErrorKind::ConnectionRefused
+    } else if error.is_timeout() {
+        ErrorKind::TimedOut
+    } else if error.is_connection_dropped() {
+        ErrorKind::ConnectionReset
+    } else {
+        ErrorKind::Other
+    };
+    Box::new(std::io::Error::new(kind, error.to_string()))
 }
 
 /// A failure to check a connection out of a pool as a [`BackendError`]. deadpool's error displays

@@ -55,8 +55,8 @@ pub(crate) struct NotReconnecting;
 impl std::fmt::Display for NotReconnecting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(
-            "the fred client is disconnected and has no reconnect policy, so it will never reconnect: \
-             build it with `Builder::set_policy(ReconnectPolicy::new_exponential(0, 100, 30_000, 2))` \
+            "the fred client has no reconnect policy, so once its connection drops (a server \
+             restart, a failover) it never reconnects: build it with `Builder::set_policy(ReconnectPolicy::new_exponential(0, 100, 30_000, 2))` \
              (and call `init()` once), as the lock-fred docs show",
         )
     }

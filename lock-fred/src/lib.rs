@@ -205,7 +205,18 @@ impl FredBackend {
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, BackendError> {
         self.check_reconnects()?;
-        convert::bounded_by(self.command_timeout, call).await
+        let outcome = convert::bounded_by(self.command_timeout, call).await;
+        match outcome {
+            // fred may still report such a client as connected after its connection dropped: a
+            // call that got no reply names the missing policy as the likely cause.
+            Err(error)
+                if error.is_transient() && self.client().client_reconnect_policy().is_none() =>
+            {
+                let what = error.what();
+                Err(BackendError::transient(BACKEND, convert::NotReconnecting).describe(what))
+            }
+            outcome => outcome,
+        }
     }
 
     /// A client without a reconnect policy stays disconnected after its connection drops (a server
