@@ -60,6 +60,35 @@ fn redis_backend(url: &str) -> Result<Arc<dyn LockBackend>, Box<dyn std::error::
     Ok(Arc::new(DeadpoolBackend::from(pool)))
 }
 
+/// A wait as a person reads it: whole milliseconds, or tenths below 10 ms.
+fn readable(wait: Duration) -> String {
+    let ms = wait.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+/// Fences are large numbers (the server's clock in µs): number the terms 1, 2, 3 in the order their
+/// fences rank instead.
+#[derive(Default)]
+struct Terms(std::sync::Mutex<Vec<u64>>);
+
+impl Terms {
+    fn number(&self, fence: u64) -> usize {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !seen.contains(&fence) {
+            seen.push(fence);
+            seen.sort_unstable();
+        }
+        seen.iter().position(|&f| f == fence).unwrap_or(0) + 1
+    }
+}
+
 struct Timeline(Instant);
 
 impl Timeline {
@@ -101,7 +130,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let guard = mutex.acquire().await?;
                 t.say(
                     &who,
-                    format_args!("acquired after {:?} wait, job {job}", waited.elapsed()),
+                    format_args!(
+                        "acquired after {} wait, job {job}",
+                        readable(waited.elapsed())
+                    ),
                 );
                 tokio::time::sleep(Duration::from_millis(40)).await;
                 let still_ours = guard.release().await?;
@@ -118,20 +150,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\n== 2. leader election: each leader works 600 ms (renewed by hold), then crashes =="
     );
     let key = format!("demo:{run_id}:leader");
+    let terms = Arc::new(Terms::default());
     let candidates = ["alpha", "bravo", "charlie"].map(|name| {
         let election = Election::new(backend.clone(), key.clone())
             .timeout(Duration::from_millis(500))
             .id(name);
-        let t = t.clone();
+        let (t, terms) = (t.clone(), terms.clone());
         tokio::spawn(async move {
             let leadership = election.campaign().await?;
-            t.say(name, format_args!("leads, term {}", leadership.term()));
+            let term = terms.number(leadership.term());
+            t.say(name, format_args!("leads, term {term}"));
             let work = tokio::time::sleep(Duration::from_millis(600));
             leadership.hold(work).await?;
             t.say(
                 name,
                 format_args!(
-                    "crashes without resigning (leader is still {:?}; its 500 ms lease will run out)",
+                    "crashes without resigning (leader is still {}; its 500 ms lease will run out)",
                     election.leader().await?.unwrap_or_default()
                 ),
             );

@@ -1,9 +1,7 @@
-#![cfg_attr(all(feature = "fred", feature = "deadpool"), doc = include_str!("../README.md"))]
-#![cfg_attr(
-    not(all(feature = "fred", feature = "deadpool")),
-    doc = "Distributed locks and leases over Redis. Enable the `fred` or `deadpool` feature for an adapter; \
-           the README (rendered here with both features on) is the guide."
-)]
+// The guide, whatever features are on: it names the features each part needs.
+#![doc = include_str!("../README.md")]
+// docs.rs builds with `--cfg docsrs` (see `[package.metadata.docs.rs]`): label what needs a feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
@@ -21,6 +19,8 @@ pub use lock_core::{ReadGuard, RwLock, WriteGuard};
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or
 /// `Pool` (for one server, a Cluster or Sentinel); `redlease::fred::fred` is the client crate itself.
 #[cfg(feature = "fred")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fred")))]
+#[doc(inline)]
 pub use lock_fred as fred;
 
 /// The deadpool-redis and redis-rs adapter (feature `deadpool`):
@@ -28,6 +28,8 @@ pub use lock_fred as fred;
 /// Sentinel pool, or a `MultiplexedConnection`; `redlease::deadpool::deadpool_redis` is the client crate
 /// itself.
 #[cfg(feature = "deadpool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+#[doc(inline)]
 pub use lock_deadpool as deadpool;
 
 // The blocking API (issue 12, part "blocking").

@@ -54,6 +54,8 @@ const CAMPAIGN_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration
 pub struct Election {
     lock: RedisLock,
     id: Arc<str>,
+    /// How long `campaign` may take in all: `None` campaigns until it leads.
+    wait: Option<Duration>,
 }
 
 impl Election {
@@ -77,7 +79,23 @@ impl Election {
         Self {
             lock,
             id: Arc::from(uuid::Uuid::new_v4().to_string()),
+            wait: None,
         }
+    }
+
+    /// How long [`campaign`](Self::campaign) may take before it gives up with
+    /// [`LockError::Timeout`]: waiting for the leader to go, retries after transient failures, and a
+    /// call to a frozen server (given up 100 ms past the deadline, whatever the backend's call bound)
+    /// all count. Default: `None`, campaign until leading.
+    pub fn wait_timeout(mut self, wait: Option<Duration>) -> Self {
+        self.wait = wait;
+        self.lock = self.lock.wait_timeout(wait);
+        self
+    }
+
+    /// The bound set by [`wait_timeout`](Self::wait_timeout).
+    pub fn get_wait_timeout(&self) -> Option<Duration> {
+        self.wait
     }
 
     /// This candidate's id, reported by [`leader`](Self::leader) while one of its campaigns leads.
@@ -135,10 +153,19 @@ impl Election {
             return Err(LockError::invalid("id", "must not be empty"));
         }
         let lock = self.lock.clone().owner(self.id.clone());
+        runtime_of(lock.backend())
+            .within_wait(lock.key(), self.wait, self.campaign_with(&lock))
+            .await
+    }
+
+    /// `campaign`'s loop, bounded by the caller.
+    async fn campaign_with(&self, lock: &RedisLock) -> Result<Leadership> {
         let mut failures: u32 = 0;
         let guard = loop {
             match lock.acquire().await {
                 Ok(guard) => break guard,
+                // The lock's wait is the campaign's: it started later, so the campaign's is over too.
+                Err(error @ LockError::Timeout { .. }) if self.wait.is_some() => return Err(error),
                 Err(error) if error.is_transient() => {
                     let delay = CAMPAIGN_RETRY.delay(failures);
                     failures = failures.saturating_add(1);

@@ -25,7 +25,12 @@ pub enum LockError {
     },
 
     /// The backend failed: a connection, timeout or server error.
-    #[error("backend {backend} failed on lock {key} (transient: {transient})", backend = source.backend(), transient = source.is_transient())]
+    #[error(
+        "backend {backend} failed on lock {key}: {what} ({kind})",
+        backend = source.backend(),
+        what = source.what(),
+        kind = if source.is_transient() { "transient" } else { "permanent" }
+    )]
     Backend {
         /// The lock key the operation was for.
         key: String,
@@ -196,6 +201,8 @@ pub struct BackendError {
     backend: &'static str,
     transient: bool,
     source: Box<dyn StdError + Send + Sync + 'static>,
+    /// What happened, in a word or two (see [`BackendError::describe`]).
+    what: Option<&'static str>,
 }
 
 impl BackendError {
@@ -209,6 +216,7 @@ impl BackendError {
             backend,
             transient: true,
             source: source.into(),
+            what: None,
         }
     }
 
@@ -221,12 +229,42 @@ impl BackendError {
             backend,
             transient: false,
             source: source.into(),
+            what: None,
         }
     }
 
     /// The call did not complete within the backend's per-call bound.
     pub fn timed_out(backend: &'static str, bound: Duration) -> Self {
         Self::transient(backend, CallTimedOut(bound))
+    }
+
+    /// Says what happened in a word or two, such as `"connection refused"`, `"timed out"` or
+    /// `"server error"`: the end of [`LockError::Backend`]'s message, which never repeats the cause
+    /// (the cause stays the [`source`](StdError::source)). Adapters set it where they know; otherwise
+    /// [`what`](Self::what) reads it from the cause.
+    #[must_use]
+    pub fn describe(mut self, what: &'static str) -> Self {
+        self.what = Some(what);
+        self
+    }
+
+    /// What happened, in a word or two: as [`describe`](Self::describe) set it, otherwise read from
+    /// the cause (a call timeout, an I/O error's kind), otherwise `"failed"`.
+    pub fn what(&self) -> &'static str {
+        if let Some(what) = self.what {
+            return what;
+        }
+        let mut cause: Option<&(dyn StdError + 'static)> = Some(self.source.as_ref());
+        while let Some(error) = cause {
+            if error.is::<CallTimedOut>() {
+                return "timed out";
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                return io_what(io.kind());
+            }
+            cause = error.source();
+        }
+        "failed"
     }
 
     /// The backend's name, such as `"fred"` or `"deadpool"`.
@@ -254,6 +292,19 @@ impl fmt::Display for BackendError {
 impl StdError for BackendError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         Some(self.source.as_ref())
+    }
+}
+
+/// An I/O error's kind in a word or two.
+fn io_what(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind::*;
+    match kind {
+        ConnectionRefused => "connection refused",
+        TimedOut | WouldBlock => "timed out",
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected => {
+            "connection lost"
+        }
+        _ => "connection failed",
     }
 }
 
@@ -334,12 +385,44 @@ mod tests {
             LockError::backend_failed("k", BackendError::transient("fred", "connection reset"));
         assert_eq!(
             err.to_string(),
-            "backend fred failed on lock k (transient: true)"
+            "backend fred failed on lock k: failed (transient)"
         );
         assert_eq!(err.backend(), Some("fred"));
         assert!(err.is_transient());
         let cause = err.source().unwrap();
         assert_eq!(cause.to_string(), "transient failure in backend fred");
         assert_eq!(cause.source().unwrap().to_string(), "connection reset");
+    }
+
+    #[test]
+    fn the_top_line_says_what_happened_without_the_cause() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "os error 111");
+        let err = LockError::backend_failed("k", BackendError::transient("deadpool", refused));
+        assert_eq!(
+            err.to_string(),
+            "backend deadpool failed on lock k: connection refused (transient)"
+        );
+        assert!(
+            !err.to_string().contains("os error"),
+            "the cause is not repeated"
+        );
+        let err =
+            LockError::backend_failed("k", BackendError::timed_out("fred", Duration::from_secs(5)));
+        assert_eq!(
+            err.to_string(),
+            "backend fred failed on lock k: timed out (transient)"
+        );
+        let err = LockError::backend_failed(
+            "k",
+            BackendError::permanent("fred", "ERR boom").describe("server error"),
+        );
+        assert_eq!(
+            err.to_string(),
+            "backend fred failed on lock k: server error (permanent)"
+        );
+        assert_eq!(
+            err.source().unwrap().source().unwrap().to_string(),
+            "ERR boom"
+        );
     }
 }

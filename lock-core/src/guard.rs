@@ -21,6 +21,14 @@ use crate::time::{Moment, to_millis, validity_deadline};
 ///
 /// Dropping a guard without [`release`](Self::release) never blocks: where the backend can spawn (both
 /// Redis adapters can, on tokio), the lock is released in the background; otherwise its TTL frees it.
+///
+/// # Not reentrant
+///
+/// A lock is held by a guard, not by a task or a thread (async Rust has no task identity to tell who
+/// asks): a task that holds a guard and calls `acquire` on the same key again waits for itself, and
+/// gets [`LockError::Timeout`] when its wait runs out (or waits forever with `wait_timeout(None)`).
+/// Pass the guard (or a reference to it) down to the code that needs the lock instead of acquiring
+/// it again.
 pub struct LockGuard {
     lease: Lease,
     holding: Holding,
@@ -79,7 +87,10 @@ impl LockGuard {
     /// key pattern that covers `resource` covers its mark; `resource` itself stays a plain string,
     /// readable with `GET`. So a holder may write again with its own fence, while a fence that
     /// repeated (see [`fence`](Self::fence) for when it cannot) never lets a second holder overwrite
-    /// the first. A guard without a fence is [`LockError::InvalidArgument`] and nothing is sent.
+    /// the first. A guard without a fence is [`LockError::InvalidArgument`] and nothing is sent; so is a
+    /// `resource` that is the lock key itself ([`key`](Self::key)) or one of the companion keys the
+    /// library keeps beside it (its fence counter, release signal, fair queue): a fenced write there
+    /// would overwrite the lock.
     ///
     /// A transient failure (a timeout, a dropped connection) is [`LockError::InDoubt`]: the write may
     /// have been applied, or may still land later; it is never reported as "not written". Retrying with
@@ -94,6 +105,15 @@ impl LockGuard {
         };
         if resource.is_empty() {
             return Err(LockError::invalid("resource", "must not be empty"));
+        }
+        if keys::is_lock_state(&self.lease.key, resource) {
+            return Err(LockError::invalid(
+                "resource",
+                format!(
+                    "{resource} is the lock key or one of its companion keys: a fenced write there \
+                     would overwrite the lock itself; write to the key of the resource the lock protects"
+                ),
+            ));
         }
         let mark = keys::fence_mark(resource)?;
         let reply = self

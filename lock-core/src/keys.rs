@@ -229,5 +229,31 @@ pub(crate) fn rwlock_writers(key: &str) -> Result<String> {
     companion_key("key", key, "writers")
 }
 
+// What a new user hit: `fenced_set` on the lock's own keys.
+
+/// Whether `resource` is the lock `key` itself or one of the companion keys the library keeps for it
+/// (release signal, fence counter and mark, fair queue and heartbeats, writers' intents): a fenced
+/// write there would overwrite the lock's own state.
+pub(crate) fn is_lock_state(key: &str, resource: &str) -> bool {
+    if resource == key {
+        return true;
+    }
+    // A resource that cannot start with `key` cannot be one of its companions (they all do).
+    if !resource.starts_with(key) {
+        return false;
+    }
+    let companions: [fn(&str) -> Result<String>; 6] = [
+        release_signal,
+        fence_counter,
+        fence_mark,
+        fair_queue,
+        fair_beats,
+        rwlock_writers,
+    ];
+    companions
+        .iter()
+        .any(|companion| companion(key).is_ok_and(|name| name == resource))
+}
+
 #[cfg(test)]
 mod tests;

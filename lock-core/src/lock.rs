@@ -25,6 +25,9 @@ mod fair;
 ///
 /// The Redis key is exactly `key` (no prefix is added) and, while held, its value is exactly the guard's
 /// [`token`](LockGuard::token).
+///
+/// The lock is **not reentrant**: acquiring a key that the same task already holds waits until the wait
+/// deadline and fails with [`LockError::Timeout`] (see [`LockGuard`](crate::LockGuard#not-reentrant)).
 #[derive(Clone)]
 pub struct RedisLock {
     backend: Arc<dyn LockBackend>,
@@ -178,8 +181,24 @@ impl RedisLock {
     /// most the wait timeout plus one call bound. Dropping the returned future while a request
     /// is in flight releases whatever that request may have acquired, in the background where the backend
     /// can spawn, otherwise when the TTL runs out.
+    ///
+    /// The wait deadline bounds the time to fail too: a call still unanswered at the deadline (a frozen
+    /// or unreachable server) is given up 100 ms after it, whatever the backend's call bound, and the
+    /// acquisition it may have made is released as for a dropped future. A zero wait makes exactly
+    /// one attempt, bounded by the backend's call bound.
+    ///
+    /// The lock is not reentrant: a task that holds it and acquires it again waits for itself until
+    /// the deadline (see [`LockGuard`](crate::LockGuard#not-reentrant)).
     pub async fn acquire(&self) -> Result<LockGuard> {
         let plan = self.validate()?;
+        let wait = plan.config.wait_timeout;
+        runtime_of(&*self.backend)
+            .within_wait(&self.key, wait, self.acquire_planned(&plan))
+            .await
+    }
+
+    /// `acquire` after validation, bounded by the caller.
+    async fn acquire_planned(&self, plan: &Plan) -> Result<LockGuard> {
         if self.fair {
             return self.acquire_fair(&plan).await;
         }
@@ -307,12 +326,20 @@ impl RedisLock {
 
     /// One attempt: `Ok(None)` when the lock is held by someone else (on a [fair](Self::fair) lock, also
     /// when someone is waiting).
+    ///
+    /// Bounded by the wait deadline as [`acquire`](Self::acquire) is: with a `wait_timeout`, an
+    /// attempt still unanswered past it is given up with [`LockError::Timeout`].
     pub async fn try_acquire(&self) -> Result<Option<LockGuard>> {
         let plan = self.validate()?;
-        if self.fair {
-            return self.try_acquire_fair(&plan).await;
-        }
-        self.attempt(&self.new_token(), &plan).await
+        let attempt = async {
+            if self.fair {
+                return self.try_acquire_fair(&plan).await;
+            }
+            self.attempt(&self.new_token(), &plan).await
+        };
+        runtime_of(&*self.backend)
+            .within_wait(&self.key, plan.config.wait_timeout, attempt)
+            .await
     }
 
     /// Acquires the lock, runs `body` while holding it (renewing it as [`LockGuard::hold`] does), then

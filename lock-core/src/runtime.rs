@@ -11,8 +11,9 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either, select};
 
+use crate::error::{LockError, Result};
 use crate::queue::LocalQueues;
 use crate::time::Moment;
 
@@ -141,7 +142,39 @@ impl Runtime {
     pub(crate) fn lines(&self) -> Option<&Arc<LocalQueues>> {
         self.lines.as_ref()
     }
+
+    /// Runs `acquisition` (an `acquire`, a `try_acquire`, a campaign) for at most `wait` plus
+    /// [`WAIT_GRACE`]: past that it is dropped and [`LockError::Timeout`] names `key`.
+    ///
+    /// The loops inside end at the wait deadline on their own; this bounds what they cannot: a call
+    /// to a frozen or unreachable server that would otherwise last the backend's whole call bound.
+    /// Dropping the acquisition is a cancellation, which every acquisition is safe against (an armed
+    /// lease or place is released in the background). A zero wait (one attempt) and no wait are not
+    /// bounded here: the one attempt gets the backend's call bound.
+    pub(crate) async fn within_wait<T>(
+        &self,
+        key: &str,
+        wait: Option<Duration>,
+        acquisition: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let bound = match wait {
+            Some(wait) if !wait.is_zero() => wait.saturating_add(WAIT_GRACE),
+            _ => return acquisition.await,
+        };
+        let started = self.now();
+        match select(std::pin::pin!(acquisition), self.sleep(bound)).await {
+            Either::Left((outcome, _)) => outcome,
+            Either::Right(_) => Err(LockError::Timeout {
+                key: key.to_owned(),
+                waited: self.now() - started,
+            }),
+        }
+    }
 }
+
+/// How long past its wait deadline an acquisition lets a call in flight answer (a blocking wait that
+/// ends at the deadline, an attempt sent just before it) before [`Runtime::within_wait`] drops it.
+pub(crate) const WAIT_GRACE: Duration = Duration::from_millis(100);
 
 impl fmt::Debug for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

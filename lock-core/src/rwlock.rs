@@ -147,7 +147,10 @@ impl RwLock {
     /// One attempt at a read hold: `Ok(None)` while a writer holds or waits.
     pub async fn try_read(&self) -> Result<Option<ReadGuard>> {
         let plan = self.plan()?;
-        self.try_read_with(&plan).await
+        let wait = plan.config.wait_timeout;
+        runtime_of(&*self.backend)
+            .within_wait(&self.key, wait, self.try_read_with(&plan))
+            .await
     }
 
     /// Takes the write hold, waiting until no reader or writer holds, or the wait deadline passes
@@ -156,6 +159,15 @@ impl RwLock {
     /// background where the backend can spawn, otherwise it lapses within one TTL.
     pub async fn write(&self) -> Result<WriteGuard> {
         let plan = self.plan()?;
+        let wait = plan.config.wait_timeout;
+        // Bounded as a whole, so that leaving after a timeout does not outlast the deadline either.
+        runtime_of(&*self.backend)
+            .within_wait(&self.key, wait, self.write_planned(&plan))
+            .await
+    }
+
+    /// `write` after validation, bounded by the caller.
+    async fn write_planned(&self, plan: &Plan) -> Result<WriteGuard> {
         // A single attempt waits for nothing, so it has no place to keep.
         let join = plan.config.wait_timeout != Some(Duration::ZERO);
         let intent = Intent::new(&self.backend, &self.key, &plan);
@@ -192,7 +204,11 @@ impl RwLock {
     pub async fn try_write(&self) -> Result<Option<WriteGuard>> {
         let plan = self.plan()?;
         let intent = Intent::new(&self.backend, &self.key, &plan);
-        let granted = self.try_write_with(&plan, &intent, false).await;
+        let wait = plan.config.wait_timeout;
+        let attempt = self.try_write_with(&plan, &intent, false);
+        let granted = runtime_of(&*self.backend)
+            .within_wait(&self.key, wait, attempt)
+            .await;
         intent.disarm();
         granted
     }

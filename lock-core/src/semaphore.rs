@@ -124,7 +124,10 @@ impl Semaphore {
     /// One attempt at `permits` permits: `Ok(None)` when too few are free.
     pub async fn try_acquire_many(&self, permits: u32) -> Result<Option<Permit>> {
         let plan = self.plan(permits)?;
-        self.attempt(&plan).await
+        let wait = plan.config.wait_timeout;
+        runtime_of(&*self.backend)
+            .within_wait(&self.key, wait, self.attempt(&plan))
+            .await
     }
 
     /// The limit minus the permits held now (expired holders do not count), by the server's clock.

@@ -352,7 +352,22 @@ pub(crate) struct Waiting<'a> {
 /// `attempt` is a closure returning the attempt's future rather than an `AsyncFnMut`: the future of an
 /// async closure's call borrows the closure for a lifetime the compiler cannot prove `Send` for every
 /// instance of, so an acquisition awaited inside `tokio::spawn` would not compile.
-pub(crate) async fn acquire_waiting<G, A, F>(waiting: Waiting<'_>, mut attempt: A) -> Result<G>
+///
+/// Bounded as a whole by the wait deadline (see `Runtime::within_wait`): a call to a frozen server
+/// does not outlast it.
+pub(crate) async fn acquire_waiting<G, A, F>(waiting: Waiting<'_>, attempt: A) -> Result<G>
+where
+    A: FnMut() -> F,
+    F: Future<Output = Result<Option<G>>>,
+{
+    let (key, wait) = (waiting.key, waiting.config.wait_timeout);
+    runtime_of(&**waiting.backend)
+        .within_wait(key, wait, waiting_loop(waiting, attempt))
+        .await
+}
+
+/// The loop of [`acquire_waiting`].
+async fn waiting_loop<G, A, F>(waiting: Waiting<'_>, mut attempt: A) -> Result<G>
 where
     A: FnMut() -> F,
     F: Future<Output = Result<Option<G>>>,

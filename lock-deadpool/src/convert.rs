@@ -50,19 +50,70 @@ pub(crate) fn is_transient(error: &RedisError) -> bool {
     error.code().is_some_and(adapter::is_transient_code)
 }
 
-/// A redis-rs error as a [`BackendError`], keeping the error as the source.
+/// A redis-rs error as a [`BackendError`], keeping the error as the source (see [`cause`]).
 pub(crate) fn backend_error(error: RedisError) -> BackendError {
-    adapter::backend_error(BACKEND, is_transient(&error), error)
+    let what = what(&error);
+    adapter::backend_error(BACKEND, is_transient(&error), cause(error)).describe(what)
 }
 
-/// A failure to check a connection out of a pool as a [`BackendError`], keeping it as the source.
-pub(crate) fn pool_error(error: PoolError) -> BackendError {
-    let transient = match &error {
-        PoolError::Timeout(_) | PoolError::Closed => true,
-        PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)) => is_transient(e),
-        PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(HookError::Message(_)) => false,
+/// What happened, in a word or two, for the top line of the error.
+fn what(error: &RedisError) -> &'static str {
+    if error.is_connection_refusal() {
+        "connection refused"
+    } else if error.is_timeout() {
+        "timed out"
+    } else if error.is_connection_dropped() {
+        "connection lost"
+    } else if error.is_io_error() {
+        "connection failed"
+    } else if error.code().is_some() {
+        "server error"
+    } else {
+        "failed"
+    }
+}
+
+/// The cause to keep: redis-rs displays an I/O error as the I/O error itself and also gives it as
+/// its source, so a printed chain would say it twice; keep the I/O error alone then.
+fn cause(error: RedisError) -> Box<dyn std::error::Error + Send + Sync> {
+    use std::error::Error as _;
+    use std::io::ErrorKind;
+    let repeated = error
+        .source()
+        .is_some_and(|source| source.to_string() == error.to_string());
+    if !(error.is_io_error() && repeated) {
+        return Box::new(error);
+    }
+    let kind = if error.is_connection_refusal() {
+        ErrorKind::ConnectionRefused
+    } else if error.is_timeout() {
+        ErrorKind::TimedOut
+    } else if error.is_connection_dropped() {
+        ErrorKind::ConnectionReset
+    } else {
+        ErrorKind::Other
     };
-    adapter::backend_error(BACKEND, transient, error)
+    Box::new(std::io::Error::new(kind, error.to_string()))
+}
+
+/// A failure to check a connection out of a pool as a [`BackendError`]. deadpool's error displays
+/// its redis-rs cause and gives it as its source too: keep the redis-rs error alone in that case.
+pub(crate) fn pool_error(error: PoolError) -> BackendError {
+    match error {
+        PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)) => {
+            backend_error(e)
+        }
+        PoolError::Timeout(_) | PoolError::Closed => {
+            let what = match &error {
+                PoolError::Closed => "pool closed",
+                _ => "pool timed out",
+            };
+            adapter::backend_error(BACKEND, true, error).describe(what)
+        }
+        PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(HookError::Message(_)) => {
+            adapter::backend_error(BACKEND, false, error)
+        }
+    }
 }
 
 /// An unexpected reply shape, as a permanent error.

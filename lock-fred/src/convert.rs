@@ -48,6 +48,22 @@ pub(crate) async fn bounded_by<T>(
     }
 }
 
+/// The error of a client that is disconnected and has no reconnect policy.
+#[derive(Debug)]
+pub(crate) struct NotReconnecting;
+
+impl std::fmt::Display for NotReconnecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the fred client has no reconnect policy, so once its connection drops (a server \
+             restart, a failover) it never reconnects: build it with `Builder::set_policy(ReconnectPolicy::new_exponential(0, 100, 30_000, 2))` \
+             (and call `init()` once), as the lock-fred docs show",
+        )
+    }
+}
+
+impl std::error::Error for NotReconnecting {}
+
 /// Whether `error` is the server's `NOSCRIPT` reply to an `EVALSHA` whose script is not cached.
 ///
 /// fred parses error replies in `protocol::utils::pretty_error`: only a few codes get a specific kind,
@@ -95,7 +111,25 @@ pub(crate) fn is_transient(error: &Error) -> bool {
 
 /// A fred error as a [`BackendError`], keeping the error as the source.
 pub(crate) fn backend_error(error: Error) -> BackendError {
-    adapter::backend_error(BACKEND, is_transient(&error), error)
+    let what = what(&error);
+    adapter::backend_error(BACKEND, is_transient(&error), error).describe(what)
+}
+
+/// What happened, in a word or two, for the top line of the error. fred keeps an I/O error as its
+/// text only, so a refusal is read from that text.
+fn what(error: &Error) -> &'static str {
+    if adapter::error_code(error.details()).is_some() {
+        return "server error";
+    }
+    match error.kind() {
+        ErrorKind::IO if error.details().contains("refused") => "connection refused",
+        ErrorKind::IO => "connection failed",
+        ErrorKind::Timeout => "timed out",
+        ErrorKind::Canceled => "connection lost",
+        ErrorKind::Auth => "authentication failed",
+        ErrorKind::Routing | ErrorKind::Cluster => "no route to the key's server",
+        _ => "failed",
+    }
 }
 
 /// An unexpected reply shape, as a permanent error.

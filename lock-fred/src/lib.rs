@@ -106,7 +106,7 @@ use fred::clients::{Client, Pool};
 use fred::error::Error;
 use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::types::config::Options;
-use fred::types::{Expiration, SetOptions, Value};
+use fred::types::{ClientState, Expiration, SetOptions, Value};
 use futures::future::BoxFuture;
 use lock_core::adapter;
 use lock_core::{BackendError, Capabilities, Executor, LockBackend, Runtime, Script, ScriptValue};
@@ -198,12 +198,37 @@ impl FredBackend {
         }
     }
 
-    /// Runs `call` within the command timeout, mapping its errors.
+    /// Runs `call` within the command timeout, mapping its errors; fails at once, naming the fix,
+    /// when the client is disconnected and will never reconnect.
     async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, BackendError> {
-        convert::bounded_by(self.command_timeout, call).await
+        self.check_reconnects()?;
+        let outcome = convert::bounded_by(self.command_timeout, call).await;
+        match outcome {
+            // fred may still report such a client as connected after its connection dropped: a
+            // call that got no reply names the missing policy as the likely cause.
+            Err(error)
+                if error.is_transient() && self.client().client_reconnect_policy().is_none() =>
+            {
+                let what = error.what();
+                Err(BackendError::transient(BACKEND, convert::NotReconnecting).describe(what))
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// A client without a reconnect policy stays disconnected after its connection drops (a server
+    /// restart, a failover): every command would then wait out the whole command timeout. Say so, and
+    /// what to set, instead (permanent: only a new or reconnected client helps).
+    fn check_reconnects(&self) -> Result<(), BackendError> {
+        let client = self.client();
+        if client.client_reconnect_policy().is_some() || client.state() != ClientState::Disconnected
+        {
+            return Ok(());
+        }
+        Err(BackendError::permanent(BACKEND, convert::NotReconnecting).describe("disconnected"))
     }
 }
 

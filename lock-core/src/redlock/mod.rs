@@ -185,7 +185,7 @@ use crate::lease::config::{self, LeaseConfig};
 use crate::lease::{self, lease_settings};
 
 pub use guard::RedlockGuard;
-use rounds::Round;
+use rounds::{Plan, Round};
 
 type Node = Arc<dyn LockBackend>;
 
@@ -331,8 +331,20 @@ impl Redlock {
     /// by failed masters returns [`LockError::Quorum`] at once. After every failed round the partial
     /// locks are released on every master. Dropping the future mid-round releases whatever the round may
     /// have acquired, in the background where the backends can spawn, otherwise when the TTL runs out.
+    ///
+    /// The wait deadline bounds the time to fail too: a round still running 100 ms past it (masters
+    /// that do not answer) is given up with [`LockError::Timeout`], and what it may have acquired is
+    /// released as for a dropped future.
     pub async fn acquire(&self) -> Result<RedlockGuard> {
         let plan = self.validate()?;
+        let wait = plan.config.wait_timeout;
+        runtime_of(&*self.nodes[0])
+            .within_wait(&self.key, wait, self.acquire_planned(&plan))
+            .await
+    }
+
+    /// `acquire` after validation, bounded by the caller.
+    async fn acquire_planned(&self, plan: &Plan) -> Result<RedlockGuard> {
         // Master 0's runtime is the Redlock's clock and timer.
         let runtime = runtime_of(&*self.nodes[0]);
         let started = runtime.now();
@@ -385,7 +397,10 @@ impl Redlock {
     /// released on every master before this returns.
     pub async fn try_acquire(&self) -> Result<Option<RedlockGuard>> {
         let plan = self.validate()?;
-        match self.round(&plan).await {
+        let wait = plan.config.wait_timeout;
+        let round = runtime_of(&*self.nodes[0])
+            .within_wait(&self.key, wait, async { Ok(self.round(&plan).await) });
+        match round.await? {
             Round::Acquired(guard) => Ok(Some(*guard)),
             Round::Refused(error) => Err(error),
             Round::Failed(failed) if failed.decided_by_errors(plan.quorum) => {
