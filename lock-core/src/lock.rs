@@ -200,7 +200,7 @@ impl RedisLock {
     /// `acquire` after validation, bounded by the caller.
     async fn acquire_planned(&self, plan: &Plan) -> Result<LockGuard> {
         if self.fair {
-            return self.acquire_fair(&plan).await;
+            return self.acquire_fair(plan).await;
         }
         let runtime = runtime_of(&*self.backend);
         let started = runtime.now();
@@ -213,7 +213,7 @@ impl RedisLock {
         let baton = self.wait_for_turn(started, deadline).await?;
         let mut attempt: u32 = 0;
         loop {
-            if let Some(mut guard) = self.attempt(&token, &plan).await? {
+            if let Some(mut guard) = self.attempt(&token, plan).await? {
                 if let Some(baton) = baton {
                     // Just granted, so valid until a moment ahead; were it not, the line must not wait.
                     baton.holding(&token, guard.valid_until().unwrap_or_else(|| runtime.now()));

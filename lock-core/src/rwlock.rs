@@ -170,7 +170,7 @@ impl RwLock {
     async fn write_planned(&self, plan: &Plan) -> Result<WriteGuard> {
         // A single attempt waits for nothing, so it has no place to keep.
         let join = plan.config.wait_timeout != Some(Duration::ZERO);
-        let intent = Intent::new(&self.backend, &self.key, &plan);
+        let intent = Intent::new(&self.backend, &self.key, plan);
         let waiting = Waiting {
             backend: &self.backend,
             key: &self.key,
@@ -179,7 +179,7 @@ impl RwLock {
             // Refreshed well before it lapses, so a live writer never loses its place.
             cap: Some(plan.config.ttl / 3),
         };
-        let outcome = acquire_waiting(waiting, || self.try_write_with(&plan, &intent, join)).await;
+        let outcome = acquire_waiting(waiting, || self.try_write_with(plan, &intent, join)).await;
         match outcome {
             // Granted: the same script removed the intent.
             Ok(guard) => {

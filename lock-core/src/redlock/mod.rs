@@ -354,7 +354,7 @@ impl Redlock {
             .and_then(|wait| started.checked_add(wait));
         let mut attempt: u32 = 0;
         loop {
-            let failed = match self.round(&plan).await {
+            let failed = match self.round(plan).await {
                 Round::Acquired(guard) => return Ok(*guard),
                 Round::Refused(error) => return Err(error),
                 Round::Failed(failed) => failed,
