@@ -11,15 +11,24 @@
 //! The client is yours: build, configure (reconnect policy, TLS, RESP version) and connect it as you
 //! like, then hand it over. The backend is cheap to clone and shares the client.
 //!
+//! **Give the client a reconnect policy.** A fred client built without one stays disconnected after
+//! the server restarts or the connection drops, and every later call fails; the backend's errors then
+//! say so and name the fix. The example below sets what a production client needs: a reconnect
+//! policy, a connection timeout and a command timeout.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //!
-//! use lock_fred::fred::prelude::{Builder, ClientLike, Config};
+//! use lock_fred::fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
 //! use lock_fred::FredBackend;
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = Config::from_url("redis://127.0.0.1:6379/")?;
-//! let client = Builder::from_config(config).build()?;
+//! let client = Builder::from_config(config)
+//!     .set_policy(ReconnectPolicy::new_exponential(0, 100, 30_000, 2))
+//!     .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+//!     .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(5))
+//!     .build()?;
 //! client.init().await?;
 //!
 //! let backend = FredBackend::from(client).command_timeout(Duration::from_secs(2));
