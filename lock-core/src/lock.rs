@@ -10,6 +10,7 @@ use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
 use crate::lease::config::{self, LeaseConfig, ValidatedConfig};
+use crate::lease::observe::{self, Primitive};
 use crate::lease::{self, Holding, Lease, fenced_reply, lease_settings};
 use crate::queue::{Baton, InLine, Turn};
 use crate::time::Moment;
@@ -118,6 +119,9 @@ impl RedisLock {
         /// guard keeps (1% of the TTL plus 2 ms): keep them synchronised (NTP) and pick a TTL for which 1%
         /// exceeds their worst offset. The same holds behind Sentinel.
         replicas;
+        /// On a lock, the metrics' `primitive` label is `lock`, or `fair_lock` for a
+        /// [fair](Self::fair) one.
+        metrics_name;
     }
 
     /// Grants the lock in the order acquirers started waiting, across processes: a fair mutex.
@@ -180,8 +184,21 @@ impl RedisLock {
     /// can spawn, otherwise when the TTL runs out.
     pub async fn acquire(&self) -> Result<LockGuard> {
         let plan = self.validate()?;
+        let runtime = runtime_of(&*self.backend);
+        observe::acquiring(
+            &plan.config.observe,
+            &self.key,
+            runtime,
+            self.acquire_planned(&plan),
+        )
+        .await
+    }
+
+    /// [`acquire`](Self::acquire) after validation, unobserved: an election observes its whole
+    /// campaign instead.
+    pub(crate) async fn acquire_planned(&self, plan: &Plan) -> Result<LockGuard> {
         if self.fair {
-            return self.acquire_fair(&plan).await;
+            return self.acquire_fair(plan).await;
         }
         let runtime = runtime_of(&*self.backend);
         let started = runtime.now();
@@ -194,7 +211,7 @@ impl RedisLock {
         let baton = self.wait_for_turn(started, deadline).await?;
         let mut attempt: u32 = 0;
         loop {
-            if let Some(mut guard) = self.attempt(&token, &plan).await? {
+            if let Some(mut guard) = self.attempt(&token, plan).await? {
                 if let Some(baton) = baton {
                     // Just granted, so valid until a moment ahead; were it not, the line must not wait.
                     baton.holding(&token, guard.valid_until().unwrap_or_else(|| runtime.now()));
@@ -339,8 +356,18 @@ impl RedisLock {
         lease::run(self.acquire().await?, body).await
     }
 
-    fn validate(&self) -> Result<Plan> {
+    pub(crate) fn validate(&self) -> Result<Plan> {
         let config = self.config.validate(&self.key)?;
+        // An owner names an election's candidate: only `Election` sets one.
+        let primitive = match (self.owner.is_some(), self.fair) {
+            (true, _) => Primitive::Election,
+            (false, true) => Primitive::FairLock,
+            (false, false) => Primitive::Lock,
+        };
+        let config = ValidatedConfig {
+            observe: config.observe.as_primitive(primitive),
+            ..config
+        };
         Ok(Plan {
             signal: Arc::from(keys::release_signal(&self.key)?),
             config,
@@ -348,6 +375,7 @@ impl RedisLock {
     }
 
     async fn attempt(&self, token: &Arc<str>, plan: &Plan) -> Result<Option<LockGuard>> {
+        plan.config.observe.attempted();
         let ttl = plan.config.ttl;
         // Armed before sending: if this future is dropped mid-request, the request may still reach the
         // server, so the lease's Drop releases the token in the background.
@@ -454,10 +482,10 @@ impl RedisLock {
 const LOCAL_WAIT_RECHECK: Duration = Duration::from_millis(100);
 
 /// What `validate` worked out once per acquisition, so retries redo none of it.
-struct Plan {
+pub(crate) struct Plan {
     /// The list a release pushes to (see [`LockBackend::wait_for_release`]).
     signal: Arc<str>,
-    config: ValidatedConfig,
+    pub(crate) config: ValidatedConfig,
 }
 
 impl fmt::Debug for RedisLock {

@@ -15,7 +15,7 @@ use futures::future::{BoxFuture, select};
 use crate::backend::{LockBackend, runtime_of};
 use crate::error::{LockError, Result};
 use crate::lease::config::ValidatedConfig;
-use crate::lease::{Held, Holding, Lease, Released, Validity, Written, hold_renewed};
+use crate::lease::{Held, Holding, Lease, Released, Validity, Written, hold_renewed, observe};
 use crate::script::{self, Script};
 use crate::time::{Moment, to_millis, validity_deadline};
 
@@ -117,8 +117,16 @@ impl ShareGuard {
         Ok(self.settle(sent_at, written))
     }
 
-    pub(crate) async fn release(self) -> Result<bool> {
+    pub(crate) async fn release(mut self) -> Result<bool> {
         let valid = !self.valid_for().is_zero();
+        let observed = self.holding.take_observed();
+        let key = self.lease.key.clone();
+        observed
+            .releasing(&key, valid, self.release_unobserved(valid))
+            .await
+    }
+
+    async fn release_unobserved(self, valid: bool) -> Result<bool> {
         let key = self.lease.key.clone();
         let released = self
             .lease
@@ -263,7 +271,18 @@ pub(crate) struct Waiting<'a> {
 /// `attempt` is a closure returning the attempt's future rather than an `AsyncFnMut`: the future of an
 /// async closure's call borrows the closure for a lifetime the compiler cannot prove `Send` for every
 /// instance of, so an acquisition awaited inside `tokio::spawn` would not compile.
-pub(crate) async fn acquire_waiting<G, A, F>(waiting: Waiting<'_>, mut attempt: A) -> Result<G>
+pub(crate) async fn acquire_waiting<G, A, F>(waiting: Waiting<'_>, attempt: A) -> Result<G>
+where
+    A: FnMut() -> F,
+    F: Future<Output = Result<Option<G>>>,
+{
+    let (observe, key) = (&waiting.config.observe, waiting.key);
+    let runtime = runtime_of(&**waiting.backend);
+    observe::acquiring(observe, key, runtime, wait_for_grant(waiting, attempt)).await
+}
+
+/// [`acquire_waiting`], unobserved.
+async fn wait_for_grant<G, A, F>(waiting: Waiting<'_>, mut attempt: A) -> Result<G>
 where
     A: FnMut() -> F,
     F: Future<Output = Result<Option<G>>>,

@@ -182,7 +182,7 @@ use std::time::Duration;
 use crate::backend::{LockBackend, runtime_of};
 use crate::error::{LockError, Result};
 use crate::lease::config::{self, LeaseConfig};
-use crate::lease::{self, lease_settings};
+use crate::lease::{self, lease_settings, observe};
 
 pub use guard::RedlockGuard;
 use rounds::Round;
@@ -281,6 +281,7 @@ impl Redlock {
         /// [`RedisLock::fencing`](crate::RedisLock::fencing), e.g. `key:redlease:fence:{DDDDDD}`), never
         /// deleted.
         fencing;
+        metrics_name;
     }
 
     /// How long one request to one master may take before it counts as failed: a tenth of the TTL and
@@ -333,6 +334,18 @@ impl Redlock {
     /// have acquired, in the background where the backends can spawn, otherwise when the TTL runs out.
     pub async fn acquire(&self) -> Result<RedlockGuard> {
         let plan = self.validate()?;
+        let runtime = runtime_of(&*self.nodes[0]);
+        observe::acquiring(
+            &plan.config.observe,
+            &self.key,
+            runtime,
+            self.acquire_planned(&plan),
+        )
+        .await
+    }
+
+    /// [`acquire`](Self::acquire) after validation, unobserved.
+    async fn acquire_planned(&self, plan: &rounds::Plan) -> Result<RedlockGuard> {
         // Master 0's runtime is the Redlock's clock and timer.
         let runtime = runtime_of(&*self.nodes[0]);
         let started = runtime.now();
@@ -342,7 +355,7 @@ impl Redlock {
             .and_then(|wait| started.checked_add(wait));
         let mut attempt: u32 = 0;
         loop {
-            let failed = match self.round(&plan).await {
+            let failed = match self.round(plan).await {
                 Round::Acquired(guard) => return Ok(*guard),
                 Round::Refused(error) => return Err(error),
                 Round::Failed(failed) => failed,
