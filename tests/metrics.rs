@@ -27,10 +27,13 @@ use support::inputs::{Input, Options};
 /// sums are kept here, for every test of the binary.
 #[derive(Default)]
 struct Seen {
-    counters: HashMap<(String, Vec<(String, String)>), u64>,
-    gauges: HashMap<(String, Vec<(String, String)>), f64>,
-    histograms: HashMap<(String, Vec<(String, String)>), Vec<f64>>,
+    counters: HashMap<MetricId, u64>,
+    gauges: HashMap<MetricId, f64>,
+    histograms: HashMap<MetricId, Vec<f64>>,
 }
+
+/// A metric's name and its labels, sorted.
+type MetricId = (String, Vec<(String, String)>);
 
 fn recorder() -> &'static (Snapshotter, Mutex<Seen>) {
     static RECORDER: OnceLock<(Snapshotter, Mutex<Seen>)> = OnceLock::new();
@@ -81,7 +84,7 @@ impl Metrics {
         seen
     }
 
-    fn id(&self, metric: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
+    fn id(&self, metric: &str, labels: &[(&str, &str)]) -> MetricId {
         let mut labels: Vec<(String, String)> = labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

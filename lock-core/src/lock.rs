@@ -365,7 +365,7 @@ impl RedisLock {
             (false, false) => Primitive::Lock,
         };
         let config = ValidatedConfig {
-            observe: config.observe.as_primitive(primitive),
+            observe: config.observe.for_primitive(primitive),
             ..config
         };
         Ok(Plan {

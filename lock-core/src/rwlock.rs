@@ -222,7 +222,7 @@ impl RwLock {
         let config = self.config.validate(&self.key)?;
         Ok(Plan {
             config: ValidatedConfig {
-                observe: config.observe.as_primitive(primitive),
+                observe: config.observe.for_primitive(primitive),
                 ..config
             },
             signal: Arc::from(keys::release_signal(&self.key)?),

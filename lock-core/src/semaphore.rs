@@ -196,7 +196,7 @@ impl Semaphore {
         let config = self.config.validate(&self.key)?;
         Ok(Plan {
             config: ValidatedConfig {
-                observe: config.observe.as_primitive(Primitive::Semaphore),
+                observe: config.observe.for_primitive(Primitive::Semaphore),
                 ..config
             },
             signal: Arc::from(keys::release_signal(&self.key)?),

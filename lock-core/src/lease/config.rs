@@ -64,7 +64,7 @@ pub(crate) struct ValidatedConfig {
     /// The replica acknowledgement every write waits for, when asked.
     pub(crate) replica_ack: Option<ReplicaAck>,
     /// What this acquisition reports its metrics and spans under; a primitive other than a plain
-    /// lock says which it is ([`Observe::as_primitive`]).
+    /// lock says which it is ([`Observe::for_primitive`]).
     pub(crate) observe: Observe,
 }
 

@@ -162,7 +162,7 @@ impl Clone for Observe {
 }
 
 impl Observe {
-    /// A plain lock's, until [`as_primitive`](Self::as_primitive) says otherwise.
+    /// A plain lock's, until [`for_primitive`](Self::for_primitive) says otherwise.
     pub(crate) fn new(name: Option<MetricsName>) -> Self {
         Self {
             primitive: Primitive::Lock,
@@ -171,7 +171,7 @@ impl Observe {
         }
     }
 
-    pub(crate) fn as_primitive(mut self, primitive: Primitive) -> Self {
+    pub(crate) fn for_primitive(mut self, primitive: Primitive) -> Self {
         self.primitive = primitive;
         self
     }
@@ -255,11 +255,9 @@ impl Acquisition<'_> {
 
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     fn finish(&mut self, outcome: usize) {
-        if std::mem::replace(&mut self.finished, true) {
-            return;
-        }
+        let first = !std::mem::replace(&mut self.finished, true);
         #[cfg(feature = "metrics")]
-        {
+        if first {
             let family = keys::family(self.observe.name.as_ref());
             let p = self.observe.primitive.index();
             record::gauge(&family.waiting[p], -1.0);
@@ -355,17 +353,15 @@ impl HeldLease {
     /// ends as released, the second starts now.
     pub(crate) fn continue_as(&mut self, primitive: Primitive, runtime: &Runtime) {
         self.released();
-        let observe = Observe::new(self.name.clone()).as_primitive(primitive);
+        let observe = Observe::new(self.name.clone()).for_primitive(primitive);
         *self = HeldLease::start(&observe, runtime, runtime.now());
     }
 
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     fn end(&self, how: Ended) {
-        if self.ended.swap(true, Ordering::Relaxed) {
-            return;
-        }
+        let first = !self.ended.swap(true, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        {
+        if first {
             let family = keys::family(self.name.as_ref());
             let p = self.primitive.index();
             record::gauge(&family.held[p], -1.0);

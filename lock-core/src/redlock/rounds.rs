@@ -26,7 +26,7 @@ impl Redlock {
         }
         let config = self.config.validate(&self.key)?;
         let config = ValidatedConfig {
-            observe: config.observe.as_primitive(Primitive::Redlock),
+            observe: config.observe.for_primitive(Primitive::Redlock),
             ..config
         };
         self.refuse_duplicate_masters()?;
