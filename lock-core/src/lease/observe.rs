@@ -11,7 +11,7 @@
 //! - [`HeldLease::releasing`] wraps a guard's `release`: its span, and the `warn` when it fails.
 //!
 //! Metrics (feature `metrics`) go through the `metrics` facade, with every key built once per
-//! process (or once per [`MetricsName`]): without a recorder installed, an event costs the facade's
+//! process (and once per `metrics_name`): without a recorder installed, an event costs the facade's
 //! recorder lookup (a thread-local read and an atomic load) and nothing else. Without the feature,
 //! the metric hooks compile to nothing; the spans and events are `tracing`'s, always on (a span nobody
 //! subscribes to costs one atomic load).
@@ -107,9 +107,10 @@ enum Ended {
 #[derive(Clone)]
 pub(crate) struct MetricsName {
     name: Arc<str>,
-    /// This name's metric keys, built on first use.
+    /// This name's metric keys, found (or built) on first use: shared by every builder that names
+    /// the same family.
     #[cfg(feature = "metrics")]
-    keys: Arc<std::sync::OnceLock<keys::Family>>,
+    keys: Arc<std::sync::OnceLock<&'static keys::Family>>,
 }
 
 impl MetricsName {
@@ -442,7 +443,8 @@ impl fmt::Debug for HeldLease {
 /// The metric names and every key, built once per name.
 #[cfg(feature = "metrics")]
 mod keys {
-    use std::sync::OnceLock;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
 
     use metrics::{Key, Label, Unit};
 
@@ -474,12 +476,28 @@ mod keys {
     }
 
     /// The keys of `name`'s family, built on first use.
-    pub(super) fn family(name: Option<&MetricsName>) -> &Family {
+    pub(super) fn family(name: Option<&MetricsName>) -> &'static Family {
         static UNNAMED: OnceLock<Family> = OnceLock::new();
         match name {
             None => UNNAMED.get_or_init(|| Family::new(None)),
-            Some(name) => name.keys.get_or_init(|| Family::new(Some(name.as_str()))),
+            Some(name) => name.keys.get_or_init(|| named(name.as_str())),
         }
+    }
+
+    /// The keys of the family `name`, built once per process: a builder made per acquisition
+    /// (`RedisLock::new(backend, format!("order:{id}")).metrics_name("orders")`) finds them here
+    /// rather than building them again. Kept for the process's life, as an exporter keeps each
+    /// label value it saw: names are few by design (a few kilobytes each).
+    fn named(name: &str) -> &'static Family {
+        static NAMED: OnceLock<Mutex<HashMap<String, &'static Family>>> = OnceLock::new();
+        let mut named = NAMED
+            .get_or_init(Mutex::default)
+            .lock()
+            // Only whole entries are inserted; a poisoned map is still meaningful.
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        named
+            .entry(name.to_owned())
+            .or_insert_with(|| Box::leak(Box::new(Family::new(Some(name)))))
     }
 
     impl Family {
@@ -565,5 +583,37 @@ mod record {
         metrics::with_recorder(|recorder| {
             recorder.register_histogram(key, &METADATA).record(value)
         });
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_naming_one_family_share_its_keys() {
+        let (a, b) = (
+            MetricsName::new("orders".into()),
+            MetricsName::new("orders".into()),
+        );
+        let other = MetricsName::new("invoices".into());
+        assert!(std::ptr::eq(keys::family(Some(&a)), keys::family(Some(&b))));
+        assert!(!std::ptr::eq(
+            keys::family(Some(&a)),
+            keys::family(Some(&other))
+        ));
+        assert!(!std::ptr::eq(keys::family(Some(&a)), keys::family(None)));
+        let labels: Vec<_> = keys::family(Some(&a)).lost[Primitive::Write.index() * 4 + 2]
+            .labels()
+            .map(|label| (label.key().to_owned(), label.value().to_owned()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("primitive".to_owned(), "write".to_owned()),
+                ("name".to_owned(), "orders".to_owned()),
+                ("reason".to_owned(), "renewal_failed".to_owned()),
+            ]
+        );
     }
 }
