@@ -8,7 +8,8 @@ use crate::backend::{LockBackend, ScriptValue, runtime_of};
 use crate::backoff::Backoff;
 use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
-use crate::lock::RedisLock;
+use crate::lease::observe;
+use crate::lock::{Plan, RedisLock};
 use crate::script;
 
 /// How long `campaign` waits after a transient failure before it tries again: up to 20 ms at first,
@@ -115,6 +116,19 @@ impl Election {
         self
     }
 
+    /// Adds the label `name="<name>"` to the election's metrics (feature `metrics`; their
+    /// `primitive` label is `election`) and the field `name` to its spans, as
+    /// [`RedisLock::metrics_name`]. Default: none.
+    pub fn metrics_name(mut self, name: impl Into<String>) -> Self {
+        self.lock = self.lock.metrics_name(name);
+        self
+    }
+
+    /// The name set by [`metrics_name`](Self::metrics_name), if any.
+    pub fn get_metrics_name(&self) -> Option<&str> {
+        self.lock.get_metrics_name()
+    }
+
     /// The lease of a term, as set by [`timeout`](Self::timeout).
     pub fn get_timeout(&self) -> Duration {
         self.lock.get_timeout()
@@ -153,17 +167,31 @@ impl Election {
             return Err(LockError::invalid("id", "must not be empty"));
         }
         let lock = self.lock.clone().owner(self.id.clone());
-        runtime_of(lock.backend())
-            .within_wait(lock.key(), self.wait, self.campaign_with(&lock))
-            .await
+        let plan = lock.validate()?;
+        let runtime = runtime_of(lock.backend());
+        // One acquisition in the metrics and traces, however many times it tries again, and bounded
+        // by the campaign's wait whatever a call to a frozen server would take.
+        let campaigning =
+            runtime.within_wait(lock.key(), self.wait, self.campaign_with(&lock, &plan));
+        let guard =
+            observe::acquiring(&plan.config.observe, lock.key(), runtime, campaigning).await?;
+        let term = guard.fence().ok_or_else(|| LockError::Lost {
+            key: lock.key().to_owned(),
+            reason: "the election lock issued no fence".into(),
+        })?;
+        Ok(Leadership {
+            guard,
+            id: self.id.clone(),
+            term,
+        })
     }
 
-    /// `campaign`'s loop, bounded by the caller.
-    async fn campaign_with(&self, lock: &RedisLock) -> Result<Leadership> {
+    /// The campaign's acquisition, through transient failures.
+    async fn campaign_with(&self, lock: &RedisLock, plan: &Plan) -> Result<LockGuard> {
         let mut failures: u32 = 0;
-        let guard = loop {
-            match lock.acquire().await {
-                Ok(guard) => break guard,
+        loop {
+            match lock.acquire_planned(plan).await {
+                Ok(guard) => return Ok(guard),
                 // The lock's wait is the campaign's: it started later, so the campaign's is over too.
                 Err(error @ LockError::Timeout { .. }) if self.wait.is_some() => return Err(error),
                 Err(error) if error.is_transient() => {
@@ -181,16 +209,7 @@ impl Election {
                 }
                 Err(error) => return Err(error),
             }
-        };
-        let term = guard.fence().ok_or_else(|| LockError::Lost {
-            key: lock.key().to_owned(),
-            reason: "the election lock issued no fence".into(),
-        })?;
-        Ok(Leadership {
-            guard,
-            id: self.id.clone(),
-            term,
-        })
+        }
     }
 
     /// The candidate id of the current leader, or `None` when nobody leads.

@@ -258,8 +258,16 @@ impl LockGuard {
     ///
     /// If this future is dropped before Redis answered, or the request fails, the release is retried in
     /// the background where the backend can spawn.
-    pub async fn release(self) -> Result<bool> {
+    pub async fn release(mut self) -> Result<bool> {
         let valid = !self.valid_for().is_zero();
+        let observed = self.holding.take_observed();
+        let key = self.lease.key.clone();
+        observed
+            .releasing(&key, valid, self.release_unobserved(valid))
+            .await
+    }
+
+    async fn release_unobserved(self, valid: bool) -> Result<bool> {
         let key = self.lease.key.clone();
         let released = self
             .lease

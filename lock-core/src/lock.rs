@@ -10,6 +10,7 @@ use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
 use crate::lease::config::{self, LeaseConfig, ValidatedConfig};
+use crate::lease::observe::{self, Primitive};
 use crate::lease::{self, Holding, Lease, fenced_reply, lease_settings};
 use crate::queue::{Baton, InLine, Turn};
 use crate::time::Moment;
@@ -121,6 +122,9 @@ impl RedisLock {
         /// guard keeps (1% of the TTL plus 2 ms): keep them synchronised (NTP) and pick a TTL for which 1%
         /// exceeds their worst offset. The same holds behind Sentinel.
         replicas;
+        /// On a lock, the metrics' `primitive` label is `lock`, or `fair_lock` for a
+        /// [fair](Self::fair) one.
+        metrics_name;
     }
 
     /// Grants the lock in the order acquirers started waiting, across processes: a fair mutex.
@@ -191,14 +195,15 @@ impl RedisLock {
     /// the deadline (see [`LockGuard`](crate::LockGuard#not-reentrant)).
     pub async fn acquire(&self) -> Result<LockGuard> {
         let plan = self.validate()?;
+        let runtime = runtime_of(&*self.backend);
         let wait = plan.config.wait_timeout;
-        runtime_of(&*self.backend)
-            .within_wait(&self.key, wait, self.acquire_planned(&plan))
-            .await
+        let bounded = runtime.within_wait(&self.key, wait, self.acquire_planned(&plan));
+        observe::acquiring(&plan.config.observe, &self.key, runtime, bounded).await
     }
 
-    /// `acquire` after validation, bounded by the caller.
-    async fn acquire_planned(&self, plan: &Plan) -> Result<LockGuard> {
+    /// [`acquire`](Self::acquire) after validation, neither observed nor bounded by the caller's wait:
+    /// an election observes and bounds its whole campaign instead.
+    pub(crate) async fn acquire_planned(&self, plan: &Plan) -> Result<LockGuard> {
         if self.fair {
             return self.acquire_fair(plan).await;
         }
@@ -366,8 +371,18 @@ impl RedisLock {
         lease::run(self.acquire().await?, body).await
     }
 
-    fn validate(&self) -> Result<Plan> {
+    pub(crate) fn validate(&self) -> Result<Plan> {
         let config = self.config.validate(&self.key)?;
+        // An owner names an election's candidate: only `Election` sets one.
+        let primitive = match (self.owner.is_some(), self.fair) {
+            (true, _) => Primitive::Election,
+            (false, true) => Primitive::FairLock,
+            (false, false) => Primitive::Lock,
+        };
+        let config = ValidatedConfig {
+            observe: config.observe.for_primitive(primitive),
+            ..config
+        };
         Ok(Plan {
             signal: Arc::from(keys::release_signal(&self.key)?),
             config,
@@ -375,6 +390,7 @@ impl RedisLock {
     }
 
     async fn attempt(&self, token: &Arc<str>, plan: &Plan) -> Result<Option<LockGuard>> {
+        plan.config.observe.attempted();
         let ttl = plan.config.ttl;
         // Armed before sending: if this future is dropped mid-request, the request may still reach the
         // server, so the lease's Drop releases the token in the background.
@@ -481,10 +497,10 @@ impl RedisLock {
 const LOCAL_WAIT_RECHECK: Duration = Duration::from_millis(100);
 
 /// What `validate` worked out once per acquisition, so retries redo none of it.
-struct Plan {
+pub(crate) struct Plan {
     /// The list a release pushes to (see [`LockBackend::wait_for_release`]).
     signal: Arc<str>,
-    config: ValidatedConfig,
+    pub(crate) config: ValidatedConfig,
 }
 
 impl fmt::Debug for RedisLock {

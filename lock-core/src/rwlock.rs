@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, Result};
 use crate::lease::config::{LeaseConfig, ValidatedConfig};
+use crate::lease::observe::Primitive;
 use crate::lease::{self, Holding, Lease, Until, Written, lease_settings, retry_in_background};
 use crate::script::{self, Script};
 use crate::share::{ShareGuard, Waiting, acquire_waiting, held_by_share, share_guard_methods};
@@ -102,6 +103,8 @@ impl RwLock {
         /// [`RedisLock`](crate::RedisLock) on the key would use: they strictly increase across all
         /// holds of the key, so a write hold's fence exceeds every fence issued before it.
         fencing;
+        /// On a read-write lock, the metrics' `primitive` label is `read` or `write`, by hold.
+        metrics_name;
     }
 
     // Written out rather than by `lease_settings!`, whose docs link a `run` this lock names
@@ -131,7 +134,7 @@ impl RwLock {
     /// is in flight releases whatever it may have taken, in the background where the backend can
     /// spawn, otherwise when the TTL runs out.
     pub async fn read(&self) -> Result<ReadGuard> {
-        let plan = self.plan()?;
+        let plan = self.plan(Primitive::Read)?;
         let waiting = Waiting {
             backend: &self.backend,
             key: &self.key,
@@ -146,7 +149,7 @@ impl RwLock {
 
     /// One attempt at a read hold: `Ok(None)` while a writer holds or waits.
     pub async fn try_read(&self) -> Result<Option<ReadGuard>> {
-        let plan = self.plan()?;
+        let plan = self.plan(Primitive::Read)?;
         let wait = plan.config.wait_timeout;
         runtime_of(&*self.backend)
             .within_wait(&self.key, wait, self.try_read_with(&plan))
@@ -158,7 +161,7 @@ impl RwLock {
     /// Cancellation-safe as [`read`](Self::read); a cancelled writer's intent is removed in the
     /// background where the backend can spawn, otherwise it lapses within one TTL.
     pub async fn write(&self) -> Result<WriteGuard> {
-        let plan = self.plan()?;
+        let plan = self.plan(Primitive::Write)?;
         let wait = plan.config.wait_timeout;
         // Bounded as a whole, so that leaving after a timeout does not outlast the deadline either.
         runtime_of(&*self.backend)
@@ -202,7 +205,7 @@ impl RwLock {
     /// One attempt at the write hold: `Ok(None)` while anyone holds. Registers no intent, so it never
     /// keeps readers out.
     pub async fn try_write(&self) -> Result<Option<WriteGuard>> {
-        let plan = self.plan()?;
+        let plan = self.plan(Primitive::Write)?;
         let intent = Intent::new(&self.backend, &self.key, &plan);
         let wait = plan.config.wait_timeout;
         let attempt = self.try_write_with(&plan, &intent, false);
@@ -231,9 +234,13 @@ impl RwLock {
         lease::run(self.write().await?, body).await
     }
 
-    fn plan(&self) -> Result<Plan> {
+    fn plan(&self, primitive: Primitive) -> Result<Plan> {
+        let config = self.config.validate(&self.key)?;
         Ok(Plan {
-            config: self.config.validate(&self.key)?,
+            config: ValidatedConfig {
+                observe: config.observe.for_primitive(primitive),
+                ..config
+            },
             signal: Arc::from(keys::release_signal(&self.key)?),
             writers: Arc::from(keys::rwlock_writers(&self.key)?),
         })
@@ -277,6 +284,7 @@ impl RwLock {
         extra_args: &[&str],
         intent: Option<&Intent>,
     ) -> Result<Option<ShareGuard>> {
+        plan.config.observe.attempted();
         let token = lease::new_token(None);
         let member: Arc<str> = Arc::from(format!("{kind}:{token}"));
         // Armed before sending: if this future is dropped mid-request, the request may still land.
@@ -566,12 +574,16 @@ impl WriteGuard {
                 read_lease.in_flight = false;
                 let mut validity = validity;
                 validity.confirm(sent_at, written);
+                let mut holding = holding;
+                let runtime = runtime_of(&*backend);
+                holding.observed.continue_as(Primitive::Read, runtime);
                 Ok(ReadGuard {
                     share: ShareGuard::continued(read_lease, holding, read_member, validity),
                 })
             }
             None => {
                 read_lease.disarm();
+                holding.observed.lost(lease::observe::LostReason::Expired);
                 // `write_lease` drops armed: its expired entry is cleaned up in the background.
                 drop(write_lease);
                 Err(LockError::Lost {

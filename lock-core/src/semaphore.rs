@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, Result};
 use crate::lease::config::{LeaseConfig, ValidatedConfig};
+use crate::lease::observe::Primitive;
 use crate::lease::{self, Holding, Lease, lease_settings};
 use crate::share::{ShareGuard, Waiting, acquire_waiting, held_by_share, share_guard_methods};
 use crate::{keys, script};
@@ -79,6 +80,7 @@ impl Semaphore {
         /// On a semaphore, fences come from the same counter a [`RedisLock`](crate::RedisLock) on the
         /// key would use, and strictly increase across all acquisitions of the key.
         fencing;
+        metrics_name;
     }
 
     /// The semaphore's key, exactly as given.
@@ -193,8 +195,12 @@ impl Semaphore {
                 ),
             ));
         }
+        let config = self.config.validate(&self.key)?;
         Ok(Plan {
-            config: self.config.validate(&self.key)?,
+            config: ValidatedConfig {
+                observe: config.observe.for_primitive(Primitive::Semaphore),
+                ..config
+            },
             signal: Arc::from(keys::release_signal(&self.key)?),
             permits,
         })
@@ -211,6 +217,7 @@ impl Semaphore {
     }
 
     async fn attempt(&self, plan: &Plan) -> Result<Option<Permit>> {
+        plan.config.observe.attempted();
         let token = lease::new_token(None);
         let member: Arc<str> = Arc::from(format!("{}:{token}", plan.permits));
         // Armed before sending: if this future is dropped mid-request, the request may still land.

@@ -15,7 +15,7 @@ use futures::future::{BoxFuture, select};
 use crate::backend::{LockBackend, runtime_of};
 use crate::error::{LockError, Result};
 use crate::lease::config::ValidatedConfig;
-use crate::lease::{Held, Holding, Lease, Released, Validity, Written, hold_renewed};
+use crate::lease::{Held, Holding, Lease, Released, Validity, Written, hold_renewed, observe};
 use crate::script::{self, Script};
 use crate::time::{Moment, to_millis, validity_deadline};
 
@@ -117,8 +117,16 @@ impl ShareGuard {
         Ok(self.settle(sent_at, written))
     }
 
-    pub(crate) async fn release(self) -> Result<bool> {
+    pub(crate) async fn release(mut self) -> Result<bool> {
         let valid = !self.valid_for().is_zero();
+        let observed = self.holding.take_observed();
+        let key = self.lease.key.clone();
+        observed
+            .releasing(&key, valid, self.release_unobserved(valid))
+            .await
+    }
+
+    async fn release_unobserved(self, valid: bool) -> Result<bool> {
         let key = self.lease.key.clone();
         let released = self
             .lease
@@ -360,14 +368,18 @@ where
     A: FnMut() -> F,
     F: Future<Output = Result<Option<G>>>,
 {
-    let (key, wait) = (waiting.key, waiting.config.wait_timeout);
-    runtime_of(&**waiting.backend)
-        .within_wait(key, wait, waiting_loop(waiting, attempt))
-        .await
+    let (observe, key, wait) = (
+        &waiting.config.observe,
+        waiting.key,
+        waiting.config.wait_timeout,
+    );
+    let runtime = runtime_of(&**waiting.backend);
+    let bounded = runtime.within_wait(key, wait, wait_for_grant(waiting, attempt));
+    observe::acquiring(observe, key, runtime, bounded).await
 }
 
-/// The loop of [`acquire_waiting`].
-async fn waiting_loop<G, A, F>(waiting: Waiting<'_>, mut attempt: A) -> Result<G>
+/// [`acquire_waiting`], neither observed nor bounded by the caller's wait.
+async fn wait_for_grant<G, A, F>(waiting: Waiting<'_>, mut attempt: A) -> Result<G>
 where
     A: FnMut() -> F,
     F: Future<Output = Result<Option<G>>>,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::backoff::Backoff;
 use crate::error::{LockError, Result};
 use crate::keys;
+use crate::lease::observe::{MetricsName, Observe};
 use crate::replication::ReplicaAck;
 use crate::time::{to_millis, ttl_millis};
 
@@ -16,7 +17,7 @@ pub(crate) const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The settings of a lease, as its builder collected them: nothing is checked until
 /// [`validate`](Self::validate), which every primitive calls before it sends anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LeaseConfig {
     /// The lease's TTL (the seed's `timeout`).
     pub(crate) timeout: Duration,
@@ -30,6 +31,8 @@ pub(crate) struct LeaseConfig {
     pub(crate) fencing: bool,
     /// `replicas(n, replica_wait)`: how many replicas must acknowledge every write, and how long to wait.
     pub(crate) replicas: Option<(usize, Duration)>,
+    /// `metrics_name`: the `name` label of this primitive's metrics and the `name` field of its spans.
+    pub(crate) metrics_name: Option<MetricsName>,
 }
 
 impl Default for LeaseConfig {
@@ -41,6 +44,7 @@ impl Default for LeaseConfig {
             max_hold: None,
             fencing: false,
             replicas: None,
+            metrics_name: None,
         }
     }
 }
@@ -59,11 +63,15 @@ pub(crate) struct ValidatedConfig {
     pub(crate) fence_counter: Option<String>,
     /// The replica acknowledgement every write waits for, when asked.
     pub(crate) replica_ack: Option<ReplicaAck>,
+    /// What this acquisition reports its metrics and spans under; a primitive other than a plain
+    /// lock says which it is ([`Observe::for_primitive`]).
+    pub(crate) observe: Observe,
 }
 
 impl LeaseConfig {
     /// Checks the settings for a lease on `key`: each bad value is [`LockError::InvalidArgument`]
-    /// naming it (`key`, `backoff`, `max_hold`, `timeout`, `replica_wait`), and nothing is sent.
+    /// naming it (`key`, `backoff`, `max_hold`, `timeout`, `replica_wait`, `metrics_name`), and nothing
+    /// is sent.
     pub(crate) fn validate(&self, key: &str) -> Result<ValidatedConfig> {
         if key.is_empty() {
             return Err(LockError::invalid("key", "must not be empty"));
@@ -73,6 +81,13 @@ impl LeaseConfig {
             to_millis("max_hold", max_hold)?;
         }
         let ttl_ms = ttl_millis("timeout", self.timeout)?;
+        if self
+            .metrics_name
+            .as_ref()
+            .is_some_and(|name| name.as_str().is_empty())
+        {
+            return Err(LockError::invalid("metrics_name", "must not be empty"));
+        }
         let fence_counter = match self.fencing {
             true => Some(keys::fence_counter(key)?),
             false => None,
@@ -85,6 +100,7 @@ impl LeaseConfig {
             max_hold: self.max_hold,
             fence_counter,
             replica_ack: ReplicaAck::validate(self.replicas)?,
+            observe: Observe::new(self.metrics_name.clone()),
         })
     }
 }
@@ -192,6 +208,24 @@ macro_rules! lease_settings {
             self.config.fencing
         }
     };
+    (@ metrics_name, $guard:ident, [$(#[$extra:meta])*]) => {
+        /// Adds the label `name="<name>"` to this primitive's metrics (feature `metrics`), and the
+        /// field `name` to its spans: a name the application chooses for a family of keys
+        /// (`"orders"` for every `order:<id>` lock), since lock keys are never a label (they are
+        /// unbounded). Keep the set of names small. An empty name is
+        /// [`LockError::InvalidArgument`](crate::LockError::InvalidArgument) naming `metrics_name`
+        /// when the primitive is used. Default: none.
+        $(#[$extra])*
+        pub fn metrics_name(mut self, name: impl Into<String>) -> Self {
+            self.config.metrics_name = Some($crate::lease::observe::MetricsName::new(name.into()));
+            self
+        }
+
+        /// The name set by [`metrics_name`](Self::metrics_name), if any.
+        pub fn get_metrics_name(&self) -> Option<&str> {
+            self.config.metrics_name.as_ref().map(|name| name.as_str())
+        }
+    };
     (@ replicas, $guard:ident, [$(#[$extra:meta])*]) => {
         /// Count a write to the lock (acquiring, `renew`, `extend`) only once `replicas` replicas have
         /// acknowledged it, waiting up to `replica_wait` for them (Redis `WAIT replicas replica_wait`,
@@ -226,13 +260,13 @@ mod tests {
             other => panic!("expected InvalidArgument, got {other:?}"),
         };
         let base = LeaseConfig::default();
-        assert_eq!(named(base, ""), "key");
+        assert_eq!(named(base.clone(), ""), "key");
         let zero_backoff = Backoff::new(Duration::ZERO, Duration::from_millis(1));
         assert_eq!(
             named(
                 LeaseConfig {
                     backoff: zero_backoff,
-                    ..base
+                    ..base.clone()
                 },
                 "k"
             ),
@@ -242,7 +276,7 @@ mod tests {
             named(
                 LeaseConfig {
                     max_hold: Some(Duration::ZERO),
-                    ..base
+                    ..base.clone()
                 },
                 "k"
             ),
@@ -252,7 +286,7 @@ mod tests {
             named(
                 LeaseConfig {
                     timeout: Duration::from_millis(2),
-                    ..base
+                    ..base.clone()
                 },
                 "k"
             ),
@@ -262,11 +296,21 @@ mod tests {
             named(
                 LeaseConfig {
                     replicas: Some((1, Duration::ZERO)),
-                    ..base
+                    ..base.clone()
                 },
                 "k"
             ),
             "replica_wait"
+        );
+        assert_eq!(
+            named(
+                LeaseConfig {
+                    metrics_name: Some(MetricsName::new(String::new())),
+                    ..base
+                },
+                "k"
+            ),
+            "metrics_name"
         );
     }
 

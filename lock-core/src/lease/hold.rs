@@ -5,9 +5,11 @@ use std::pin::pin;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, Either, select};
+use tracing::Instrument;
 
 use super::Holding;
 use super::background::jittered;
+use super::observe::LostReason;
 use crate::error::{LockError, Result};
 
 /// What the engine needs from a guard to keep, end and finish its lease: every primitive's guard
@@ -49,7 +51,8 @@ where
             reason: "it expired or was taken over before the work finished".into(),
         }),
         Err(error) => {
-            tracing::warn!(
+            // The release logged the failure at `warn` already.
+            tracing::debug!(
                 %key,
                 %error,
                 "releasing the lock failed after the work finished; its TTL will free it"
@@ -65,9 +68,18 @@ pub(crate) async fn hold_renewed<G: Held + ?Sized, F: Future>(
     guard: &G,
     work: F,
 ) -> Result<F::Output> {
+    let holding = guard.holding();
+    // One span for the whole hold (the work runs inside it); `renewals` counts the confirmed ones.
+    let span = tracing::info_span!(
+        "redlease.hold",
+        key = &*holding.key,
+        primitive = holding.observed.primitive().as_str(),
+        name = holding.observed.name(),
+        renewals = 0u64,
+    );
     let work = pin!(work);
     let keeper = pin!(keep_renewed(guard));
-    match select(work, keeper).await {
+    match select(work, keeper).instrument(span).await {
         Either::Left((output, _)) => Ok(output),
         Either::Right((lost, _)) => Err(lost),
     }
@@ -88,13 +100,18 @@ async fn keep_renewed_until_lost<G: Held + ?Sized>(guard: &G) -> LockError {
     let max_hold = holding.max_hold;
     let hold_deadline = max_hold.map(|max| holding.acquired_at.checked_add(max));
     let mut last_error: Option<LockError> = None;
+    let mut renewals: u64 = 0;
+    let lost = |why: LostReason, reason: String| {
+        holding.observed.lost(why);
+        lost(key, why, reason)
+    };
     loop {
         let now = holding.now();
         if let Some(deadline) = hold_deadline {
             // An unrepresentable deadline is no deadline.
             if deadline.is_some_and(|d| now >= d) {
                 return lost(
-                    key,
+                    LostReason::MaxHold,
                     format!(
                         "max_hold of {:?} passed; renewal stopped",
                         max_hold.unwrap_or_default()
@@ -105,7 +122,10 @@ async fn keep_renewed_until_lost<G: Held + ?Sized>(guard: &G) -> LockError {
         let remaining = guard.remaining();
         if remaining.is_zero() {
             return lost(
-                key,
+                match last_error {
+                    Some(_) => LostReason::RenewalFailed,
+                    None => LostReason::Expired,
+                },
                 match &last_error {
                     Some(error) => format!(
                         "renewals failed until its validity ran out: {}",
@@ -134,10 +154,21 @@ async fn keep_renewed_until_lost<G: Held + ?Sized>(guard: &G) -> LockError {
         }
         // A renewal still unanswered when the validity runs out counts as failed.
         let renewal = guard.renew_once();
-        match select(renewal, holding.sleep(remaining)).await {
-            Either::Left((Ok(true), _)) => last_error = None,
+        let renewed = select(renewal, holding.sleep(remaining)).await;
+        holding
+            .observed
+            .renewed(matches!(renewed, Either::Left((Ok(true), _))));
+        match renewed {
+            Either::Left((Ok(true), _)) => {
+                last_error = None;
+                renewals += 1;
+                tracing::Span::current().record("renewals", renewals);
+            }
             Either::Left((Ok(false), _)) => {
-                return lost(key, "a renewal found another holder or no key".into());
+                return lost(
+                    LostReason::TakenOver,
+                    "a renewal found another holder or no key".into(),
+                );
             }
             Either::Left((Err(error), _)) => {
                 tracing::warn!(%key, %error, "renewing the lock failed; retrying");
@@ -145,7 +176,7 @@ async fn keep_renewed_until_lost<G: Held + ?Sized>(guard: &G) -> LockError {
             }
             Either::Right(_) => {
                 return lost(
-                    key,
+                    LostReason::RenewalFailed,
                     format!(
                         "no renewal was answered before its validity ran out{}",
                         last_error
@@ -159,8 +190,10 @@ async fn keep_renewed_until_lost<G: Held + ?Sized>(guard: &G) -> LockError {
     }
 }
 
-fn lost(key: &str, reason: String) -> LockError {
-    tracing::warn!(%key, %reason, "lock lost");
+/// Reports the lease lost: a `warn` event with the reason chain (inside the `hold` span, which names
+/// the primitive).
+fn lost(key: &str, why: LostReason, reason: String) -> LockError {
+    tracing::warn!(%key, why = why.as_str(), %reason, "lock lost");
     LockError::Lost {
         key: key.to_owned(),
         reason,
@@ -168,7 +201,7 @@ fn lost(key: &str, reason: String) -> LockError {
 }
 
 /// `error` and its chain of causes on one line, so a `Lost` reason says what actually failed.
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(inner) = cause {

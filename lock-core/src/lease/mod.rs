@@ -19,6 +19,8 @@
 pub(crate) mod background;
 pub(crate) mod config;
 pub(crate) mod hold;
+// Metrics (feature `metrics`) and traces of every primitive.
+pub(crate) mod observe;
 pub(crate) mod validity;
 
 pub(crate) use background::{Until, retry_in_background};
@@ -69,6 +71,8 @@ pub(crate) struct Holding {
     pub(crate) max_hold: Option<Duration>,
     /// The runtime whose clock measures the validity and whose timer paces renewals.
     runtime: Runtime,
+    /// This lease in the metrics, from its grant to the end of its hold.
+    pub(crate) observed: observe::HeldLease,
 }
 
 impl Holding {
@@ -89,6 +93,7 @@ impl Holding {
             fence,
             acquired_at,
             max_hold: config.max_hold,
+            observed: observe::HeldLease::start(&config.observe, &runtime, acquired_at),
             runtime,
         }
     }
@@ -96,6 +101,13 @@ impl Holding {
     /// Now, on the lease clock.
     pub(crate) fn now(&self) -> Moment {
         self.runtime.now()
+    }
+
+    /// Takes this lease's metrics out, for a release to record how the hold ended: what is left
+    /// records nothing.
+    pub(crate) fn take_observed(&mut self) -> observe::HeldLease {
+        let detached = self.observed.detached(&self.runtime);
+        std::mem::replace(&mut self.observed, detached)
     }
 
     /// Sleeps on the guard's runtime.

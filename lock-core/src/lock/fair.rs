@@ -231,6 +231,7 @@ impl RedisLock {
         keys: &FairKeys,
         join: bool,
     ) -> Result<Option<LockGuard>> {
+        plan.config.observe.attempted();
         // Armed before sending, as in `attempt`: a request of a dropped future may still land.
         let pending = Lease::new(
             self.backend.clone(),

@@ -175,6 +175,14 @@ impl RedlockGuard {
     /// spawn; the TTL frees them otherwise.
     pub async fn release(mut self) -> Result<bool> {
         let valid = !self.valid_for().is_zero();
+        let observed = self.holding.take_observed();
+        let key = self.holdings.key.clone();
+        observed
+            .releasing(&key, valid, self.release_unobserved(valid))
+            .await
+    }
+
+    async fn release_unobserved(mut self, valid: bool) -> Result<bool> {
         let answers = release_everywhere(&mut self.holdings, self.node_timeout).await;
         if !valid {
             // Known lost: no answer can make exclusion have held.

@@ -182,10 +182,10 @@ use std::time::Duration;
 use crate::backend::{LockBackend, runtime_of};
 use crate::error::{LockError, Result};
 use crate::lease::config::{self, LeaseConfig};
-use crate::lease::{self, lease_settings};
+use crate::lease::{self, lease_settings, observe};
 
 pub use guard::RedlockGuard;
-use rounds::{Plan, Round};
+use rounds::Round;
 
 type Node = Arc<dyn LockBackend>;
 
@@ -281,6 +281,7 @@ impl Redlock {
         /// [`RedisLock::fencing`](crate::RedisLock::fencing), e.g. `key:redlease:fence:{DDDDDD}`), never
         /// deleted.
         fencing;
+        metrics_name;
     }
 
     /// How long one request to one master may take before it counts as failed: a tenth of the TTL and
@@ -337,14 +338,14 @@ impl Redlock {
     /// released as for a dropped future.
     pub async fn acquire(&self) -> Result<RedlockGuard> {
         let plan = self.validate()?;
+        let runtime = runtime_of(&*self.nodes[0]);
         let wait = plan.config.wait_timeout;
-        runtime_of(&*self.nodes[0])
-            .within_wait(&self.key, wait, self.acquire_planned(&plan))
-            .await
+        let bounded = runtime.within_wait(&self.key, wait, self.acquire_planned(&plan));
+        observe::acquiring(&plan.config.observe, &self.key, runtime, bounded).await
     }
 
-    /// `acquire` after validation, bounded by the caller.
-    async fn acquire_planned(&self, plan: &Plan) -> Result<RedlockGuard> {
+    /// [`acquire`](Self::acquire) after validation, neither observed nor bounded by the caller.
+    async fn acquire_planned(&self, plan: &rounds::Plan) -> Result<RedlockGuard> {
         // Master 0's runtime is the Redlock's clock and timer.
         let runtime = runtime_of(&*self.nodes[0]);
         let started = runtime.now();

@@ -13,6 +13,7 @@ use super::{LAYER, Node, Redlock, ServerId, default_node_timeout};
 use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, NodeError, Result};
 use crate::lease::config::ValidatedConfig;
+use crate::lease::observe::Primitive;
 use crate::lease::{self, Holding, Until, Validity, fenced_reply, retry_in_background};
 use crate::runtime::Runtime;
 use crate::script;
@@ -24,6 +25,10 @@ impl Redlock {
             return Err(LockError::invalid("nodes", "must not be empty"));
         }
         let config = self.config.validate(&self.key)?;
+        let config = ValidatedConfig {
+            observe: config.observe.for_primitive(Primitive::Redlock),
+            ..config
+        };
         self.refuse_duplicate_masters()?;
         let ttl = config.ttl;
         let node_timeout = match self.node_timeout {
@@ -79,6 +84,7 @@ impl Redlock {
 
     /// One acquisition round over every master, with the release of its partial locks when it fails.
     pub(super) async fn round(&self, plan: &Plan) -> Round {
+        plan.config.observe.attempted();
         let token = lease::new_token(None);
         // Armed before sending: if this future is dropped mid-round, requests may still reach the
         // masters, so dropping the holdings releases the token everywhere in the background.
