@@ -272,3 +272,6 @@ impl Leadership {
 
 #[cfg(test)]
 mod tests;
+
+// Inspection (`inspect`).
+mod inspect;

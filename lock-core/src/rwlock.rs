@@ -660,3 +660,6 @@ impl fmt::Debug for WriteGuard {
 }
 
 held_by_share!(WriteGuard);
+
+// Inspection (`inspect`).
+mod inspect;

@@ -401,3 +401,6 @@ impl lease::Held for Permit {
         self.share.release()
     }
 }
+
+// Inspection (`inspect`).
+mod inspect;
