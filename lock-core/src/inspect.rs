@@ -332,3 +332,88 @@ pub(crate) fn waiting_here(backend: &Arc<dyn LockBackend>, key: &str) -> usize {
         .map_or(0, |lines| lines.wakeups.waiting(key));
     runtime.waiting(key) + wakeups
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::memory::MemoryBackend;
+
+    #[test]
+    fn a_redlock_is_held_by_the_token_a_majority_holds() {
+        futures::executor::block_on(async {
+            let masters: Vec<MemoryBackend> = (0..3).map(|_| MemoryBackend::new()).collect();
+            let redlock = Redlock::new(masters.clone(), "jobs:redlock")
+                .timeout(Duration::from_secs(10))
+                .fencing(true);
+            let free = redlock.inspect().await.expect("inspect");
+            assert_eq!(free.holder, None);
+            assert!(free.errors.is_empty());
+            assert_eq!(free.nodes.len(), 3);
+
+            let guard = redlock.acquire().await.expect("acquire");
+            let held = redlock.inspect().await.expect("inspect");
+            assert_eq!(held.holder.as_deref(), Some(guard.token()));
+            for node in &held.nodes {
+                let node = node.as_ref().expect("every master answered");
+                assert_eq!(node.holder.as_deref(), Some(guard.token()));
+                assert!(node.ttl.is_some_and(|ttl| ttl <= Duration::from_secs(10)));
+                assert!(node.fence.is_some());
+            }
+
+            // Two masters lose the key: no majority holds it any more.
+            masters[0].delete("jobs:redlock");
+            masters[1].delete("jobs:redlock");
+            let lost = redlock.inspect().await.expect("inspect");
+            assert_eq!(lost.holder, None, "one master of three is no majority");
+            assert_eq!(
+                lost.nodes[2].as_ref().and_then(|n| n.holder.as_deref()),
+                Some(guard.token())
+            );
+
+            let nobody = Redlock::new(Vec::<MemoryBackend>::new(), "k");
+            assert!(matches!(
+                nobody.inspect().await,
+                Err(LockError::InvalidArgument {
+                    argument: "nodes",
+                    ..
+                })
+            ));
+            let unnamed = Redlock::new(masters, "");
+            assert!(matches!(
+                unnamed.inspect().await,
+                Err(LockError::InvalidArgument {
+                    argument: "key",
+                    ..
+                })
+            ));
+        });
+    }
+
+    #[test]
+    fn replies_of_the_wrong_shape_are_permanent_errors() {
+        #[derive(Debug)]
+        struct Odd;
+
+        #[async_trait::async_trait]
+        impl LockBackend for Odd {
+            async fn set_nx(&self, _: &str, _: &str, _: Duration) -> Result<bool, BackendError> {
+                Ok(false)
+            }
+
+            async fn eval_script(
+                &self,
+                _: &crate::Script,
+                _: &[&str],
+                _: &[&str],
+            ) -> Result<ScriptValue, BackendError> {
+                Ok(ScriptValue::Int(7))
+            }
+        }
+
+        let error = futures::executor::block_on(RedisLock::new(Odd, "k").inspect()).unwrap_err();
+        assert!(matches!(error, LockError::Backend { .. }), "{error:?}");
+        assert!(!error.is_transient());
+    }
+}
