@@ -16,6 +16,11 @@ pub use lock_core::{
 // Read-write locks.
 pub use lock_core::{ReadGuard, RwLock, WriteGuard};
 
+// Inspection: what `inspect()` answers on each primitive.
+pub use lock_core::{
+    ElectionInfo, HoldInfo, LockInfo, PermitInfo, RedlockInfo, RwLockInfo, SemaphoreInfo,
+};
+
 /// The fred adapter (feature `fred`): [`FredBackend`](lock_fred::FredBackend) over a fred `Client` or
 /// `Pool` (for one server, a Cluster or Sentinel); `redlease::fred::fred` is the client crate itself.
 #[cfg(feature = "fred")]

@@ -242,6 +242,166 @@ pub fn run_id(backend: &'static str, info: &str) -> Result<String, BackendError>
         .ok_or_else(|| BackendError::permanent(backend, "INFO server answered no run_id"))
 }
 
+// Eviction policy: a lock key has a TTL, so an evicting `maxmemory-policy` may delete it early. The
+// decision rule, the message and the once-per-backend flag live here; each adapter sends
+// `CONFIG GET maxmemory-policy` itself, once, off the hot path.
+
+/// The eviction-policy check of one backend, shared by its clones (keep it behind an `Arc`): the
+/// first call of the backend claims it with [`claim`](Self::claim), sends
+/// [`Command::config_get_maxmemory_policy`] in the background, and passes the answer to
+/// [`report_eviction_policy`]. Every later call pays one relaxed atomic load.
+#[derive(Debug, Default)]
+pub struct EvictionCheck {
+    claimed: std::sync::atomic::AtomicBool,
+}
+
+impl EvictionCheck {
+    /// A check nobody has claimed yet.
+    pub const fn new() -> Self {
+        Self {
+            claimed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// `true` exactly once, for the caller that is to run the check.
+    pub fn claim(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        !self.claimed.load(Relaxed) && !self.claimed.swap(true, Relaxed)
+    }
+}
+
+impl Command<'static> {
+    /// `CONFIG GET maxmemory-policy`: the server's eviction policy (read it from the reply with
+    /// [`maxmemory_policy`]). Managed services may refuse `CONFIG`.
+    pub fn config_get_maxmemory_policy() -> Self {
+        Self {
+            name: "CONFIG",
+            args: vec!["GET".into(), "maxmemory-policy".into()],
+        }
+    }
+}
+
+/// The policy in a reply to `CONFIG GET maxmemory-policy`, given as its strings in order (RESP2's
+/// `[name, value]`; a RESP3 map flattened to the same): the string after `maxmemory-policy`.
+pub fn maxmemory_policy<S: AsRef<str>>(reply: &[S]) -> Option<&str> {
+    reply
+        .iter()
+        .position(|item| item.as_ref().eq_ignore_ascii_case("maxmemory-policy"))
+        .and_then(|at| reply.get(at + 1))
+        .map(AsRef::as_ref)
+}
+
+/// Whether the eviction policy `policy` may delete a lock key: every `volatile-*` policy (it evicts
+/// keys with a TTL, which lock keys are) and every `allkeys-*` one (which evicts fence counters
+/// too). Only `noeviction` keeps them (the server then refuses writes when memory is full, which a
+/// lock reports as an error rather than a second holder).
+pub fn policy_evicts_locks(policy: &str) -> bool {
+    let policy = policy.to_ascii_lowercase();
+    policy.starts_with("volatile-") || policy.starts_with("allkeys-")
+}
+
+/// What [`report_eviction_policy`] logs at `warn` for an evicting `policy`, or `None` for one that
+/// keeps lock keys: names the policy, the risk and the fix.
+pub fn eviction_warning(policy: &str) -> Option<String> {
+    policy_evicts_locks(policy).then(|| {
+        format!(
+            "the Redis server's maxmemory-policy is {policy}: when it reaches maxmemory it may evict \
+             a lock key (lock keys have a TTL) and let a second holder in before the first one's next \
+             renewal notices{also}; set `maxmemory-policy noeviction` (CONFIG SET, or redis.conf)",
+            also = if policy.to_ascii_lowercase().starts_with("allkeys-") {
+                ", and evict fence counters and waiting queues"
+            } else {
+                ""
+            }
+        )
+    })
+}
+
+/// Logs the outcome of one backend's eviction-policy check: a `warn` naming the policy and the fix
+/// when `policy` evicts lock keys ([`eviction_warning`]); nothing for `noeviction`; a `debug` when the
+/// server would not tell (`CONFIG` refused, as managed services do, or the call failed).
+pub fn report_eviction_policy(backend: &'static str, policy: Result<Option<&str>, BackendError>) {
+    match policy {
+        Ok(Some(policy)) => {
+            if let Some(warning) = eviction_warning(policy) {
+                tracing::warn!(backend, policy, "{warning}");
+            }
+        }
+        Ok(None) => {
+            tracing::debug!(
+                backend,
+                "the server did not name its maxmemory-policy; eviction not checked"
+            );
+        }
+        Err(error) => {
+            tracing::debug!(
+                backend,
+                %error,
+                "could not read the server's maxmemory-policy (CONFIG may be refused); eviction not checked"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod eviction_tests {
+    use super::*;
+
+    #[test]
+    fn evicting_policies_are_told_apart_from_noeviction() {
+        for policy in [
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+        ] {
+            assert!(policy_evicts_locks(policy), "{policy}");
+            let warning = eviction_warning(policy).expect("a warning");
+            assert!(warning.contains(policy), "{warning}");
+            assert!(warning.contains("noeviction"), "{warning}");
+        }
+        assert!(!policy_evicts_locks("noeviction"));
+        assert_eq!(eviction_warning("noeviction"), None);
+        assert!(
+            eviction_warning("allkeys-lru")
+                .unwrap()
+                .contains("fence counters")
+        );
+        assert!(
+            !eviction_warning("volatile-ttl")
+                .unwrap()
+                .contains("fence counters")
+        );
+    }
+
+    #[test]
+    fn the_policy_is_read_from_the_reply() {
+        assert_eq!(
+            maxmemory_policy(&["maxmemory-policy", "allkeys-lru"]),
+            Some("allkeys-lru")
+        );
+        assert_eq!(maxmemory_policy::<&str>(&[]), None);
+        assert_eq!(maxmemory_policy(&["maxmemory-policy"]), None);
+        let command = Command::config_get_maxmemory_policy();
+        assert_eq!(command.name, "CONFIG");
+        assert_eq!(
+            command.args,
+            vec![Arg::from("GET"), Arg::from("maxmemory-policy")]
+        );
+    }
+
+    #[test]
+    fn a_check_is_claimed_once() {
+        let check = EvictionCheck::new();
+        assert!(check.claim());
+        assert!(!check.claim());
+        assert!(!check.claim());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::error::Error as _;

@@ -318,3 +318,6 @@ impl Leadership {
 
 #[cfg(test)]
 mod tests;
+
+// Inspection (`inspect`).
+mod inspect;

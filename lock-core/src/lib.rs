@@ -152,5 +152,11 @@ pub use time::Moment;
 mod rwlock;
 pub use rwlock::{ReadGuard, RwLock, WriteGuard};
 
+// Inspection (`inspect()` on every primitive).
+mod inspect;
+pub use inspect::{
+    ElectionInfo, HoldInfo, LockInfo, PermitInfo, RedlockInfo, RwLockInfo, SemaphoreInfo,
+};
+
 /// Re-exported so backends can implement [`LockBackend`] with the same macro version.
 pub use async_trait::async_trait;

@@ -604,3 +604,6 @@ impl fmt::Debug for WriteGuard {
 }
 
 held_by_share!(WriteGuard);
+
+// Inspection (`inspect`).
+mod inspect;

@@ -17,6 +17,11 @@ mod rwlock;
 
 pub use rwlock::{RW_DOWNGRADE, RW_LEAVE, RW_READ, RW_WRITE};
 
+// Inspection (`inspect()` on every primitive): read-only scripts.
+mod inspect;
+
+pub use inspect::{LOCK_INSPECT, RW_INSPECT, SEMAPHORE_INSPECT};
+
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::LazyLock;
@@ -428,7 +433,7 @@ return {redis.call('exists', KEYS[1], KEYS[2]), live}"#,
 
 /// Every script the lock sends, once each: for checks and tools that must cover them all (their
 /// digests, preloading them with `SCRIPT LOAD`).
-pub fn all() -> [&'static Script; 26] {
+pub fn all() -> [&'static Script; 29] {
     [
         &*RELEASE,
         &*RELEASE_AND_SIGNAL,
@@ -459,6 +464,10 @@ pub fn all() -> [&'static Script; 26] {
         &*RW_WRITE,
         &*RW_LEAVE,
         &*RW_DOWNGRADE,
+        // Inspection.
+        &*LOCK_INSPECT,
+        &*SEMAPHORE_INSPECT,
+        &*RW_INSPECT,
     ]
 }
 

@@ -343,3 +343,6 @@ impl fmt::Debug for Permit {
 }
 
 held_by_share!(Permit);
+
+// Inspection (`inspect`).
+mod inspect;

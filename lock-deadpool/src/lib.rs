@@ -124,6 +124,8 @@ pub use lock_core::adapter::DEFAULT_COMMAND_TIMEOUT;
 
 mod connection;
 mod convert;
+// The eviction-policy check.
+mod eviction;
 mod release_wait;
 mod replicated;
 
@@ -154,6 +156,8 @@ pub struct DeadpoolBackend {
     command_timeout: Duration,
     /// Tokio's timer and spawner, shared by clones (so are the in-process waiting lines it carries).
     runtime: Runtime,
+    /// The eviction-policy check, made once per backend and its clones (the `eviction` module).
+    eviction: std::sync::Arc<adapter::EvictionCheck>,
 }
 
 impl From<Pool> for DeadpoolBackend {
@@ -193,6 +197,7 @@ impl DeadpoolBackend {
             conn,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             runtime: Runtime::new(Tokio),
+            eviction: Default::default(),
         }
     }
 
@@ -238,6 +243,7 @@ impl fmt::Debug for DeadpoolBackend {
 #[async_trait]
 impl LockBackend for DeadpoolBackend {
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        self.check_eviction();
         let set = convert::cmd(Command::set_nx_get(key, value, ttl));
         let reply = convert::bounded(self.command_timeout, async {
             self.conn.get().await?.query(&set).await
@@ -252,6 +258,7 @@ impl LockBackend for DeadpoolBackend {
         keys: &[&str],
         args: &[&str],
     ) -> Result<ScriptValue, BackendError> {
+        self.check_eviction();
         let evalsha = convert::cmd(Command::evalsha(script, keys, args));
         let reply = convert::bounded(self.command_timeout, async {
             let mut conn = self.conn.get().await?;
@@ -278,6 +285,7 @@ impl LockBackend for DeadpoolBackend {
         replicas: usize,
         timeout: Duration,
     ) -> Result<(ScriptValue, usize), BackendError> {
+        self.check_eviction();
         replicated::eval(self, script, keys, args, replicas, timeout).await
     }
 

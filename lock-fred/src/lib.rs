@@ -103,6 +103,8 @@ pub use lock_core::adapter::DEFAULT_COMMAND_TIMEOUT;
 
 mod cluster;
 mod convert;
+// The eviction-policy check.
+mod eviction;
 mod release_wait;
 mod replicated;
 
@@ -138,6 +140,8 @@ pub struct FredBackend {
     runtime: Runtime,
     /// Idle connections of our own for `BLPOP`, which would hold up every other command on a shared one.
     blockers: Arc<Blockers>,
+    /// The eviction-policy check, made once per backend and its clones (the `eviction` module).
+    eviction: Arc<adapter::EvictionCheck>,
 }
 
 /// What the backend sends its commands through.
@@ -169,6 +173,7 @@ impl FredBackend {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             runtime: Runtime::new(Tokio),
             blockers: Arc::default(),
+            eviction: Arc::default(),
         }
     }
 
@@ -279,6 +284,7 @@ impl LockBackend for FredBackend {
     /// `SET key value NX PX ttl GET`, also sent with fred's own per-command timeout (see the crate
     /// documentation); on a cluster, routed as the `cluster` module says.
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
+        self.check_eviction();
         let options = Options {
             timeout: Some(self.command_timeout),
             ..Options::default()
@@ -307,6 +313,7 @@ impl LockBackend for FredBackend {
         keys: &[&str],
         args: &[&str],
     ) -> Result<ScriptValue, BackendError> {
+        self.check_eviction();
         let call = async {
             let client = self.client();
             if client.is_clustered() {
@@ -333,6 +340,7 @@ impl LockBackend for FredBackend {
         replicas: usize,
         timeout: Duration,
     ) -> Result<(ScriptValue, usize), BackendError> {
+        self.check_eviction();
         replicated::eval(self, script, keys, args, replicas, timeout).await
     }
 

@@ -7,6 +7,8 @@ mod shares;
 mod fair;
 // Read-write locks.
 mod rwlock;
+// Inspection.
+mod inspect;
 
 use std::collections::HashMap;
 use std::fmt;

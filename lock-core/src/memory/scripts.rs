@@ -214,6 +214,8 @@ const SET_SCRIPTS: &[SetScript] = &[
     super::fair::run,
     // Read-write locks.
     super::rwlock::run,
+    // Inspection.
+    super::inspect::run,
 ];
 
 /// Deletes `key` if it holds `token`, answering as the release scripts do: 1 deleted, 0 another

@@ -76,6 +76,18 @@ impl LocalWakeups {
         })
     }
 
+    /// How many tasks wait for a local wake-up for `key` now (registered, and still listening): for
+    /// inspection.
+    pub(crate) fn waiting(&self, key: &str) -> usize {
+        self.keys().get(key).map_or(0, |waiters| {
+            waiters
+                .listeners
+                .iter()
+                .filter(|sender| !sender.is_canceled())
+                .count()
+        })
+    }
+
     /// How many keys have waiters or a watcher: for tests, to see that nothing is left behind.
     #[cfg(test)]
     pub(crate) fn keys_in_use(&self) -> usize {

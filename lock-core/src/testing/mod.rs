@@ -95,6 +95,12 @@ pub use checks::rwlock::{
     rw_readers_share_the_lock, rw_waiting_writer_blocks_new_readers, rw_writer_excludes_everyone,
     rw_writer_gets_in_under_a_stream_of_readers, rw_writer_that_gives_up_stops_blocking_readers,
 };
+// Inspection.
+pub use checks::inspect::{
+    inspect_names_the_leader_and_its_term, inspect_shows_rwlock_readers_writer_and_waiting_writers,
+    inspect_shows_semaphore_holders_and_permits, inspect_shows_the_fair_queue_in_order,
+    inspect_shows_the_lock_holder_ttl_and_fence,
+};
 pub use probe::{Probe, Unsupported};
 pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};
 pub use wrappers::{CountingBackend, Fault, FaultyBackend, Unqueued};

@@ -356,6 +356,12 @@ macro_rules! conformance_tests {
             rw_dropped_guards_are_released,
             rw_cancelled_acquire_leaves_nothing,
             rw_invalid_arguments_send_nothing,
+            // Inspection.
+            inspect_shows_the_lock_holder_ttl_and_fence,
+            inspect_shows_the_fair_queue_in_order,
+            inspect_shows_semaphore_holders_and_permits,
+            inspect_shows_rwlock_readers_writer_and_waiting_writers,
+            inspect_names_the_leader_and_its_term,
         );
     };
 

@@ -12,3 +12,5 @@ pub(super) mod semaphore;
 pub(super) mod fair;
 // Read-write locks.
 pub(super) mod rwlock;
+// Inspection.
+pub(super) mod inspect;
