@@ -15,24 +15,7 @@
 use std::sync::LazyLock;
 
 use super::Script;
-use super::shares::{expire_with_last, now_ms};
-
-/// Issues a fence from the counter `KEYS[3]` into the local `fence` when that key is given: as
-/// [`issue_fence!`](super::shares::issue_fence) does for `KEYS[2]` (`max(counter + 1, TIME in µs)`,
-/// which becomes the counter), here where `KEYS[2]` is the writers' key.
-macro_rules! issue_fence_3 {
-    () => {
-        "if KEYS[3] then
-  local micros = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  fence = tonumber(redis.call('get', KEYS[3]) or '0') + 1
-  if fence < micros then
-    fence = micros
-  end
-  redis.call('set', KEYS[3], string.format('%.0f', fence))
-end
-"
-    };
-}
+use super::shares::{expire_with_last, issue_fence, now_ms};
 
 /// Drops the expired members of `K` (`KEYS[1]`) and of the writers' intents `W` (`KEYS[2]`), and
 /// answers in `writer` whether a writer holds `K` (its only member is `write:...`).
@@ -75,7 +58,7 @@ else
     return {0, 2}
   end
 ",
-            issue_fence_3!(),
+            issue_fence!("KEYS[3]"),
             "end
 redis.call('zadd', KEYS[1], 'GT', now + tonumber(ARGV[2]), ARGV[1])
 ",
@@ -117,7 +100,7 @@ else
     return {0, holders}
   end
 ",
-            issue_fence_3!(),
+            issue_fence!("KEYS[3]"),
             "end
 redis.call('zrem', KEYS[2], ARGV[3])
 redis.call('zadd', KEYS[1], 'GT', now + ttl, ARGV[1])

@@ -21,20 +21,29 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 }
 pub(crate) use now_ms;
 
-/// Issues a fence from the counter `KEYS[2]` into the local `fence` when that key is given, as
-/// [`FENCED_ACQUIRE`](super::FENCED_ACQUIRE) does: `max(counter + 1, TIME in µs)`, which becomes the
-/// counter. Needs `t` from [`now_ms!`] and a `local fence` declared before.
+/// Issues a fence from the counter key `$counter` (a Lua expression such as `"KEYS[2]"`) into the
+/// local `fence` when that key is given, as [`FENCED_ACQUIRE`](super::FENCED_ACQUIRE) does:
+/// `max(counter + 1, TIME in µs)`, which becomes the counter. Needs `t` from [`now_ms!`] and a
+/// `local fence` declared before.
 macro_rules! issue_fence {
-    () => {
-        "if KEYS[2] then
+    ($counter:literal) => {
+        concat!(
+            "if ",
+            $counter,
+            " then
   local micros = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  fence = tonumber(redis.call('get', KEYS[2]) or '0') + 1
+  fence = tonumber(redis.call('get', ",
+            $counter,
+            ") or '0') + 1
   if fence < micros then
     fence = micros
   end
-  redis.call('set', KEYS[2], string.format('%.0f', fence))
+  redis.call('set', ",
+            $counter,
+            ", string.format('%.0f', fence))
 end
 "
+        )
     };
 }
 pub(crate) use issue_fence;
@@ -197,7 +206,7 @@ else
     redis.call('zrem', KEYS[1], 'limit:' .. stored)
   end
 ",
-            issue_fence!(),
+            issue_fence!("KEYS[2]"),
             "end
 redis.call('zadd', KEYS[1], 0, 'limit:' .. limit)
 redis.call('zadd', KEYS[1], 'GT', now + tonumber(ARGV[4]), member)
