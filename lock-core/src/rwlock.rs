@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
+use crate::backend::{BackendError, LockBackend, runtime_of};
 use crate::error::{LockError, Result};
 use crate::lease::config::{LeaseConfig, ValidatedConfig};
 use crate::lease::observe::Primitive;
-use crate::lease::{self, Holding, Lease, Until, Written, lease_settings, retry_in_background};
+use crate::lease::{self, Lease, Until, Written, lease_settings, retry_in_background};
 use crate::script::{self, Script};
-use crate::share::{ShareGuard, Waiting, acquire_waiting, held_by_share, share_guard_methods};
+use crate::share::{
+    ShareGuard, ShareReply, ShareRequest, Waiting, acquire_waiting, held_by_share,
+    share_guard_methods,
+};
 use crate::{keys, script::RW_LEAVE};
 
 /// How many waiters a reader's release wakes: readers never wait for readers, so only a writer can
@@ -284,75 +287,38 @@ impl RwLock {
         extra_args: &[&str],
         intent: Option<&Intent>,
     ) -> Result<Option<ShareGuard>> {
-        plan.config.observe.attempted();
-        let token = lease::new_token(None);
-        let member: Arc<str> = Arc::from(format!("{kind}:{token}"));
-        // Armed before sending: if this future is dropped mid-request, the request may still land.
-        let pending = Lease::shared(
-            self.backend.clone(),
-            self.key.clone(),
-            plan.signal.clone(),
-            token.clone(),
-            member.clone(),
+        let request = ShareRequest {
+            backend: &self.backend,
+            key: &self.key,
+            signal: &plan.signal,
+            config: &plan.config,
+            script,
+            companions: &[&plan.writers],
+            kind,
             wake,
-            plan.config.ttl,
-        );
-        let runtime = runtime_of(&*self.backend).clone();
-        let sent_at = runtime.now();
-        let mut keys: Vec<&str> = vec![&self.key, &plan.writers];
-        if let Some(counter) = &plan.config.fence_counter {
-            keys.push(counter);
-        }
-        let mut args: Vec<&str> = vec![&member, &plan.config.ttl_arg];
+        };
+        let mut args: Vec<&str> = vec![&plan.config.ttl_arg];
         args.extend_from_slice(extra_args);
         if let Some(intent) = intent {
             intent.sending();
         }
-        let reply = self
-            .backend
-            .eval_script(script, &keys, &args)
-            .await
-            // The request may have been applied before it failed; `pending` releases it on drop.
-            .map_err(|source| LockError::backend_failed(&self.key, source))?;
+        let reply = request.send(&args).await?;
         if let Some(intent) = intent {
             intent.answered();
         }
-        let unexpected = || {
-            LockError::backend_failed(
+        match reply {
+            ShareReply::Granted(share) => Ok(Some(share)),
+            ShareReply::Refused { code: 0, .. } => Ok(None),
+            ShareReply::Refused { code, detail } => Err(LockError::backend_failed(
                 &self.key,
                 BackendError::permanent(
                     "redlease",
                     format!(
-                        "unexpected reply from the {} script: {reply:?}",
+                        "unexpected reply from the {} script: {{{code}, {detail}}}",
                         script.name()
                     ),
                 ),
-            )
-        };
-        let ScriptValue::Array(items) = &reply else {
-            return Err(unexpected());
-        };
-        match items.as_slice() {
-            [ScriptValue::Int(1), ScriptValue::Int(fence)] => {
-                let fence = match &plan.config.fence_counter {
-                    Some(_) => Some(u64::try_from(*fence).map_err(|_| unexpected())?),
-                    None => None,
-                };
-                let holding = Holding::new(
-                    &plan.config,
-                    self.key.clone(),
-                    token,
-                    fence,
-                    sent_at,
-                    runtime,
-                );
-                Ok(Some(ShareGuard::new(pending, holding, member)))
-            }
-            [ScriptValue::Int(0), _] => {
-                pending.disarm();
-                Ok(None)
-            }
-            _ => Err(unexpected()),
+            )),
         }
     }
 }

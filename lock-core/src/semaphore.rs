@@ -8,8 +8,11 @@ use crate::backend::{BackendError, LockBackend, ScriptValue, runtime_of};
 use crate::error::{LockError, Result};
 use crate::lease::config::{LeaseConfig, ValidatedConfig};
 use crate::lease::observe::Primitive;
-use crate::lease::{self, Holding, Lease, lease_settings};
-use crate::share::{ShareGuard, Waiting, acquire_waiting, held_by_share, share_guard_methods};
+use crate::lease::{self, lease_settings};
+use crate::share::{
+    ShareGuard, ShareReply, ShareRequest, Waiting, acquire_waiting, held_by_share,
+    share_guard_methods,
+};
 use crate::{keys, script};
 
 /// A counting semaphore on one Redis key: at most `limit` permits held at once, across every process.
@@ -217,76 +220,39 @@ impl Semaphore {
     }
 
     async fn attempt(&self, plan: &Plan) -> Result<Option<Permit>> {
-        plan.config.observe.attempted();
-        let token = lease::new_token(None);
-        let member: Arc<str> = Arc::from(format!("{}:{token}", plan.permits));
-        // Armed before sending: if this future is dropped mid-request, the request may still land.
-        let pending = Lease::shared(
-            self.backend.clone(),
-            self.key.clone(),
-            plan.signal.clone(),
-            token.clone(),
-            member.clone(),
-            plan.permits,
-            plan.config.ttl,
-        );
-        let runtime = runtime_of(&*self.backend).clone();
-        let sent_at = runtime.now();
-        let mut keys: Vec<&str> = vec![&self.key];
-        if let Some(counter) = &plan.config.fence_counter {
-            keys.push(counter);
-        }
+        let request = ShareRequest {
+            backend: &self.backend,
+            key: &self.key,
+            signal: &plan.signal,
+            config: &plan.config,
+            script: &script::SEMAPHORE_ACQUIRE,
+            companions: &[],
+            kind: &plan.permits.to_string(),
+            wake: plan.permits,
+        };
         let (permits, limit) = (plan.permits.to_string(), self.limit.to_string());
-        let reply = self
-            .backend
-            .eval_script(
-                &script::SEMAPHORE_ACQUIRE,
-                &keys,
-                &[&member, &permits, &limit, &plan.config.ttl_arg],
-            )
-            .await
-            // The request may have been applied before it failed; `pending` releases it on drop.
-            .map_err(|source| LockError::backend_failed(&self.key, source))?;
-        let unexpected = || {
-            LockError::backend_failed(
+        let reply = request
+            .send(&[&permits, &limit, &plan.config.ttl_arg])
+            .await?;
+        match reply {
+            ShareReply::Granted(share) => Ok(Some(Permit {
+                share,
+                permits: plan.permits,
+            })),
+            ShareReply::Refused { code: 0, .. } => Ok(None),
+            ShareReply::Refused {
+                code: -1,
+                detail: stored,
+            } => Err(self.limit_mismatch(stored)),
+            ShareReply::Refused { code, detail } => Err(LockError::backend_failed(
                 &self.key,
                 BackendError::permanent(
                     "redlease",
-                    format!("unexpected reply from the semaphore_acquire script: {reply:?}"),
+                    format!(
+                        "unexpected reply from the semaphore_acquire script: {{{code}, {detail}}}"
+                    ),
                 ),
-            )
-        };
-        let ScriptValue::Array(items) = &reply else {
-            return Err(unexpected());
-        };
-        match items.as_slice() {
-            [ScriptValue::Int(1), ScriptValue::Int(fence)] => {
-                let fence = match &plan.config.fence_counter {
-                    Some(_) => Some(u64::try_from(*fence).map_err(|_| unexpected())?),
-                    None => None,
-                };
-                let holding = Holding::new(
-                    &plan.config,
-                    self.key.clone(),
-                    token,
-                    fence,
-                    sent_at,
-                    runtime,
-                );
-                Ok(Some(Permit {
-                    share: ShareGuard::new(pending, holding, member),
-                    permits: plan.permits,
-                }))
-            }
-            [ScriptValue::Int(0), _] => {
-                pending.disarm();
-                Ok(None)
-            }
-            [ScriptValue::Int(-1), ScriptValue::Int(stored)] => {
-                pending.disarm();
-                Err(self.limit_mismatch(*stored))
-            }
-            _ => Err(unexpected()),
+            )),
         }
     }
 }

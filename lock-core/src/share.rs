@@ -341,6 +341,115 @@ macro_rules! held_by_share {
 
 pub(crate) use {held_by_share, share_guard_methods};
 
+/// One request that may grant a share: the primitive's acquiring script, sent with the key, its
+/// companions and (when fencing) the fence counter, for a fresh token's member `"<kind>:<token>"`.
+pub(crate) struct ShareRequest<'a> {
+    pub(crate) backend: &'a Arc<dyn LockBackend>,
+    pub(crate) key: &'a Arc<str>,
+    /// The list a release of the share pushes to.
+    pub(crate) signal: &'a Arc<str>,
+    pub(crate) config: &'a ValidatedConfig,
+    pub(crate) script: &'a Script,
+    /// Keys after the share's own key, before the fence counter.
+    pub(crate) companions: &'a [&'a str],
+    /// What the member starts with: `"read"`, `"write"`, the permits.
+    pub(crate) kind: &'a str,
+    /// How many waiters the share's release wakes.
+    pub(crate) wake: u32,
+}
+
+/// What an acquiring script answered.
+// Returned once per attempt and matched at once: boxing the guard would cost an allocation per
+// acquisition for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum ShareReply {
+    /// `{1, fence}`: the share is ours.
+    Granted(ShareGuard),
+    /// `{code, detail}` with another code (0: busy): nothing was taken.
+    Refused { code: i64, detail: i64 },
+}
+
+impl ShareRequest<'_> {
+    /// Sends the request with the member first and then `args(member)`'s arguments. Cancellation-safe:
+    /// a lease on the member is armed before sending, so a request that lands after its future was
+    /// dropped, or that failed in transit, is released in the background.
+    pub(crate) async fn send(self, args: &[&str]) -> Result<ShareReply> {
+        self.config.observe.attempted();
+        let token = crate::lease::new_token(None);
+        let member: Arc<str> = Arc::from(format!("{}:{token}", self.kind));
+        let pending = Lease::shared(
+            self.backend.clone(),
+            self.key.clone(),
+            self.signal.clone(),
+            token.clone(),
+            member.clone(),
+            self.wake,
+            self.config.ttl,
+        );
+        let runtime = runtime_of(&**self.backend).clone();
+        let sent_at = runtime.now();
+        let mut keys: Vec<&str> = vec![self.key];
+        keys.extend_from_slice(self.companions);
+        if let Some(counter) = &self.config.fence_counter {
+            keys.push(counter);
+        }
+        let mut all_args: Vec<&str> = Vec::with_capacity(1 + args.len());
+        all_args.push(&member);
+        all_args.extend_from_slice(args);
+        let reply = self
+            .backend
+            .eval_script(self.script, &keys, &all_args)
+            .await
+            // The request may have been applied before it failed; `pending` releases it on drop.
+            .map_err(|source| LockError::backend_failed(self.key, source))?;
+        let unexpected = || {
+            LockError::backend_failed(
+                self.key,
+                crate::BackendError::permanent(
+                    "redlease",
+                    format!(
+                        "unexpected reply from the {} script: {reply:?}",
+                        self.script.name()
+                    ),
+                ),
+            )
+        };
+        let crate::ScriptValue::Array(items) = &reply else {
+            return Err(unexpected());
+        };
+        match items.as_slice() {
+            [crate::ScriptValue::Int(1), crate::ScriptValue::Int(fence)] => {
+                let fence = match &self.config.fence_counter {
+                    Some(_) => Some(u64::try_from(*fence).map_err(|_| unexpected())?),
+                    None => None,
+                };
+                let holding = Holding::new(
+                    self.config,
+                    self.key.clone(),
+                    token,
+                    fence,
+                    sent_at,
+                    runtime,
+                );
+                Ok(ShareReply::Granted(ShareGuard::new(
+                    pending, holding, member,
+                )))
+            }
+            [
+                crate::ScriptValue::Int(code),
+                crate::ScriptValue::Int(detail),
+            ] => {
+                pending.disarm();
+                Ok(ShareReply::Refused {
+                    code: *code,
+                    detail: *detail,
+                })
+            }
+            _ => Err(unexpected()),
+        }
+    }
+}
+
 /// What an acquisition of a share waits with between attempts.
 pub(crate) struct Waiting<'a> {
     pub(crate) backend: &'a Arc<dyn LockBackend>,
