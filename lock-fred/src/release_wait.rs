@@ -4,6 +4,13 @@
 //! shared client: the backend makes connections with the client's config on first use and keeps them
 //! idle between waits. A wait that was cancelled or timed out closes its connection instead, since that
 //! connection may still be blocked on the server.
+//!
+//! The cap holds on the client side: Redis checks blocked clients' timeouts only when its event loop
+//! wakes, about every 100 ms at the default `hz 10`, so a `BLPOP` capped at 100 ms answers after 100 to
+//! 200 ms. The `BLPOP` therefore races a timer of the same length; when the timer wins the wait answers
+//! "not woken" and the connection, still blocked on the server, is closed. A signal that this abandoned
+//! `BLPOP` pops is lost to every waiter, which is harmless: signals are hints, and the waiter that gave
+//! up tries the lock again at once, so the release it missed is taken all the same.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,7 +44,13 @@ pub(crate) async fn wait_for_release(
     let (blpop, args) =
         convert::custom(Command::blpop(signal, window), ClusterHash::FirstKey, true);
     let bound = backend.get_command_timeout().saturating_add(window);
-    let popped: Value = bounded_by(bound, client.custom(blpop, args)).await?;
+    let reply = tokio::time::timeout(window, bounded_by(bound, client.custom(blpop, args))).await;
+    // The cap is up on our side; the server would answer up to 100 ms later (see the module docs). Not
+    // woken, and the still-blocked connection is closed with `blocker`.
+    let Ok(popped) = reply else {
+        return Ok(false);
+    };
+    let popped: Value = popped?;
     blocker.done();
     Ok(!popped.is_null())
 }
