@@ -113,12 +113,6 @@ impl Lane {
             *slot = None;
         }
     }
-
-    /// Whether the lane holds a connection now.
-    #[cfg(test)]
-    pub(crate) fn is_taken(&self) -> bool {
-        self.slot().is_some()
-    }
 }
 
 /// A clone of the lane's connection for one call. Forgets the lane's connection when a query on it
