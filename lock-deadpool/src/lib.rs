@@ -1,7 +1,7 @@
 //! The [deadpool-redis] and [redis-rs] adapter for redlease.
 //!
-//! [`DeadpoolBackend`] implements [`LockBackend`] over a [`deadpool_redis::Pool`] (one pooled connection
-//! is checked out per call), a [`deadpool_redis::cluster::Pool`] (Redis Cluster), a
+//! [`DeadpoolBackend`] implements [`LockBackend`] over a [`deadpool_redis::Pool`] (lock commands share
+//! one connection taken out of the pool, see [Connections](#connections)), a [`deadpool_redis::cluster::Pool`] (Redis Cluster), a
 //! [`deadpool_redis::sentinel::Pool`] (the primary Sentinel names), or a single redis-rs
 //! [`MultiplexedConnection`] (cloned per call, which is cheap: clones share one socket). It is a thin
 //! translation layer with no lock logic:
@@ -48,6 +48,19 @@
 //! # }
 //! ```
 //!
+//! # Connections
+//!
+//! On a plain [`deadpool_redis::Pool`], `SET` and the lock scripts go over the backend's *lock lane*:
+//! one multiplexed connection taken out of the pool (`deadpool_redis::Connection::take`) on first use
+//! and shared by the backend and its clones, each call over a clone of it (same socket). A checkout
+//! would cost deadpool-redis's recycle, `UNWATCH` + `PING`, on every call, which doubled the commands
+//! of an acquisition; the lane pays it once. A connection error or a timeout on the lane drops it, and
+//! the next call takes another connection through the pool. The taken connection no longer counts
+//! against the pool's size, so the process holds at most one connection more than that. Calls that
+//! must have a connection of their own still check one out per call: release waits (`BLPOP` blocks its
+//! connection) and replica acknowledgement (`WAIT` counts the writes of the connection it runs on).
+//! Cluster and Sentinel pools check a connection out for every call, as before.
+//!
 //! # Cluster and Sentinel
 //!
 //! The `cluster` and `sentinel` features of deadpool-redis are on, so `DeadpoolBackend::from` takes a
@@ -92,9 +105,10 @@
 //!   bound for that call (see [Cluster and Sentinel](#cluster-and-sentinel)).
 //! - deadpool's own pool timeouts (wait, create, recycle), which are unset by default.
 //!
-//! So against a frozen server, a call over a multiplexed connection fails after 500 ms, while a pool
-//! first spends 500 ms failing to recycle its idle connection and then 1 s failing to set up a new one;
-//! set the command timeout below that if a call must give up sooner.
+//! So against a frozen server, a call over a multiplexed connection (or a pool's lock lane) fails after
+//! 500 ms, while a checkout from a pool first spends 500 ms failing to recycle its idle connection and
+//! then 1 s failing to set up a new one; set the command timeout below that if a call must give up
+//! sooner. A lane that timed out is dropped, so the call after it goes through the pool.
 //!
 //! # Errors
 //!
@@ -163,7 +177,7 @@ pub struct DeadpoolBackend {
 impl From<Pool> for DeadpoolBackend {
     /// A backend checking one connection out of `pool` for each call.
     fn from(pool: Pool) -> Self {
-        Self::new(Conn::Pool(pool))
+        Self::new(Conn::Pool(pool, Default::default()))
     }
 }
 
@@ -231,7 +245,7 @@ impl fmt::Debug for DeadpoolBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("DeadpoolBackend");
         match &self.conn {
-            Conn::Pool(pool) => s.field("pool", &pool.status()),
+            Conn::Pool(pool, _) => s.field("pool", &pool.status()),
             Conn::Multiplexed(_) => s.field("connection", &format_args!("MultiplexedConnection")),
             Conn::Cluster(pool) => s.field("cluster_pool", &pool.status()),
             Conn::Sentinel(pool) => s.field("sentinel_pool", &pool.status()),

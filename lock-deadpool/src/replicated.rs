@@ -35,7 +35,7 @@ pub(crate) async fn eval(
     let bound = backend.get_command_timeout().saturating_add(timeout);
     let wait = || convert::cmd(Command::wait(replicas, timeout));
     let (mut checked_out, first) = bounded(bound, async {
-        let mut checked_out = backend.conn.get().await?;
+        let mut checked_out = backend.conn.checkout().await?;
         let evalsha = convert::cmd(Command::evalsha(script, keys, args));
         let mut conn = for_blocking(&mut checked_out, bound);
         let replies = script_then_wait(&mut conn, evalsha, wait()).await?;
@@ -69,6 +69,7 @@ pub(crate) async fn eval(
 /// timeout (see the crate documentation).
 fn for_blocking(conn: &mut CheckedOut, response_timeout: Duration) -> Blocking<'_> {
     let mut conn = match conn {
+        CheckedOut::Lane(conn) => conn.connection(),
         CheckedOut::Pooled(conn) => MultiplexedConnection::clone(conn),
         CheckedOut::Multiplexed(conn) => conn.clone(),
         CheckedOut::Sentinel(conn) => MultiplexedConnection::clone(conn),

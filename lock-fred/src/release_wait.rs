@@ -4,13 +4,23 @@
 //! shared client: the backend makes connections with the client's config on first use and keeps them
 //! idle between waits. A wait that was cancelled or timed out closes its connection instead, since that
 //! connection may still be blocked on the server.
+//!
+//! The cap holds on the client side: Redis checks blocked clients' timeouts only when its event loop
+//! wakes, about every 100 ms at the default `hz 10`, so a `BLPOP` capped at 100 ms answers after 100 to
+//! 200 ms. The `BLPOP` therefore races a timer of the same length; when the timer wins, fred's
+//! backchannel (a second connection of the waiting client, made on first use) sends `CLIENT UNBLOCK
+//! <id> TIMEOUT`, and the `BLPOP` answers at once: nil ("not woken"), or the signal it popped just
+//! before. The connection is then idle again and kept. Closing it instead would not do: fred's `QUIT`
+//! queues behind the `BLPOP`, which stays blocked on the server until its own timeout and can pop a
+//! signal meant for the next wait. If the unblock fails (an ACL without `CLIENT UNBLOCK`, say), the wait
+//! answers "not woken" and its connection is closed as before.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::ClientLike;
-use fred::types::{ClusterHash, Value};
+use fred::interfaces::{ClientInterface, ClientLike};
+use fred::types::{ClientUnblockFlag, ClusterHash, Value};
 use lock_core::BackendError;
 use lock_core::adapter::{self, Command};
 
@@ -37,7 +47,28 @@ pub(crate) async fn wait_for_release(
     let (blpop, args) =
         convert::custom(Command::blpop(signal, window), ClusterHash::FirstKey, true);
     let bound = backend.get_command_timeout().saturating_add(window);
-    let popped: Value = bounded_by(bound, client.custom(blpop, args)).await?;
+    let popped: Value = {
+        let mut call = std::pin::pin!(bounded_by(bound, client.custom(blpop, args)));
+        match tokio::time::timeout(window, call.as_mut()).await {
+            Ok(reply) => reply?,
+            // The cap is up on our side; the server would answer up to 100 ms later (see the module
+            // docs): unblock it, and take its answer.
+            Err(_elapsed) => {
+                if client
+                    .unblock_self(Some(ClientUnblockFlag::Timeout))
+                    .await
+                    .is_err()
+                {
+                    // Not woken; the still-blocked connection is closed with `blocker`.
+                    return Ok(false);
+                }
+                match tokio::time::timeout(backend.get_command_timeout(), call).await {
+                    Ok(reply) => reply?,
+                    Err(_elapsed) => return Ok(false),
+                }
+            }
+        }
+    };
     blocker.done();
     Ok(!popped.is_null())
 }
