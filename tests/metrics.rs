@@ -35,6 +35,14 @@ struct Seen {
 /// A metric's name and its labels, sorted.
 type MetricId = (String, Vec<(String, String)>);
 
+/// One test of this binary at a time: the spans test's subscriber is its thread's default, and spans
+/// made at the same moment by another test's threads race with it over the callsites' cached interest
+/// (a callsite first hit elsewhere while the subscriber was being set can stay disabled for it).
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    SERIAL.get_or_init(Default::default).lock().await
+}
+
 fn recorder() -> &'static (Snapshotter, Mutex<Seen>) {
     static RECORDER: OnceLock<(Snapshotter, Mutex<Seen>)> = OnceLock::new();
     RECORDER.get_or_init(|| {
@@ -276,11 +284,13 @@ async fn scenarios(target: &Target, server: Option<&RedisServer>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_metric_on_the_memory_backend() {
+    let _one_at_a_time = serial().await;
     scenarios(&Target::memory(), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_metric_on_a_real_redis_through_both_adapters() {
+    let _one_at_a_time = serial().await;
     let server = tokio::task::block_in_place(RedisServer::start);
     for input in [Input::FredClient, Input::DeadpoolPool] {
         let target = Target::redis(&server, input).await;
@@ -290,6 +300,7 @@ async fn each_metric_on_a_real_redis_through_both_adapters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_primitive_reports_under_its_label() {
+    let _one_at_a_time = serial().await;
     let backend = MemoryBackend::new();
     let prefix = support::key_prefix();
     let name = format!("{prefix}primitives");
@@ -356,6 +367,7 @@ async fn every_primitive_reports_under_its_label() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_acquisition_counts_as_a_timeout_and_stops_waiting() {
+    let _one_at_a_time = serial().await;
     let backend = MemoryBackend::new();
     let prefix = support::key_prefix();
     let m = Metrics::new(format!("{prefix}cancelled"));
@@ -378,6 +390,7 @@ async fn a_dropped_acquisition_counts_as_a_timeout_and_stops_waiting() {
 
 #[tokio::test]
 async fn an_empty_metrics_name_is_invalid() {
+    let _one_at_a_time = serial().await;
     let lock = RedisLock::new(MemoryBackend::new(), "k").metrics_name("");
     match lock.acquire().await {
         Err(LockError::InvalidArgument { argument, .. }) => assert_eq!(argument, "metrics_name"),
@@ -494,6 +507,7 @@ mod traces {
 /// release, and a loss under `hold`, each one span with its fields, and the loss one `warn`.
 #[tokio::test(flavor = "current_thread")]
 async fn spans_for_acquire_hold_release_and_a_warn_on_loss() {
+    let _one_at_a_time = serial().await;
     use tracing_subscriber::layer::SubscriberExt;
 
     let capture = traces::Capture::default();
