@@ -1,8 +1,6 @@
 //! The case runners: a server behind a fault proxy, a `MONITOR` on it, workers (tasks or processes),
 //! faults until the end of the run, then the check.
 
-use std::fs::{self, File};
-use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -11,15 +9,38 @@ use crate::checker::{History, check};
 use crate::events::Event;
 use crate::faults::{FaultTally, Freezer, get, inject};
 use crate::monitor::Monitor;
-use crate::processes::{Children, TempDir, WorkerProcess};
+use crate::processes::{Children, Launch, TempDir};
 use crate::support::RedisServer;
 use crate::support::inputs::Input;
 use crate::support::proxy::FaultProxy;
 use crate::workload::{Names, Recorder, WorkerPlan, backend, lock, run_worker};
 use crate::{
-    ID_ENV, KEY_ENV, OUT_ENV, PATIENCE, PROCESS_INPUT, PROCESS_WORKERS, RESOURCE_ENV, RUN_FOR,
-    RUN_MS_ENV, TASK_WORKERS, URL_ENV, WAIT, WORKER_ENV, WORKER_TEST, lock_ignoring_poison,
+    PATIENCE, PROCESS_INPUT, PROCESS_WORKERS, RUN_FOR, TASK_WORKERS, WAIT, WORKER_ENV, WORKER_TEST,
+    lock_ignoring_poison,
 };
+
+/// Injects faults through `proxy` and `server` (stopping a worker process as `freezer` picks it from
+/// `children`) until `run_for` has passed, then waits for every worker process to stop by itself.
+pub(crate) async fn faults_then_wait(
+    server: &Arc<Mutex<RedisServer>>,
+    proxy: &FaultProxy,
+    monitor: &Arc<Monitor>,
+    names: &Names,
+    mut children: Children,
+    freezer: fn(Vec<(u32, std::path::PathBuf)>) -> Freezer,
+    run_for: std::time::Duration,
+) -> (FaultTally, Children) {
+    let deadline = Instant::now() + run_for;
+    let freezer = freezer(children.stoppable());
+    let faults = inject(server, proxy, monitor, freezer, deadline, names).await;
+    let children = tokio::task::spawn_blocking(move || {
+        children.wait_all(run_for + WAIT + PATIENCE);
+        children
+    })
+    .await
+    .expect("waiting for the worker processes");
+    (faults, children)
+}
 
 /// Workers are tasks in this process, each with its own client, all through one fault proxy.
 pub(crate) fn run_task_case(input: Input) {
@@ -112,57 +133,32 @@ pub(crate) fn run_process_case() {
         let server = Arc::new(Mutex::new(server));
 
         let temp = TempDir::new();
-        let dir = temp.path();
-        let exe = std::env::current_exe().expect("current test binary");
-        let mut children = Children::default();
-        for i in 0..PROCESS_WORKERS {
-            let id = format!("p{i}");
-            let out = dir.join(format!("{id}.events"));
-            let log = dir.join(format!("{id}.log"));
-            let child = Command::new(&exe)
-                .args([WORKER_TEST, "--exact", "--nocapture", "--test-threads", "1"])
-                .env(WORKER_ENV, "1")
-                .env(URL_ENV, proxy.url())
-                .env(KEY_ENV, &names.key)
-                .env(RESOURCE_ENV, &names.resource)
-                .env(OUT_ENV, &out)
-                .env(ID_ENV, &id)
-                .env(RUN_MS_ENV, RUN_FOR.as_millis().to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&log).expect("worker log file"))
-                .spawn()
-                .expect("spawn a worker process");
-            children.0.push(WorkerProcess {
-                id,
-                child,
-                out,
-                log,
-            });
-        }
-        let deadline = Instant::now() + RUN_FOR;
-        let freezer = Freezer::Processes(
-            children
-                .0
-                .iter()
-                .map(|c| (c.child.id(), c.out.clone()))
-                .collect(),
-        );
-        let faults = inject(&server, &proxy, &monitor, freezer, deadline, &names).await;
-        let children = tokio::task::spawn_blocking(move || {
-            children.wait_all(RUN_FOR + WAIT + PATIENCE);
-            children
-        })
-        .await
-        .expect("waiting for the worker processes");
+        let launch = Launch {
+            test: WORKER_TEST,
+            role_env: WORKER_ENV,
+            url: &proxy.url(),
+            key: &names.key,
+            resource: Some(&names.resource),
+            run_for: RUN_FOR,
+        };
+        let children = Children::spawn(temp.path(), PROCESS_WORKERS, &launch);
+        let (faults, children) = faults_then_wait(
+            &server,
+            &proxy,
+            &monitor,
+            &names,
+            children,
+            Freezer::Processes,
+            RUN_FOR,
+        )
+        .await;
 
         let (log, problems) = monitor.finish(&server);
-        let mut events = Vec::new();
-        for child in &children.0 {
-            let text = fs::read_to_string(&child.out)
-                .unwrap_or_else(|e| panic!("{} wrote no events: {e}", child.id));
-            events.extend(text.lines().map(Event::parse));
-        }
+        let events: Vec<_> = children
+            .event_lines()
+            .iter()
+            .map(|line| Event::parse(line))
+            .collect();
         let history = History {
             events,
             log,

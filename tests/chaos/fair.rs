@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,18 +18,19 @@ use std::time::{Duration, Instant};
 use lock_core::testing::companion_keys;
 use redlease::{LockBackend, RedisLock};
 
+use crate::cases::faults_then_wait;
 use crate::checker::{self, History};
 use crate::events::Event;
 use crate::fair_checker::{self, FairHistory};
-use crate::faults::{FaultTally, Freezer, get, inject, signal};
+use crate::faults::{FaultTally, Freezer, get, signal};
 use crate::monitor::Monitor;
-use crate::processes::{Children, TempDir, WorkerProcess};
+use crate::processes::{Children, Launch, TempDir};
 use crate::support::proxy::FaultProxy;
 use crate::support::{self, RedisServer};
 use crate::workload::{Names, Recorder, Rng, WorkerPlan, backend, lock, run_worker};
 use crate::{
-    ID_ENV, KEY_ENV, OUT_ENV, PATIENCE, PROCESS_INPUT, PROCESS_STOP, RESOURCE_ENV, RUN_MS_ENV, TTL,
-    URL_ENV, WAIT, lock_ignoring_poison,
+    ID_ENV, KEY_ENV, OUT_ENV, PROCESS_INPUT, PROCESS_STOP, RESOURCE_ENV, RUN_MS_ENV, TTL, URL_ENV,
+    lock_ignoring_poison,
 };
 
 /// Worker processes: enough that a stopped one leaves others queued behind it.
@@ -101,62 +101,31 @@ pub(crate) fn run_fair_process_case() {
         monitor.attach(server.addr(), 0).expect("MONITOR attaches");
         let server = Arc::new(Mutex::new(server));
         let temp = TempDir::new();
-        let dir = temp.path();
-        let exe = std::env::current_exe().expect("current test binary");
-        let mut children = Children::default();
-        for i in 0..FAIR_WORKERS {
-            let id = format!("p{i}");
-            let out = dir.join(format!("{id}.events"));
-            let log = dir.join(format!("{id}.log"));
-            let child = Command::new(&exe)
-                .args([
-                    FAIR_WORKER_TEST,
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
-                .env(FAIR_WORKER_ENV, "1")
-                .env(URL_ENV, proxy.url())
-                .env(KEY_ENV, &names.key)
-                .env(RESOURCE_ENV, &names.resource)
-                .env(OUT_ENV, &out)
-                .env(ID_ENV, &id)
-                .env(RUN_MS_ENV, RUN_FOR.as_millis().to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&log).expect("worker log file"))
-                .spawn()
-                .expect("spawn a worker process");
-            children.0.push(WorkerProcess {
-                id,
-                child,
-                out,
-                log,
-            });
-        }
-        let deadline = Instant::now() + RUN_FOR;
-        let freezer = Freezer::FairWaiters(
-            children
-                .0
-                .iter()
-                .map(|c| (c.child.id(), c.out.clone()))
-                .collect(),
-        );
-        let faults = inject(&server, &proxy, &monitor, freezer, deadline, names).await;
-        let children = tokio::task::spawn_blocking(move || {
-            children.wait_all(RUN_FOR + WAIT + PATIENCE);
-            children
-        })
-        .await
-        .expect("waiting for the worker processes");
+        let launch = Launch {
+            test: FAIR_WORKER_TEST,
+            role_env: FAIR_WORKER_ENV,
+            url: &proxy.url(),
+            key: &names.key,
+            resource: Some(&names.resource),
+            run_for: RUN_FOR,
+        };
+        let children = Children::spawn(temp.path(), FAIR_WORKERS, &launch);
+        let (faults, children) = faults_then_wait(
+            &server,
+            &proxy,
+            &monitor,
+            names,
+            children,
+            Freezer::FairWaiters,
+            RUN_FOR,
+        )
+        .await;
         let (log, problems) = monitor.finish(&server);
-        let mut events = Vec::new();
-        for child in &children.0 {
-            let text = fs::read_to_string(&child.out)
-                .unwrap_or_else(|e| panic!("{} wrote no events: {e}", child.id));
-            events.extend(text.lines().map(Event::parse));
-        }
+        let events: Vec<_> = children
+            .event_lines()
+            .iter()
+            .map(|line| Event::parse(line))
+            .collect();
         let mutex = History {
             events: events.clone(),
             log: log.clone(),

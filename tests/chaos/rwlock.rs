@@ -9,7 +9,6 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -19,9 +18,10 @@ use lock_core::testing::companion_keys;
 use lock_core::{ReadGuard, RwLock, WriteGuard};
 use redlease::{LockBackend, LockError};
 
+use crate::cases::faults_then_wait;
 use crate::faults::{FaultTally, Freezer, inject, signal};
 use crate::monitor::Monitor;
-use crate::processes::{Children, TempDir, WorkerProcess};
+use crate::processes::{Children, Launch, TempDir};
 use crate::rwlock_checker::{RwEvent, RwHistory, check};
 use crate::semaphore::{RUN_FOR, Stopped};
 use crate::support::inputs::Input;
@@ -280,61 +280,31 @@ pub(crate) fn run_rwlock_process_case() {
         monitor.attach(server.addr(), 0).expect("MONITOR attaches");
         let server = Arc::new(Mutex::new(server));
         let temp = TempDir::new();
-        let dir = temp.path();
-        let exe = std::env::current_exe().expect("current test binary");
-        let mut children = Children::default();
-        for i in 0..PROCESS_WORKERS {
-            let id = format!("p{i}");
-            let out = dir.join(format!("{id}.events"));
-            let log = dir.join(format!("{id}.log"));
-            let child = Command::new(&exe)
-                .args([
-                    RWLOCK_WORKER_TEST,
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
-                .env(RWLOCK_WORKER_ENV, "1")
-                .env(URL_ENV, proxy.url())
-                .env(KEY_ENV, &names.key)
-                .env(OUT_ENV, &out)
-                .env(ID_ENV, &id)
-                .env(RUN_MS_ENV, RUN_FOR.as_millis().to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&log).expect("worker log file"))
-                .spawn()
-                .expect("spawn a worker process");
-            children.0.push(WorkerProcess {
-                id,
-                child,
-                out,
-                log,
-            });
-        }
-        let deadline = Instant::now() + RUN_FOR;
-        let freezer = Freezer::ReadHolders(
-            children
-                .0
-                .iter()
-                .map(|c| (c.child.id(), c.out.clone()))
-                .collect(),
-        );
-        let faults = inject(&server, &proxy, &monitor, freezer, deadline, &names).await;
-        let children = tokio::task::spawn_blocking(move || {
-            children.wait_all(RUN_FOR + WAIT + PATIENCE);
-            children
-        })
-        .await
-        .expect("waiting for the worker processes");
+        let launch = Launch {
+            test: RWLOCK_WORKER_TEST,
+            role_env: RWLOCK_WORKER_ENV,
+            url: &proxy.url(),
+            key: &names.key,
+            resource: None,
+            run_for: RUN_FOR,
+        };
+        let children = Children::spawn(temp.path(), PROCESS_WORKERS, &launch);
+        let (faults, children) = faults_then_wait(
+            &server,
+            &proxy,
+            &monitor,
+            &names,
+            children,
+            Freezer::ReadHolders,
+            RUN_FOR,
+        )
+        .await;
         let (log, problems) = monitor.finish(&server);
-        let mut events = Vec::new();
-        for child in &children.0 {
-            let text = fs::read_to_string(&child.out)
-                .unwrap_or_else(|e| panic!("{} wrote no events: {e}", child.id));
-            events.extend(text.lines().map(RwEvent::parse));
-        }
+        let events: Vec<_> = children
+            .event_lines()
+            .iter()
+            .map(|line| RwEvent::parse(line))
+            .collect();
         let history = RwHistory {
             events,
             log,
