@@ -23,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::Criterion;
 use redlease::deadpool::deadpool_redis;
+use redlease::deadpool::deadpool_redis::redis::aio::MultiplexedConnection;
+use redlease::fred::fred::clients::Pool as FredPool;
 use redlease::fred::fred::prelude::*;
 use redlease::script::RELEASE;
 use redlease::{LockBackend, RedisLock};
@@ -34,7 +36,12 @@ const CONTENDERS: usize = 8;
 
 /// The inputs benchmarked, in the tables' order. Their names ([`Input::name`]) are the benchmark ids
 /// and the values of `REDLEASE_BENCH_PROFILE`.
-const INPUTS: [Input; 3] = [Input::FredClient, Input::FredPool, Input::DeadpoolPool];
+const INPUTS: [Input; 4] = [
+    Input::FredClient,
+    Input::FredPool,
+    Input::DeadpoolPool,
+    Input::RedisConnection,
+];
 
 /// A fred pool of 4 clients; every other client with its defaults.
 fn options() -> Options {
@@ -50,40 +57,58 @@ fn parse_input(name: &str) -> Input {
     Input::from_name(name).unwrap_or_else(|| panic!("unknown input {name}"))
 }
 
-/// The floor: the library's two round trips, sent by hand through `client`.
-async fn raw_cycle(client: &RawClient, key: &str, token: &str) {
-    let ttl_ms = TTL.as_millis() as i64;
-    match client {
-        RawClient::Fred(c) => raw_fred(c, key, token, ttl_ms).await,
-        RawClient::FredPool(p) => raw_fred(p.next(), key, token, ttl_ms).await,
-        RawClient::Deadpool(pool) => {
-            use deadpool_redis::redis::cmd;
-            let mut conn = pool.get().await.unwrap();
-            let previous: Option<String> = cmd("SET")
-                .arg(key)
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .arg("GET")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            assert!(previous.is_none());
-            drop(conn);
-            let mut conn = pool.get().await.unwrap();
-            let released: i64 = cmd("EVALSHA")
-                .arg(RELEASE.sha1())
-                .arg(1)
-                .arg(key)
-                .arg(token)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            assert_eq!(released, 1);
+/// The raw floor's client: the connection the library's lock commands take through this input,
+/// used directly. For a deadpool `Pool` that is one connection taken out of the pool (the adapter's lock
+/// lane), so that neither side pays a checkout's recycle per command.
+enum Floor {
+    Fred(Client),
+    FredPool(FredPool),
+    Redis(MultiplexedConnection),
+}
+
+impl Floor {
+    async fn of(client: &RawClient) -> Floor {
+        match client {
+            RawClient::Fred(c) => Floor::Fred(c.clone()),
+            RawClient::FredPool(p) => Floor::FredPool(p.clone()),
+            RawClient::Deadpool(pool) => {
+                Floor::Redis(deadpool_redis::Connection::take(pool.get().await.unwrap()))
+            }
+            RawClient::Redis(conn) => Floor::Redis(conn.clone()),
+            RawClient::Memory(_) => panic!("this bench has no raw floor for the memory backend"),
         }
-        RawClient::Redis(_) | RawClient::Memory(_) => {
-            panic!("this bench has no raw floor for that input")
+    }
+
+    /// The library's two round trips (`SET NX PX`, then `EVALSHA` of the release script), sent by hand.
+    async fn cycle(&self, key: &str, token: &str) {
+        let ttl_ms = TTL.as_millis() as i64;
+        match self {
+            Floor::Fred(c) => raw_fred(c, key, token, ttl_ms).await,
+            Floor::FredPool(p) => raw_fred(p.next(), key, token, ttl_ms).await,
+            Floor::Redis(conn) => {
+                use deadpool_redis::redis::cmd;
+                let mut conn = conn.clone();
+                let previous: Option<String> = cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .arg("GET")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(previous.is_none());
+                let released: i64 = cmd("EVALSHA")
+                    .arg(RELEASE.sha1())
+                    .arg(1)
+                    .arg(key)
+                    .arg(token)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(released, 1);
+            }
         }
     }
 }
@@ -133,8 +158,9 @@ fn s1_uncontended(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) {
                 .eval_script(&RELEASE, &[&key], &[&token]),
         )
         .unwrap();
+        let floor = rt.block_on(Floor::of(&client));
         group.bench_function(format!("{}/raw", input.name()), |b| {
-            b.to_async(rt).iter(|| raw_cycle(&client, &key, &token))
+            b.to_async(rt).iter(|| floor.cycle(&key, &token))
         });
         let lock = RedisLock::new(client.backend(None), key.clone()).timeout(TTL);
         group.bench_function(format!("{}/redlease", input.name()), |b| {
@@ -376,8 +402,8 @@ async fn handoff_once(holder: &RedisLock, waiter: Option<&RedisLock>) -> Option<
 fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
     let rounds = if quick() { 30 } else { 200 };
     println!("\n### S3 hand-off (release returned → waiter's acquire returned), {rounds} rounds\n");
-    print_row(&["adapter", "where", "p50", "p99"].map(String::from));
-    print_row(&["---"; 4].map(String::from));
+    print_row(&["adapter", "where", "p50", "p99", "commands/acq"].map(String::from));
+    print_row(&["---"; 5].map(String::from));
     for input in INPUTS {
         let client = rt.block_on(connect(input, &server.url()));
         // One process: holder and waiter share the backend.
@@ -385,9 +411,12 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
         let lock = RedisLock::new(client.backend(None), key)
             .timeout(TTL)
             .wait_timeout(Some(Duration::from_secs(30)));
+        let before = commands_total(server);
         let mut samples: Vec<u128> = (0..rounds)
             .map(|_| rt.block_on(handoff_once(&lock, Some(&lock))).unwrap())
             .collect();
+        // Each round is two acquisitions (the holder's and the waiter's).
+        let per_acquisition = (commands_total(server) - before) as f64 / (2 * rounds) as f64;
         samples.sort();
         let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
         print_row(&[
@@ -395,6 +424,7 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
             "one process".into(),
             format!("{:.3} ms", p(0.5)),
             format!("{:.3} ms", p(0.99)),
+            format!("{per_acquisition:.2}"),
         ]);
 
         // Two processes: the waiter is a child process. Each round: we hold the lock, tell the child
@@ -407,6 +437,7 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
         let mut to_child = child.stdin.take().unwrap();
         let mut from_child = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut samples = Vec::new();
+        let before = commands_total(server);
         for _ in 0..rounds {
             let guard = rt.block_on(lock.acquire()).unwrap();
             writeln!(to_child, "go").unwrap();
@@ -425,6 +456,7 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
                 .unwrap();
             samples.push(acquired_at.saturating_sub(released_at));
         }
+        let per_acquisition = (commands_total(server) - before) as f64 / (2 * rounds) as f64;
         drop(to_child);
         child.wait().unwrap();
         samples.sort();
@@ -434,6 +466,7 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
             "two processes".into(),
             format!("{:.3} ms", p(0.5)),
             format!("{:.3} ms", p(0.99)),
+            format!("{per_acquisition:.2}"),
         ]);
     }
 }
@@ -535,24 +568,38 @@ fn main() {
     // The S1 floor in cycles per second, measured here again so S2 compares within this run.
     let mut floors = Vec::new();
     println!("\n### S1 uncontended (mean of a timed loop; criterion's figures above)\n");
-    print_row(&["adapter", "raw floor", "redlease", "ratio"].map(String::from));
-    print_row(&["---"; 4].map(String::from));
+    print_row(
+        &[
+            "adapter",
+            "raw floor",
+            "redlease",
+            "ratio",
+            "commands/cycle raw / redlease",
+        ]
+        .map(String::from),
+    );
+    print_row(&["---"; 5].map(String::from));
     for input in INPUTS {
         let client = rt.block_on(connect(input, &server.url()));
         let key = format!("bench:s1loop:{}", input.name());
         let token = uuid::Uuid::new_v4().to_string();
         let lock = RedisLock::new(client.backend(None), key.clone()).timeout(TTL);
+        let floor = rt.block_on(Floor::of(&client));
         let n = if quick() { 500 } else { 3000 };
         let (mut raw, mut lib) = (Duration::ZERO, Duration::ZERO);
+        let (mut raw_commands, mut lib_commands) = (0, 0);
         // Interleave blocks so machine noise hits both sides alike.
         for _ in 0..5 {
+            let before = commands_total(&server);
             let t = Instant::now();
             rt.block_on(async {
                 for _ in 0..n / 5 {
-                    raw_cycle(&client, &key, &token).await;
+                    floor.cycle(&key, &token).await;
                 }
             });
             raw += t.elapsed();
+            let middle = commands_total(&server);
+            raw_commands += middle - before;
             let t = Instant::now();
             rt.block_on(async {
                 for _ in 0..n / 5 {
@@ -561,6 +608,7 @@ fn main() {
                 }
             });
             lib += t.elapsed();
+            lib_commands += commands_total(&server) - middle;
         }
         let per = |d: Duration| d / n as u32;
         floors.push((input, n as f64 / raw.as_secs_f64()));
@@ -569,6 +617,11 @@ fn main() {
             format!("{:.1} µs", per(raw).as_secs_f64() * 1e6),
             format!("{:.1} µs", per(lib).as_secs_f64() * 1e6),
             format!("{:.3}", lib.as_secs_f64() / raw.as_secs_f64()),
+            format!(
+                "{:.2} / {:.2}",
+                raw_commands as f64 / n as f64,
+                lib_commands as f64 / n as f64
+            ),
         ]);
     }
     contention_scenarios(&rt, &server, &floors);

@@ -7,32 +7,28 @@ use redlease::deadpool::deadpool_redis;
 use redlease::script::{SEMAPHORE_ACQUIRE, SHARE_RELEASE};
 use redlease::{LockBackend, RwLock, Semaphore};
 
-use super::support::inputs::{Input, RawClient};
-use super::{INPUTS, RedisServer, connect, print_row, quick};
+use super::support::inputs::Input;
+use super::{Floor, INPUTS, RedisServer, connect, print_row, quick};
 
 /// S6: tasks on one semaphore.
 const S6_TASKS: usize = 32;
 const S6_LIMIT: u32 = 4;
 const TTL_MS: &str = "10000";
 
-/// One raw EVALSHA through the input's client, without the library.
-async fn raw_evalsha(client: &RawClient, sha: &str, keys: &[&str], args: &[&str]) {
-    match client {
-        RawClient::Fred(c) => raw_fred_evalsha(c, sha, keys, args).await,
-        RawClient::FredPool(p) => raw_fred_evalsha(p.next(), sha, keys, args).await,
-        RawClient::Deadpool(pool) => {
-            let mut conn = pool.get().await.unwrap();
+/// One raw EVALSHA through the input's floor connection, without the library.
+async fn raw_evalsha(floor: &Floor, sha: &str, keys: &[&str], args: &[&str]) {
+    match floor {
+        Floor::Fred(c) => raw_fred_evalsha(c, sha, keys, args).await,
+        Floor::FredPool(p) => raw_fred_evalsha(p.next(), sha, keys, args).await,
+        Floor::Redis(conn) => {
             let _: deadpool_redis::redis::Value = deadpool_redis::redis::cmd("EVALSHA")
                 .arg(sha)
                 .arg(keys.len())
                 .arg(keys)
                 .arg(args)
-                .query_async(&mut conn)
+                .query_async(&mut conn.clone())
                 .await
                 .unwrap();
-        }
-        RawClient::Redis(_) | RawClient::Memory(_) => {
-            panic!("this bench has no raw floor for that input")
         }
     }
 }
@@ -52,7 +48,7 @@ async fn raw_fred_evalsha(
 
 /// The floor of S6: one task's uncontended acquire + release of one permit, as the library sends them
 /// (the acquire script, then the release script), sent by hand; in cycles per second.
-async fn semaphore_floor(client: &RawClient, backend: &Arc<dyn LockBackend>, key: &str) -> f64 {
+async fn semaphore_floor(client: &Floor, backend: &Arc<dyn LockBackend>, key: &str) -> f64 {
     // Load both scripts so that the floor's EVALSHA finds them.
     let sem = Semaphore::new(backend.clone(), key, S6_LIMIT);
     sem.acquire().await.unwrap().release().await.unwrap();
@@ -137,7 +133,11 @@ pub(super) fn semaphore_scenarios(rt: &tokio::runtime::Runtime, server: &RedisSe
         let client = rt.block_on(connect(input, &server.url()));
         let backend = client.backend(None);
         let key = format!("bench:s6:{}:{}", input.name(), uuid::Uuid::new_v4());
-        let floor = rt.block_on(semaphore_floor(&client, &backend, &key));
+        let floor = rt.block_on(semaphore_floor(
+            &rt.block_on(Floor::of(&client)),
+            &backend,
+            &key,
+        ));
         let (per_sec, counts) = rt.block_on(semaphore_contention(backend, &key, run_for));
         let min = *counts.iter().min().unwrap_or(&0) as f64;
         let max = *counts.iter().max().unwrap_or(&1) as f64;

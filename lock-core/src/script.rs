@@ -121,9 +121,12 @@ return -1"#,
 pub static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "extend",
-        r#"if redis.call('get', KEYS[1]) == ARGV[1] and redis.call('pttl', KEYS[1]) > 0 then
+        r#"if redis.call('get', KEYS[1]) == ARGV[1] then
   redis.call('pexpireat', KEYS[1], ARGV[2], 'GT')
-  return {redis.call('pttl', KEYS[1]), redis.call('pexpiretime', KEYS[1])}
+  local pttl = redis.call('pttl', KEYS[1])
+  if pttl > 0 then
+    return {pttl, redis.call('pexpiretime', KEYS[1])}
+  end
 end
 return 0"#,
     )
@@ -137,12 +140,19 @@ return 0"#,
 /// guard only moves the expiry later, so the guard's validity, the latest lower bound any confirmed
 /// write gave, never exceeds the key's real expiry, whatever order replies arrive in. Like [`EXTEND`],
 /// it never re-creates a lost lock.
+///
+/// Four commands as Redis counts them (`GET`, `PEXPIRE .. GT`, `PTTL`, `PEXPIRETIME`): no `PTTL` before
+/// the write is needed, because `GT` leaves a key without a TTL alone (Redis takes its TTL as infinite)
+/// and the `PTTL` after it then answers -1, which is not ours.
 pub static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "renew",
-        r#"if redis.call('get', KEYS[1]) == ARGV[1] and redis.call('pttl', KEYS[1]) > 0 then
+        r#"if redis.call('get', KEYS[1]) == ARGV[1] then
   redis.call('pexpire', KEYS[1], ARGV[2], 'GT')
-  return {redis.call('pttl', KEYS[1]), redis.call('pexpiretime', KEYS[1])}
+  local pttl = redis.call('pttl', KEYS[1])
+  if pttl > 0 then
+    return {pttl, redis.call('pexpiretime', KEYS[1])}
+  end
 end
 return 0"#,
     )
