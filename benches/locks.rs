@@ -9,7 +9,7 @@
 //! - S7 read-write lock: a writer's wait under a continuous stream of readers.
 //!
 //! `cargo bench --bench locks` runs all of it; `REDLEASE_BENCH_QUICK=1` shortens every scenario, and
-//! `REDLEASE_BENCH_ONLY=s6` (or `s7`) runs one scenario alone.
+//! `REDLEASE_BENCH_ONLY=s1` (`s2`, `s3`, `s6`, `s7`) runs one scenario alone (without criterion's S1).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -471,16 +471,30 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
     }
 }
 
-/// Only the library's S1 loop, for a profiler: `REDLEASE_BENCH_PROFILE=fred-client perf record -g ...`.
+/// Only the library's S1 loop (or the floor's), for a profiler: `REDLEASE_BENCH_PROFILE=fred-client perf record -g ...`.
 fn profile_loop(rt: &tokio::runtime::Runtime, server: &RedisServer, input: Input) {
     let client = rt.block_on(connect(input, &server.url()));
     let lock = RedisLock::new(client.backend(None), "bench:profile").timeout(TTL);
     let n = 20_000;
+    // `REDLEASE_BENCH_PROFILE_RAW=1`: the raw floor's loop instead, to compare (e.g. `strace -c -f`).
+    let raw = std::env::var_os("REDLEASE_BENCH_PROFILE_RAW").is_some();
+    let floor = rt.block_on(Floor::of(&client));
+    let token = uuid::Uuid::new_v4().to_string();
+    rt.block_on(
+        client
+            .backend(None)
+            .eval_script(&RELEASE, &["bench:profile"], &[&token]),
+    )
+    .unwrap();
     let started = Instant::now();
     rt.block_on(async {
         for _ in 0..n {
-            let guard = lock.acquire().await.unwrap();
-            guard.release().await.unwrap();
+            if raw {
+                floor.cycle("bench:profile", &token).await;
+            } else {
+                let guard = lock.acquire().await.unwrap();
+                guard.release().await.unwrap();
+            }
         }
     });
     println!("{} cycles in {:?}", n, started.elapsed());
@@ -538,34 +552,9 @@ fn child(role: &str) {
     }
 }
 
-fn main() {
-    if let Ok(role) = std::env::var("REDLEASE_BENCH_ROLE") {
-        child(&role);
-        return;
-    }
-    let server = RedisServer::start();
-    let rt = runtime();
-    if let Ok(input) = std::env::var("REDLEASE_BENCH_PROFILE") {
-        profile_loop(&rt, &server, parse_input(&input));
-        return;
-    }
-    if let Ok(only) = std::env::var("REDLEASE_BENCH_ONLY") {
-        // One scenario alone, for a profile or a second look: `REDLEASE_BENCH_ONLY=s6`.
-        match only.as_str() {
-            "s6" => primitives::semaphore_scenarios(&rt, &server),
-            "s7" => primitives::rwlock_scenarios(&rt, &server),
-            other => panic!("REDLEASE_BENCH_ONLY={other}: only s6 and s7 run alone"),
-        }
-        return;
-    }
-    let mut criterion = Criterion::default()
-        .configure_from_args()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(if quick() { 1 } else { 4 }))
-        .sample_size(if quick() { 10 } else { 40 });
-    s1_uncontended(&mut criterion, &rt, &server.url());
-
-    // The S1 floor in cycles per second, measured here again so S2 compares within this run.
+/// S1 as a timed loop, raw floor and library interleaved: prints the table and answers each input's
+/// floor in cycles per second, so that S2 compares within this run.
+fn s1_timed(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Vec<(Input, f64)> {
     let mut floors = Vec::new();
     println!("\n### S1 uncontended (mean of a timed loop; criterion's figures above)\n");
     print_row(
@@ -585,12 +574,19 @@ fn main() {
         let token = uuid::Uuid::new_v4().to_string();
         let lock = RedisLock::new(client.backend(None), key.clone()).timeout(TTL);
         let floor = rt.block_on(Floor::of(&client));
+        // Load the release script so the floor's EVALSHA finds it.
+        rt.block_on(
+            client
+                .backend(None)
+                .eval_script(&RELEASE, &[&key], &[&token]),
+        )
+        .unwrap();
         let n = if quick() { 500 } else { 3000 };
         let (mut raw, mut lib) = (Duration::ZERO, Duration::ZERO);
         let (mut raw_commands, mut lib_commands) = (0, 0);
         // Interleave blocks so machine noise hits both sides alike.
         for _ in 0..5 {
-            let before = commands_total(&server);
+            let before = commands_total(server);
             let t = Instant::now();
             rt.block_on(async {
                 for _ in 0..n / 5 {
@@ -598,7 +594,7 @@ fn main() {
                 }
             });
             raw += t.elapsed();
-            let middle = commands_total(&server);
+            let middle = commands_total(server);
             raw_commands += middle - before;
             let t = Instant::now();
             rt.block_on(async {
@@ -608,7 +604,7 @@ fn main() {
                 }
             });
             lib += t.elapsed();
-            lib_commands += commands_total(&server) - middle;
+            lib_commands += commands_total(server) - middle;
         }
         let per = |d: Duration| d / n as u32;
         floors.push((input, n as f64 / raw.as_secs_f64()));
@@ -624,6 +620,40 @@ fn main() {
             ),
         ]);
     }
+    floors
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("REDLEASE_BENCH_ROLE") {
+        child(&role);
+        return;
+    }
+    let server = RedisServer::start();
+    let rt = runtime();
+    if let Ok(input) = std::env::var("REDLEASE_BENCH_PROFILE") {
+        profile_loop(&rt, &server, parse_input(&input));
+        return;
+    }
+    if let Ok(only) = std::env::var("REDLEASE_BENCH_ONLY") {
+        // One scenario alone, for a profile or a second look: `REDLEASE_BENCH_ONLY=s6`.
+        match only.as_str() {
+            "s1" => drop(s1_timed(&rt, &server)),
+            "s2" => contention_scenarios(&rt, &server, &s1_timed(&rt, &server)),
+            "s3" => handoff_scenarios(&rt, &server),
+            "s6" => primitives::semaphore_scenarios(&rt, &server),
+            "s7" => primitives::rwlock_scenarios(&rt, &server),
+            other => panic!("REDLEASE_BENCH_ONLY={other}: only s1, s2, s3, s6 and s7 run alone"),
+        }
+        return;
+    }
+    let mut criterion = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(if quick() { 1 } else { 4 }))
+        .sample_size(if quick() { 10 } else { 40 });
+    s1_uncontended(&mut criterion, &rt, &server.url());
+
+    let floors = s1_timed(&rt, &server);
     contention_scenarios(&rt, &server, &floors);
     handoff_scenarios(&rt, &server);
     primitives::semaphore_scenarios(&rt, &server);
