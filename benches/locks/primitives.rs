@@ -8,7 +8,7 @@ use redlease::script::{SEMAPHORE_ACQUIRE, SHARE_RELEASE};
 use redlease::{LockBackend, RwLock, Semaphore};
 
 use super::support::inputs::Input;
-use super::{Floor, INPUTS, RedisServer, connect, print_row, quick};
+use super::{Floor, INPUTS, RedisServer, commands_total, connect, print_row, quick};
 
 /// S6: tasks on one semaphore.
 const S6_TASKS: usize = 32;
@@ -124,10 +124,11 @@ pub(super) fn semaphore_scenarios(rt: &tokio::runtime::Runtime, server: &RedisSe
             "permits/s",
             "permits/s ÷ floor",
             "fairness (min/max)",
+            "commands/permit",
         ]
         .map(String::from),
     );
-    print_row(&["---"; 5].map(String::from));
+    print_row(&["---"; 6].map(String::from));
     let inputs: Vec<Input> = INPUTS.to_vec();
     for input in inputs {
         let client = rt.block_on(connect(input, &server.url()));
@@ -138,7 +139,9 @@ pub(super) fn semaphore_scenarios(rt: &tokio::runtime::Runtime, server: &RedisSe
             &backend,
             &key,
         ));
+        let before = commands_total(server);
         let (per_sec, counts) = rt.block_on(semaphore_contention(backend, &key, run_for));
+        let commands = commands_total(server) - before;
         let min = *counts.iter().min().unwrap_or(&0) as f64;
         let max = *counts.iter().max().unwrap_or(&1) as f64;
         print_row(&[
@@ -147,6 +150,10 @@ pub(super) fn semaphore_scenarios(rt: &tokio::runtime::Runtime, server: &RedisSe
             format!("{per_sec:.0}"),
             format!("{:.2}", per_sec / floor),
             format!("{:.2}", min / max.max(1.0)),
+            format!(
+                "{:.2}",
+                commands as f64 / counts.iter().sum::<usize>().max(1) as f64
+            ),
         ]);
     }
 }
@@ -157,13 +164,14 @@ const S7_READERS: usize = 8;
 const S7_READ_FOR: Duration = Duration::from_millis(2);
 const S7_WRITE_EVERY: Duration = Duration::from_millis(20);
 
-/// Runs S7 for `run_for`: every write wait, the reads per second, and the reader-free cycle time of one
-/// uncontended write hold taken and released by the same client (the floor the waits compare with).
+/// Runs S7 for `run_for`: every write wait, the reads per second, the reader-free cycle time of one
+/// uncontended write hold taken and released by the same client (the floor the waits compare with),
+/// and how many holds were taken in all.
 async fn rwlock_contention(
     backend: Arc<dyn LockBackend>,
     key: &str,
     run_for: Duration,
-) -> (Vec<Duration>, f64, Duration) {
+) -> (Vec<Duration>, f64, Duration, usize) {
     let rw = RwLock::new(backend, key)
         .timeout(Duration::from_secs(10))
         .wait_timeout(Some(Duration::from_secs(30)));
@@ -207,7 +215,14 @@ async fn rwlock_contention(
     }
     let mut waits = writer.await.unwrap();
     waits.sort();
-    (waits, reads as f64 / started.elapsed().as_secs_f64(), floor)
+    // Every hold taken, the floor's write holds included (the command count spans the floor too).
+    let acquisitions = reads + waits.len() + n as usize;
+    (
+        waits,
+        reads as f64 / started.elapsed().as_secs_f64(),
+        floor,
+        acquisitions,
+    )
 }
 
 pub(super) fn rwlock_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
@@ -228,15 +243,18 @@ pub(super) fn rwlock_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServe
             "writer wait p99",
             "p99 ÷ uncontended cycle",
             "reads/s",
+            "commands/acq",
         ]
         .map(String::from),
     );
-    print_row(&["---"; 7].map(String::from));
+    print_row(&["---"; 8].map(String::from));
     for input in INPUTS {
         let client = rt.block_on(connect(input, &server.url()));
         let key = format!("bench:s7:{}:{}", input.name(), uuid::Uuid::new_v4());
-        let (waits, reads, floor) =
+        let before = commands_total(server);
+        let (waits, reads, floor, acquisitions) =
             rt.block_on(rwlock_contention(client.backend(None), &key, run_for));
+        let commands = commands_total(server) - before;
         let p = |q: f64| super::percentile(&waits, q);
         print_row(&[
             input.name().into(),
@@ -246,6 +264,7 @@ pub(super) fn rwlock_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServe
             format!("{:.3} ms", p(0.99).as_secs_f64() * 1e3),
             format!("{:.1}", p(0.99).as_secs_f64() / floor.as_secs_f64()),
             format!("{reads:.0}"),
+            format!("{:.2}", commands as f64 / acquisitions.max(1) as f64),
         ]);
     }
 }
