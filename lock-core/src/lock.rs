@@ -240,7 +240,12 @@ impl RedisLock {
             // Woken by the holder's release where the backend can block on the signal list; capped,
             // because an expiry signals nothing and a wake-up can be missed.
             let cap = plan.config.backoff.max().min(left);
-            if self.backend.capabilities().blocking_waits {
+            // Beyond the backend's blocking waits (`Runtime::max_blocking_waits`), poll.
+            let permit = match self.backend.capabilities().blocking_waits {
+                true => runtime.blocking_wait(),
+                false => None,
+            };
+            if let Some(_permit) = permit {
                 // A failed wait ends the acquisition with its error: swallowing it would spend one
                 // call bound silently, then the next attempt another.
                 self.backend
@@ -248,7 +253,7 @@ impl RedisLock {
                     .await
                     .map_err(|source| LockError::backend_failed(&self.key, source))?;
             } else {
-                let delay = plan.config.backoff.delay(attempt).min(left);
+                let delay = plan.config.backoff.delay(attempt).min(cap);
                 tracing::trace!(key = %self.key, attempt, ?delay, "lock busy, backing off");
                 runtime.sleep(delay).await;
             }

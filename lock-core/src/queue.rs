@@ -31,7 +31,10 @@ use model::{Mutex, MutexGuard};
 #[cfg(test)]
 mod model;
 mod wakeups;
+// Bounded waits (issue 13): the per-backend permits for blocking waits.
+mod gate;
 
+pub(crate) use gate::{WaitGate, WaitPermit};
 pub(crate) use wakeups::LocalWakeups;
 
 /// The per-key waiting lines of one backend (shared by its clones, through their

@@ -15,6 +15,7 @@ use futures::future::{BoxFuture, Either, select};
 
 use crate::error::{LockError, Result};
 use crate::queue::LocalQueues;
+use crate::queue::{WaitGate, WaitPermit};
 use crate::time::Moment;
 
 /// The clock, timer and spawner of an async runtime, as the lock algorithm uses them.
@@ -69,6 +70,9 @@ pub struct Runtime {
     /// `None` only for the lock side's own runtimes: the default for backends without one, and the
     /// testing wrapper that bypasses the lines.
     lines: Option<Arc<LocalQueues>>,
+    /// The permits for blocking waits (see [`max_blocking_waits`](Self::max_blocking_waits)), shared
+    /// by clones and by [`without_lines`](Self::without_lines).
+    gate: Arc<WaitGate>,
 }
 
 /// The runtime of backends that answer no [`Runtime`]: neutral, and without lines (shared by every such
@@ -76,6 +80,9 @@ pub struct Runtime {
 static WITHOUT_LINES: LazyLock<Runtime> = LazyLock::new(|| Runtime {
     executor: Arc::new(Neutral),
     lines: None,
+    // Shared by every backend without a runtime of its own, which may be different servers: not
+    // bounded, as before bounded waits.
+    gate: Arc::new(WaitGate::new(usize::MAX)),
 });
 
 impl Runtime {
@@ -84,6 +91,7 @@ impl Runtime {
         Self {
             executor: Arc::new(executor),
             lines: Some(Arc::default()),
+            gate: Arc::new(WaitGate::new(Self::DEFAULT_MAX_BLOCKING_WAITS)),
         }
     }
 
@@ -108,6 +116,7 @@ impl Runtime {
         Self {
             executor: self.executor.clone(),
             lines: None,
+            gate: self.gate.clone(),
         }
     }
 
@@ -169,6 +178,54 @@ impl Runtime {
                 waited: self.now() - started,
             }),
         }
+    }
+}
+
+// Bounded waits (issue 13): at most a fixed number of blocking waits per backend.
+impl Runtime {
+    /// The default of [`max_blocking_waits`](Self::max_blocking_waits): 8.
+    pub const DEFAULT_MAX_BLOCKING_WAITS: usize = 8;
+
+    /// Lets at most `limit` waiters of this backend block on release signals at once
+    /// ([`LockBackend::wait_for_release`](crate::LockBackend::wait_for_release)); the others poll
+    /// with their lock's [`backoff`](crate::RedisLock::backoff), each delay capped as a blocking wait
+    /// is (by the backoff's maximum and the time left to wait). The default is
+    /// [`DEFAULT_MAX_BLOCKING_WAITS`](Self::DEFAULT_MAX_BLOCKING_WAITS).
+    ///
+    /// A blocking wait takes a connection of its own (out of the pool, or one the adapter opens) for
+    /// as long as it blocks; without a bound, many keys waited on take many connections and can
+    /// starve the holders' renewals of a pool. The limit counts waits, not keys or locks: the mutex
+    /// and the semaphore-like primitives already have one waiter per key and process talk to Redis
+    /// (the others wait in line locally), while each waiter of a fair lock waits on its own.
+    ///
+    /// What a polling waiter costs: it learns of a release up to one backoff delay later than a
+    /// blocked one would (at most the backoff's maximum), and it makes one attempt per delay instead
+    /// of one per release or wait cap. `0` means never block, always poll; `usize::MAX` means no
+    /// bound. Every value is valid.
+    ///
+    /// The setting belongs to the runtime, so to the backend and all its clones: setting it through
+    /// one sets it for every clone, at once (waits already blocking finish; no new one starts while
+    /// `limit` or more block). Adapters set it with their own `max_blocking_waits` builder methods.
+    #[must_use]
+    pub fn max_blocking_waits(self, limit: usize) -> Self {
+        self.gate.set_limit(limit);
+        self
+    }
+
+    /// The limit set by [`max_blocking_waits`](Self::max_blocking_waits).
+    pub fn get_max_blocking_waits(&self) -> usize {
+        self.gate.limit()
+    }
+
+    /// How many waiters of this backend block on release signals now: for diagnostics and tests.
+    pub fn blocking_waits(&self) -> usize {
+        self.gate.in_use()
+    }
+
+    /// A slot for one blocking wait, returned when dropped; `None` when the limit is reached, and the
+    /// waiter polls.
+    pub(crate) fn blocking_wait(&self) -> Option<WaitPermit<'_>> {
+        self.gate.try_enter()
     }
 }
 
@@ -237,5 +294,28 @@ mod tests {
         assert_eq!(runtime.clone().waiting("k"), 1, "clones share the lines");
         assert_eq!(Runtime::neutral().waiting("k"), 0);
         assert_eq!(runtime.without_lines().waiting("k"), 0);
+    }
+
+    #[test]
+    fn max_blocking_waits_is_shared_by_clones_and_bounds_permits() {
+        let runtime = Runtime::neutral();
+        assert_eq!(
+            runtime.get_max_blocking_waits(),
+            Runtime::DEFAULT_MAX_BLOCKING_WAITS
+        );
+        let clone = runtime.clone();
+        let runtime = runtime.max_blocking_waits(1);
+        assert_eq!(clone.get_max_blocking_waits(), 1);
+        let permit = runtime.blocking_wait().expect("one slot");
+        assert!(clone.blocking_wait().is_none(), "clones share the slot");
+        assert!(runtime.without_lines().blocking_wait().is_none());
+        assert_eq!(runtime.blocking_waits(), 1);
+        drop(permit);
+        assert_eq!(clone.blocking_waits(), 0);
+        assert!(
+            Runtime::neutral().blocking_wait().is_some(),
+            "another backend"
+        );
+        assert_eq!(Runtime::fallback().get_max_blocking_waits(), usize::MAX);
     }
 }

@@ -529,9 +529,11 @@ where
             },
             false => None,
         };
-        if watching.is_some()
-            || (wakeups.is_none() && waiting.backend.capabilities().blocking_waits)
-        {
+        let blocks = watching.is_some()
+            || (wakeups.is_none() && waiting.backend.capabilities().blocking_waits);
+        // Beyond the backend's blocking waits (`Runtime::max_blocking_waits`), poll.
+        let permit = blocks.then(|| runtime.blocking_wait()).flatten();
+        if let Some(_permit) = permit {
             // Never cancelled by a local wake-up: a release made here pushes the signal too, and a
             // blocking wait dropped mid-way would cost its connection.
             let signalled = waiting

@@ -195,6 +195,28 @@ impl FredBackend {
         self.command_timeout
     }
 
+    // Bounded waits (issue 13).
+    /// Lets at most `limit` waiters of this backend (and its clones) block on release signals at
+    /// once; the others poll with their lock's backoff. The default is
+    /// [`Runtime::DEFAULT_MAX_BLOCKING_WAITS`] (8); `0` means never block, always poll. Every value is
+    /// valid.
+    ///
+    /// Each blocking wait (`BLPOP`) holds a connection of the backend's own (made with the client's config, kept idle between waits) while it blocks, so the limit bounds the connections
+    /// that waiting takes, however many keys are waited on, and leaves the rest to the holders'
+    /// renewals. The cost of a low limit: a waiter beyond it learns of a release up to one backoff
+    /// delay later (at most the backoff's maximum, 100 ms by default) and makes one attempt per delay.
+    /// See [`Runtime::max_blocking_waits`]; the setting is shared with the backend's clones.
+    #[must_use]
+    pub fn max_blocking_waits(mut self, limit: usize) -> Self {
+        self.runtime = self.runtime.max_blocking_waits(limit);
+        self
+    }
+
+    /// The limit set by [`max_blocking_waits`](Self::max_blocking_waits).
+    pub fn get_max_blocking_waits(&self) -> usize {
+        self.runtime.get_max_blocking_waits()
+    }
+
     /// The client the next command would go through: the client itself, or the pool's next connected
     /// client.
     pub fn client(&self) -> &Client {
@@ -424,5 +446,17 @@ mod tests {
             backend.get_command_timeout(),
             lock_core::adapter::MAX_COMMAND_TIMEOUT
         );
+    }
+
+    #[test]
+    fn max_blocking_waits_default_setting_and_clones() {
+        let backend = backend();
+        assert_eq!(backend.get_max_blocking_waits(), 8);
+        let clone = backend.clone();
+        let backend = backend.max_blocking_waits(0);
+        assert_eq!(backend.get_max_blocking_waits(), 0);
+        assert_eq!(clone.get_max_blocking_waits(), 0, "one backend, one limit");
+        let backend = backend.max_blocking_waits(usize::MAX);
+        assert_eq!(backend.get_max_blocking_waits(), usize::MAX);
     }
 }

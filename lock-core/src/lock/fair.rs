@@ -182,7 +182,12 @@ impl RedisLock {
                 None => Duration::MAX,
             };
             let cap = plan.config.backoff.max().min(heartbeat).min(left);
-            if self.backend.capabilities().blocking_waits {
+            // Beyond the backend's blocking waits (`Runtime::max_blocking_waits`), poll.
+            let permit = match self.backend.capabilities().blocking_waits {
+                true => runtime.blocking_wait(),
+                false => None,
+            };
+            if let Some(_permit) = permit {
                 self.backend
                     .wait_for_release(&plan.signal, cap)
                     .await

@@ -101,6 +101,8 @@ pub use checks::inspect::{
     inspect_shows_semaphore_holders_and_permits, inspect_shows_the_fair_queue_in_order,
     inspect_shows_the_lock_holder_ttl_and_fence,
 };
+// Bounded waits (issue 13).
+pub use checks::waits::waiters_beyond_the_blocking_limit_still_acquire;
 pub use probe::{Probe, Unsupported};
 pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};
 pub use wrappers::{CountingBackend, Fault, FaultyBackend, Unqueued};

@@ -362,6 +362,8 @@ macro_rules! conformance_tests {
             inspect_shows_semaphore_holders_and_permits,
             inspect_shows_rwlock_readers_writer_and_waiting_writers,
             inspect_names_the_leader_and_its_term,
+            // Bounded waits (issue 13).
+            waiters_beyond_the_blocking_limit_still_acquire,
         );
     };
 
