@@ -443,7 +443,7 @@ return {redis.call('exists', KEYS[1], KEYS[2]), live}"#,
 
 /// Every script the lock sends, once each: for checks and tools that must cover them all (their
 /// digests, preloading them with `SCRIPT LOAD`).
-pub fn all() -> [&'static Script; 29] {
+pub fn all() -> [&'static Script; 30] {
     [
         &*RELEASE,
         &*RELEASE_AND_SIGNAL,
@@ -478,8 +478,38 @@ pub fn all() -> [&'static Script; 29] {
         &*LOCK_INSPECT,
         &*SEMAPHORE_INSPECT,
         &*RW_INSPECT,
+        // Batched renewals (issue 13).
+        &*RENEW_MANY,
     ]
 }
+
+// Batched renewals (issue 13): one call renews many leases of one slot.
+
+/// [`RENEW`] for many keys in one call: `KEYS` are the lease keys (all in one cluster slot), `ARGV[1]`
+/// the TTL in milliseconds and `ARGV[1 + i]` the token of `KEYS[i]`. Each key is token-checked and
+/// renewed exactly as `RENEW` renews it alone (`PEXPIRE .. GT`: never shortened); the reply has one
+/// element per key, in order, each RENEW's reply: `{pttl, pexpiretime}`, or 0 when the key does not
+/// hold its token (or has no TTL left).
+///
+/// Every command is called on `KEYS[1]`, into which the loop copies the key it is at: each key the
+/// script touches is one of the declared `KEYS`, and no command is called on anything but a literal
+/// `KEYS[n]` (what `scripts_name_every_key_in_keys_and_every_command_literally` checks).
+pub static RENEW_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "renew_many",
+        r#"local replies = {}
+for i = 1, #KEYS do
+  KEYS[1] = KEYS[i]
+  if redis.call('get', KEYS[1]) == ARGV[i + 1] and redis.call('pttl', KEYS[1]) > 0 then
+    redis.call('pexpire', KEYS[1], ARGV[1], 'GT')
+    replies[i] = {redis.call('pttl', KEYS[1]), redis.call('pexpiretime', KEYS[1])}
+  else
+    replies[i] = 0
+  end
+end
+return replies"#,
+    )
+});
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,8 @@ mod fair;
 mod rwlock;
 // Inspection.
 mod inspect;
+// Batched renewals (issue 13).
+mod renew_many;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -216,6 +216,8 @@ const SET_SCRIPTS: &[SetScript] = &[
     super::rwlock::run,
     // Inspection.
     super::inspect::run,
+    // Batched renewals (issue 13).
+    super::renew_many::run,
 ];
 
 /// Deletes `key` if it holds `token`, answering as the release scripts do: 1 deleted, 0 another
