@@ -1,7 +1,7 @@
 //! [`LockGuard`]: proof of one acquisition, and everything a holder can do with it.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -32,7 +32,8 @@ use crate::time::{Moment, to_millis, validity_deadline};
 pub struct LockGuard {
     lease: Lease,
     holding: Holding,
-    validity: Mutex<Validity>,
+    /// Shared with the renewal scheduler while `hold` runs (batched renewals).
+    validity: Arc<Mutex<Validity>>,
     /// [`RedisLock::replicas`](crate::RedisLock::replicas), for `renew` and `extend`.
     replica_ack: Option<ReplicaAck>,
     /// This process's turn for the key, handed to the next local waiter when the guard goes. Declared
@@ -49,7 +50,7 @@ impl LockGuard {
         Self {
             lease,
             holding,
-            validity: Mutex::new(Validity::granted(sent_at, Some(until))),
+            validity: Arc::new(Mutex::new(Validity::granted(sent_at, Some(until)))),
             replica_ack,
             baton: None,
         }
@@ -437,6 +438,18 @@ impl Held for LockGuard {
 
     fn release_held(self) -> impl Future<Output = Result<bool>> + Send {
         self.release()
+    }
+
+    // Batched renewals (issue 13): a renewal that must reach replicas (`replicas`) stays per lease.
+    fn batched(&self) -> Option<crate::lease::Batched> {
+        match self.replica_ack {
+            Some(_) => None,
+            None => Some(crate::lease::Batched {
+                backend: self.lease.backend.clone(),
+                validity: self.validity.clone(),
+                tell_line: self.baton.is_some(),
+            }),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::future::{BoxFuture, Either, select};
 
 use crate::error::{LockError, Result};
+use crate::lease::renewals::Renewals;
 use crate::queue::LocalQueues;
 use crate::queue::{WaitGate, WaitPermit};
 use crate::time::Moment;
@@ -73,6 +74,8 @@ pub struct Runtime {
     /// The permits for blocking waits (see [`max_blocking_waits`](Self::max_blocking_waits)), shared
     /// by clones and by [`without_lines`](Self::without_lines).
     gate: Arc<WaitGate>,
+    /// The renewal scheduler of the leases held through this runtime's backend (started on first use).
+    renewals: Arc<Renewals>,
 }
 
 /// The runtime of backends that answer no [`Runtime`]: neutral, and without lines (shared by every such
@@ -83,6 +86,7 @@ static WITHOUT_LINES: LazyLock<Runtime> = LazyLock::new(|| Runtime {
     // Shared by every backend without a runtime of its own, which may be different servers: not
     // bounded, as before bounded waits.
     gate: Arc::new(WaitGate::new(usize::MAX)),
+    renewals: Arc::default(),
 });
 
 impl Runtime {
@@ -92,6 +96,7 @@ impl Runtime {
             executor: Arc::new(executor),
             lines: Some(Arc::default()),
             gate: Arc::new(WaitGate::new(Self::DEFAULT_MAX_BLOCKING_WAITS)),
+            renewals: Arc::default(),
         }
     }
 
@@ -117,6 +122,7 @@ impl Runtime {
             executor: self.executor.clone(),
             lines: None,
             gate: self.gate.clone(),
+            renewals: self.renewals.clone(),
         }
     }
 
@@ -145,6 +151,11 @@ impl Runtime {
     /// (not counting the one whose turn it is): for diagnostics and tests.
     pub fn waiting(&self, key: &str) -> usize {
         self.lines.as_ref().map_or(0, |lines| lines.waiting(key))
+    }
+
+    /// The renewal scheduler of this runtime (one per backend, shared by clones).
+    pub(crate) fn renewals(&self) -> &Arc<Renewals> {
+        &self.renewals
     }
 
     /// The waiting lines, unless this runtime keeps none.

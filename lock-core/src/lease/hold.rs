@@ -2,6 +2,7 @@
 //! (acquire, hold the body, release) of every primitive.
 
 use std::pin::pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, Either, select};
@@ -10,6 +11,9 @@ use tracing::Instrument;
 use super::Holding;
 use super::background::jittered;
 use super::observe::LostReason;
+use super::renewals::{Registering, Registration};
+use super::validity::Validity;
+use crate::backend::LockBackend;
 use crate::error::{LockError, Result};
 
 /// What the engine needs from a guard to keep, end and finish its lease: every primitive's guard
@@ -29,6 +33,23 @@ pub(crate) trait Held: Sync {
     fn release_held(self) -> impl Future<Output = Result<bool>> + Send
     where
         Self: Sized;
+    /// What the renewal scheduler needs to renew this lease in batches (`RENEW_MANY`, which renews as
+    /// `RENEW` does); `None` (the default) when a batch cannot express its renewal, and `hold` renews
+    /// it on its own.
+    fn batched(&self) -> Option<Batched> {
+        None
+    }
+}
+
+/// A lease the renewal scheduler can renew: [`Held::batched`].
+pub(crate) struct Batched {
+    /// The backend its renewals go to.
+    pub(crate) backend: Arc<dyn LockBackend>,
+    /// The guard's validity, confirmed or ended by the scheduler as the guard's own `renew` would.
+    pub(crate) validity: Arc<Mutex<Validity>>,
+    /// Whether the guard holds its key's turn in the process's waiting lines, which a renewal tells
+    /// how long the lease is ours.
+    pub(crate) tell_line: bool,
 }
 
 /// Acquired, runs `body` while holding the lease (renewed as `hold` does), then releases it: the one
@@ -86,10 +107,74 @@ pub(crate) async fn hold_renewed<G: Held + ?Sized, F: Future>(
 }
 
 /// Renews the lock until it is lost; returns why.
+///
+/// Through the backend's renewal scheduler where it can (one batch call renews many leases, and this
+/// future sleeps until the lease is lost), otherwise (a runtime that cannot spawn, a lease a batch
+/// cannot express, a scheduler that went away) with a loop of its own.
 async fn keep_renewed<G: Held + ?Sized>(guard: &G) -> LockError {
-    let lost = keep_renewed_until_lost(guard).await;
+    let lost = match register(guard) {
+        Some(registration) => match until_lost(guard, registration).await {
+            Some(lost) => lost,
+            None => keep_renewed_until_lost(guard).await,
+        },
+        None => keep_renewed_until_lost(guard).await,
+    };
     guard.release_lost();
     lost
+}
+
+/// Registers `guard`'s lease with its runtime's renewal scheduler, where it has one to give.
+fn register<G: Held + ?Sized>(guard: &G) -> Option<Registration> {
+    let batched = guard.batched()?;
+    let holding = guard.holding();
+    let runtime = &holding.runtime;
+    let lease = Registering {
+        backend: batched.backend,
+        key: holding.key.clone(),
+        token: holding.token.clone(),
+        ttl: holding.ttl,
+        ttl_arg: holding.ttl_arg.clone(),
+        validity: batched.validity,
+        lines: match batched.tell_line {
+            true => runtime.lines().cloned(),
+            false => None,
+        },
+        // An unrepresentable deadline is no deadline.
+        hold_deadline: holding
+            .max_hold
+            .and_then(|max| holding.acquired_at.checked_add(max)),
+        max_hold: holding.max_hold,
+        counter: holding.observed.renewal_counter(),
+    };
+    runtime.renewals().register(runtime, lease)
+}
+
+/// Waits until the scheduler reports the lease lost, and reports it as the loop would; `None` when
+/// the scheduler went away first (the caller renews on its own then).
+async fn until_lost<G: Held + ?Sized>(guard: &G, registration: Registration) -> Option<LockError> {
+    let holding = guard.holding();
+    // Records the renewals in the hold's span however the hold ends (the work finishing drops this).
+    struct Recorded {
+        span: tracing::Span,
+        registration: Registration,
+    }
+    impl Drop for Recorded {
+        fn drop(&mut self) {
+            self.span
+                .record("renewals", self.registration.renewals());
+        }
+    }
+    let mut recorded = Recorded {
+        span: tracing::Span::current(),
+        registration,
+    };
+    match (&mut recorded.registration.lost).await {
+        Ok((why, reason)) => {
+            holding.observed.lost(why);
+            Some(lost(&holding.key, why, reason))
+        }
+        Err(_) => None,
+    }
 }
 
 /// The renewal loop of [`keep_renewed`].

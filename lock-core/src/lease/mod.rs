@@ -21,11 +21,13 @@ pub(crate) mod config;
 pub(crate) mod hold;
 // Metrics (feature `metrics`) and traces of every primitive.
 pub(crate) mod observe;
+// The renewal scheduler (issue 13's batched renewals).
+pub(crate) mod renewals;
 pub(crate) mod validity;
 
 pub(crate) use background::{Until, retry_in_background};
 pub(crate) use config::lease_settings;
-pub(crate) use hold::{Held, hold_renewed, run};
+pub(crate) use hold::{Batched, Held, hold_renewed, run};
 pub(crate) use validity::{Released, Validity, Written, fenced_reply};
 
 use std::sync::Arc;

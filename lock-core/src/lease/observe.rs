@@ -291,6 +291,29 @@ pub(crate) struct HeldLease {
     clock: (Runtime, Moment),
 }
 
+/// Counts the renewals of one lease made by the renewal scheduler (`redlease_renewals_total`), as
+/// [`HeldLease::renewed`] does for the per-lease loop.
+#[derive(Clone)]
+pub(crate) struct RenewalCounter {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    primitive: Primitive,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    name: Option<MetricsName>,
+}
+
+impl RenewalCounter {
+    /// Counts one renewal: `ok` when it confirmed the lease, `failed` otherwise.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn renewed(&self, ok: bool) {
+        #[cfg(feature = "metrics")]
+        record::counter(
+            &keys::family(self.name.as_ref()).renewals
+                [self.primitive.index() * 2 + usize::from(!ok)],
+            1,
+        );
+    }
+}
+
 impl HeldLease {
     /// A lease granted by a request sent at `since`, observed as `observe` says.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
@@ -338,6 +361,15 @@ impl HeldLease {
                 [self.primitive.index() * 2 + usize::from(!ok)],
             1,
         );
+    }
+
+    /// What counts this lease's renewals, for the renewal scheduler (which renews it away from the
+    /// guard): the same counter as [`renewed`](Self::renewed).
+    pub(crate) fn renewal_counter(&self) -> RenewalCounter {
+        RenewalCounter {
+            primitive: self.primitive,
+            name: self.name.clone(),
+        }
     }
 
     /// The hold ended by a release that found the lease ours.
