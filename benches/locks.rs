@@ -16,6 +16,8 @@ mod support;
 
 #[path = "locks/primitives.rs"]
 mod primitives;
+#[path = "locks/scale.rs"]
+mod scale;
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
@@ -642,7 +644,8 @@ fn main() {
             "s3" => handoff_scenarios(&rt, &server),
             "s6" => primitives::semaphore_scenarios(&rt, &server),
             "s7" => primitives::rwlock_scenarios(&rt, &server),
-            other => panic!("REDLEASE_BENCH_ONLY={other}: only s1, s2, s3, s6 and s7 run alone"),
+            "s5" => scale::scale_scenarios(&rt, &server),
+            other => panic!("REDLEASE_BENCH_ONLY={other}: only s1, s2, s3, s5, s6 and s7 run alone"),
         }
         return;
     }
@@ -658,5 +661,6 @@ fn main() {
     handoff_scenarios(&rt, &server);
     primitives::semaphore_scenarios(&rt, &server);
     primitives::rwlock_scenarios(&rt, &server);
+    scale::scale_scenarios(&rt, &server);
     criterion.final_summary();
 }

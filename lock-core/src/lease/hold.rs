@@ -160,8 +160,7 @@ async fn until_lost<G: Held + ?Sized>(guard: &G, registration: Registration) -> 
     }
     impl Drop for Recorded {
         fn drop(&mut self) {
-            self.span
-                .record("renewals", self.registration.renewals());
+            self.span.record("renewals", self.registration.renewals());
         }
     }
     let mut recorded = Recorded {

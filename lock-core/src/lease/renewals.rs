@@ -24,10 +24,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::channel::oneshot;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
 
 use super::background::jittered;
 use super::hold::with_causes;
@@ -290,7 +290,10 @@ impl Renewals {
     /// and nothing is in flight.
     fn plan(&self, now: Moment, capacity: usize, idle: bool, waker: &Waker) -> Plan {
         let mut state = lock(&self.state);
-        let mut batches: HashMap<(usize, Duration, u16), Batch> = HashMap::new();
+        // Grouped by TTL and slot only: every lease here goes through a backend sharing this runtime,
+        // and backends sharing a runtime are one backend (clones of it or wrappers around it, as
+        // `Runtime::same_as` says), so a batch goes through its first lease's backend.
+        let mut batches: HashMap<(Duration, u16), Batch> = HashMap::new();
         let mut full: Vec<Batch> = Vec::new();
         let mut moved: Vec<((Moment, u64), Moment)> = Vec::new();
         let mut gone: Vec<(Moment, u64)> = Vec::new();
@@ -354,11 +357,7 @@ impl Renewals {
             if ready >= capacity * BATCH {
                 continue;
             }
-            let group = (
-                Arc::as_ptr(&entry.lease.backend) as *const () as usize,
-                entry.lease.ttl,
-                entry.slot,
-            );
+            let group = (entry.lease.ttl, entry.slot);
             let batch = batches.entry(group).or_insert_with(|| Batch {
                 backend: entry.lease.backend.clone(),
                 ttl_arg: entry.lease.ttl_arg.clone(),
@@ -511,7 +510,7 @@ struct Plan {
     next: Option<Moment>,
 }
 
-/// Leases renewed by one call: one backend, one TTL, one hash slot.
+/// Leases renewed by one call: one runtime's backend, one TTL, one hash slot.
 struct Batch {
     backend: Arc<dyn LockBackend>,
     ttl_arg: String,
@@ -584,5 +583,7 @@ impl Drop for Stopped<'_> {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The critical sections only assign plain values; a poisoned value is still meaningful.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

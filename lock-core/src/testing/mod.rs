@@ -103,6 +103,10 @@ pub use checks::inspect::{
 };
 // Bounded waits (issue 13).
 pub use checks::waits::waiters_beyond_the_blocking_limit_still_acquire;
+// Batched renewals (issue 13).
+pub use checks::batch::{
+    many_holds_are_renewed_in_batches, one_taken_over_key_of_a_batch_loses_only_its_lease,
+};
 pub use probe::{Probe, Unsupported};
 pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};
 pub use wrappers::{CountingBackend, Fault, FaultyBackend, Unqueued};

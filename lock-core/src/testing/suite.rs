@@ -364,6 +364,9 @@ macro_rules! conformance_tests {
             inspect_names_the_leader_and_its_term,
             // Bounded waits (issue 13).
             waiters_beyond_the_blocking_limit_still_acquire,
+            // Batched renewals (issue 13).
+            many_holds_are_renewed_in_batches [Alone],
+            one_taken_over_key_of_a_batch_loses_only_its_lease [Alone],
         );
     };
 

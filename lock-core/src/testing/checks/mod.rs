@@ -16,3 +16,5 @@ pub(super) mod rwlock;
 pub(super) mod inspect;
 // Bounded waits (issue 13).
 pub(super) mod waits;
+// Batched renewals (issue 13).
+pub(super) mod batch;

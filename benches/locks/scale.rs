@@ -1,0 +1,161 @@
+//! S5: N leases held with `hold` (TTL 1.5 s, for 10 s) by one process, on every input: leases lost,
+//! client CPU (`/proc/self/stat`), Redis CPU and commands per second (`INFO`), and RSS per held lease.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use redlease::{LockError, RedisLock};
+
+use super::support::inputs::Input;
+use super::{RedisServer, connect, print_row, quick};
+
+const TTL: Duration = Duration::from_millis(1_500);
+
+/// The inputs of S5: every input of the other scenarios, and a single redis-rs connection.
+const S5_INPUTS: [Input; 4] = [
+    Input::FredClient,
+    Input::FredPool,
+    Input::DeadpoolPool,
+    Input::RedisConnection,
+];
+
+/// Clock ticks per second of `/proc/self/stat` (`CLK_TCK`, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+/// This process's CPU time so far (user + system), from `/proc/self/stat`.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces), closed by the last ')'.
+    let rest = &stat[stat.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / TICKS)
+}
+
+/// This process's resident memory in bytes (`VmRSS` of `/proc/self/status`).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// A field of `INFO section`, as a number.
+fn info_field(server: &RedisServer, section: &str, field: &str) -> f64 {
+    let info = server.command(&["INFO", section]).expect("INFO");
+    let prefix = format!("{field}:");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO {section} has no {field}"))
+}
+
+/// Redis's CPU time so far (used_cpu_sys + used_cpu_user) and commands processed.
+fn server_counters(server: &RedisServer) -> (f64, f64) {
+    let cpu =
+        info_field(server, "cpu", "used_cpu_sys") + info_field(server, "cpu", "used_cpu_user");
+    let commands = info_field(server, "stats", "total_commands_processed");
+    (cpu, commands)
+}
+
+/// S5 for every input and N = 10,000 and 50,000.
+pub(crate) fn scale_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
+    let held_for = if quick() {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(10)
+    };
+    println!(
+        "\n### S5 N leases held with `hold` (TTL {TTL:?}, {held_for:?}) by one process\n\n\
+         (the machine is shared: CPU figures are noisy)\n"
+    );
+    print_row(
+        &[
+            "adapter",
+            "N",
+            "lost",
+            "client cores",
+            "Redis cores",
+            "Redis commands/s",
+            "RSS per lease",
+        ]
+        .map(String::from),
+    );
+    print_row(&["---"; 7].map(String::from));
+    for n in [10_000usize, 50_000] {
+        for input in S5_INPUTS {
+            let row = rt.block_on(hold_many(server, input, n, held_for));
+            print_row(&row);
+        }
+    }
+}
+
+/// Holds `n` leases through `input` for `held_for`; one table row.
+async fn hold_many(
+    server: &RedisServer,
+    input: Input,
+    n: usize,
+    held_for: Duration,
+) -> Vec<String> {
+    let client = connect(input, &server.url()).await;
+    let backend = client.backend(None);
+    let rss_before = rss_bytes();
+    let prefix = format!(
+        "bench:s5:{}:{n}:{}",
+        input.name(),
+        uuid::Uuid::new_v4().simple()
+    );
+    // Every hold ends with one shared signal (one timer for all, not one per lease).
+    let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+    let stopped = stopped.map(drop).shared();
+    let acquired = Arc::new(AtomicUsize::new(0));
+    let all_held = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let lock = RedisLock::new(backend.clone(), format!("{prefix}:{i}")).timeout(TTL);
+        let (acquired, all_held, stopped) = (acquired.clone(), all_held.clone(), stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            let guard = lock.acquire().await.expect("acquire");
+            if acquired.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                all_held.notify_one();
+            }
+            let held = guard.hold(stopped).await;
+            let lost = matches!(held, Err(LockError::Lost { .. }));
+            // Released after the measurement, so releases do not count.
+            (guard, lost)
+        }));
+    }
+    all_held.notified().await;
+    let rss_held = rss_bytes();
+    let (cpu0, wall0, (redis_cpu0, commands0)) =
+        (process_cpu(), Instant::now(), server_counters(server));
+    tokio::time::sleep(held_for).await;
+    let (cpu1, wall, (redis_cpu1, commands1)) =
+        (process_cpu(), wall0.elapsed(), server_counters(server));
+    let _ = stop.send(());
+    let mut lost = 0usize;
+    let mut guards = Vec::with_capacity(n);
+    for task in tasks {
+        let (guard, was_lost) = task.await.expect("a hold task");
+        lost += usize::from(was_lost);
+        guards.push(guard);
+    }
+    futures::future::join_all(guards.into_iter().map(|guard| guard.release())).await;
+    let secs = wall.as_secs_f64();
+    let per_lease = rss_held.saturating_sub(rss_before) as f64 / n as f64;
+    vec![
+        input.name().into(),
+        n.to_string(),
+        lost.to_string(),
+        format!("{:.2}", (cpu1 - cpu0).as_secs_f64() / secs),
+        format!("{:.2}", (redis_cpu1 - redis_cpu0) / secs),
+        format!("{:.0}", (commands1 - commands0) / secs),
+        format!("{:.0} B", per_lease),
+    ]
+}

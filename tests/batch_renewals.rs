@@ -1,0 +1,86 @@
+//! Batched renewals against a real server: 2,000 leases held at once through `hold` for three TTLs are
+//! all kept, and the server runs far fewer scripts than there were renewals (one `RENEW_MANY` renews
+//! many leases), on the fred adapter and on the deadpool adapter.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use redlease::RedisLock;
+use support::inputs::{Input, Options};
+use support::key_prefix;
+
+const LEASES: usize = 2_000;
+const TTL: Duration = Duration::from_millis(1_500);
+
+/// Calls of `command` the server has counted (`INFO commandstats`), 0 before the first.
+fn calls(server: &support::RedisServer, command: &str) -> u64 {
+    let info = server
+        .command(&["INFO", "commandstats"])
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|rest| {
+            rest.split(',')
+                .next()
+                .unwrap_or("0")
+                .parse()
+                .expect("a count")
+        })
+        .unwrap_or(0)
+}
+
+async fn many_leases_are_kept_with_few_script_calls(input: Input) {
+    let server = support::RedisServer::start();
+    let backend = input.connect(&server.url(), Options::new()).await;
+    let prefix = format!("{}batch", key_prefix());
+    let mut guards = Vec::with_capacity(LEASES);
+    for n in 0..LEASES {
+        let guard = RedisLock::new(backend.clone(), format!("{prefix}:{n}"))
+            .timeout(TTL)
+            .acquire()
+            .await
+            .expect("acquire");
+        guards.push(guard);
+    }
+    let scripts = || calls(&server, "evalsha") + calls(&server, "eval");
+    let before = scripts();
+    let held = 3 * TTL;
+    let outcomes = join_all(
+        guards
+            .iter()
+            .map(|guard| guard.hold(tokio::time::sleep(held))),
+    )
+    .await;
+    let ran = scripts() - before;
+    let lost: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {LEASES} leases lost on {input:?}, first: {}",
+        lost.len(),
+        lost[0]
+    );
+    // Held alone, each lease renews about every 0.3–0.5 s (a third of the TTL, jittered): 3 TTLs of
+    // 2,000 leases are at least 18,000 renewals. Batched, a call renews up to 500 of them.
+    let renewals_alone = (LEASES as u64) * 9;
+    assert!(
+        ran * 20 < renewals_alone,
+        "{ran} scripts ran on {input:?} to keep {LEASES} leases for {held:?}: not batched"
+    );
+    assert!(ran > 0, "nothing was renewed on {input:?}");
+    for guard in guards {
+        assert!(guard.release().await.expect("release"), "released ours");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fred_keeps_2000_leases_with_few_script_calls() {
+    many_leases_are_kept_with_few_script_calls(Input::FredClient).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadpool_keeps_2000_leases_with_few_script_calls() {
+    many_leases_are_kept_with_few_script_calls(Input::DeadpoolPool).await;
+}
