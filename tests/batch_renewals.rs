@@ -4,9 +4,11 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::FutureExt;
 use redlease::RedisLock;
 use support::inputs::{Input, Options};
 use support::key_prefix;
@@ -36,33 +38,48 @@ async fn many_leases_are_kept_with_few_script_calls(input: Input) {
     let server = support::RedisServer::start();
     let backend = input.connect(&server.url(), Options::new()).await;
     let prefix = format!("{}batch", key_prefix());
-    let mut guards = Vec::with_capacity(LEASES);
-    for n in 0..LEASES {
-        let guard = RedisLock::new(backend.clone(), format!("{prefix}:{n}"))
-            .timeout(TTL)
-            .acquire()
-            .await
-            .expect("acquire");
-        guards.push(guard);
-    }
     let scripts = || calls(&server, "evalsha") + calls(&server, "eval");
+    // Each lease is held from its grant until one shared signal, fired three TTLs after the last
+    // grant (acquiring 2,000 one after the other can take longer than a TTL).
+    let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+    let stopped = stopped.map(drop).shared();
+    let acquired = Arc::new(AtomicUsize::new(0));
+    let all_held = Arc::new(tokio::sync::Notify::new());
+    let mut holds = Vec::with_capacity(LEASES);
+    for n in 0..LEASES {
+        let lock = RedisLock::new(backend.clone(), format!("{prefix}:{n}")).timeout(TTL);
+        let (acquired, all_held, stopped) = (acquired.clone(), all_held.clone(), stopped.clone());
+        holds.push(tokio::spawn(async move {
+            let guard = lock.acquire().await.expect("acquire");
+            if acquired.fetch_add(1, Ordering::Relaxed) + 1 == LEASES {
+                all_held.notify_one();
+            }
+            let held = guard.hold(stopped).await;
+            (guard, held)
+        }));
+    }
+    all_held.notified().await;
     let before = scripts();
     let held = 3 * TTL;
-    let outcomes = join_all(
-        guards
-            .iter()
-            .map(|guard| guard.hold(tokio::time::sleep(held))),
-    )
-    .await;
+    tokio::time::sleep(held).await;
     let ran = scripts() - before;
-    let lost: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    let _ = stop.send(());
+    let mut guards = Vec::with_capacity(LEASES);
+    let mut lost = Vec::new();
+    for hold in holds {
+        let (guard, outcome) = hold.await.expect("a hold task");
+        if let Err(error) = outcome {
+            lost.push(error);
+        }
+        guards.push(guard);
+    }
     assert!(
         lost.is_empty(),
         "{} of {LEASES} leases lost on {input:?}, first: {}",
         lost.len(),
         lost[0]
     );
-    // Held alone, each lease renews about every 0.3–0.5 s (a third of the TTL, jittered): 3 TTLs of
+    // Held alone, each lease renews about every 0.4–0.5 s (a third of the TTL, jittered): 3 TTLs of
     // 2,000 leases are at least 18,000 renewals. Batched, a call renews up to 500 of them.
     let renewals_alone = (LEASES as u64) * 9;
     assert!(
