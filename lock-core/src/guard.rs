@@ -144,8 +144,11 @@ impl LockGuard {
     }
 
     /// Runs `work` while keeping the lock: renews it (as [`renew`](Self::renew) does) at
-    /// about a third of the TTL, with jitter, in the same future as `work`, so no task is spawned and any
-    /// executor works.
+    /// about a third of the TTL. Where the backend's runtime can spawn (both Redis adapters on tokio,
+    /// the in-memory backend), the backend's one renewal scheduler renews it, batched with the other
+    /// leases held through the backend (one script call renews many), and this future sleeps until the
+    /// lock is lost; otherwise (and with [`replicas`](crate::RedisLock::replicas)) it renews in the
+    /// same future as `work`, with jitter, so any executor works.
     ///
     /// Returns `Ok(output)` when `work` finishes first. As soon as the lock is lost, `work` is dropped and
     /// the result is [`LockError::Lost`] naming the key and the reason: a renewal found another holder or

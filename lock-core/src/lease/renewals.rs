@@ -213,10 +213,12 @@ impl Renewals {
         state.queue.insert((when, id), entry.clone());
         let start = !state.running;
         state.running = true;
-        if !start && state.target.is_none_or(|target| when < target) {
-            if let Some(waker) = state.waker.take() {
-                waker.wake();
-            }
+        // Due before the scheduler means to look: wake it.
+        if !start
+            && state.target.is_none_or(|target| when < target)
+            && let Some(waker) = state.waker.take()
+        {
+            waker.wake();
         }
         drop(state);
         if start {
