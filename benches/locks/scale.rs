@@ -13,6 +13,9 @@ use super::{RedisServer, connect, print_row, quick};
 
 const TTL: Duration = Duration::from_millis(1_500);
 
+/// How many acquisitions run at once while the leases are taken.
+const ACQUIRING: usize = 256;
+
 /// The inputs of S5: every input of the other scenarios, and a single redis-rs connection.
 const S5_INPUTS: [Input; 4] = [
     Input::FredClient,
@@ -88,7 +91,12 @@ pub(crate) fn scale_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer
         .map(String::from),
     );
     print_row(&["---"; 7].map(String::from));
-    for n in [10_000usize, 50_000] {
+    // `REDLEASE_BENCH_S5_N=50000` runs one N alone.
+    let sizes = match std::env::var("REDLEASE_BENCH_S5_N") {
+        Ok(n) => vec![n.parse::<usize>().expect("REDLEASE_BENCH_S5_N: a number")],
+        Err(_) => vec![10_000usize, 50_000],
+    };
+    for n in sizes {
         for input in S5_INPUTS {
             let row = rt.block_on(hold_many(server, input, n, held_for));
             print_row(&row);
@@ -116,17 +124,26 @@ async fn hold_many(
     let stopped = stopped.map(drop).shared();
     let acquired = Arc::new(AtomicUsize::new(0));
     let all_held = Arc::new(tokio::sync::Notify::new());
+    // Acquisitions a few hundred at a time, as a service taking on work would: 50,000 at once would
+    // measure the client's queue (and a pool's checkout timeout), not the holding.
+    let acquiring = Arc::new(tokio::sync::Semaphore::new(ACQUIRING));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let lock = RedisLock::new(backend.clone(), format!("{prefix}:{i}")).timeout(TTL);
         let (acquired, all_held, stopped) = (acquired.clone(), all_held.clone(), stopped.clone());
+        let acquiring = acquiring.clone();
         tasks.push(tokio::spawn(async move {
+            let turn = acquiring.acquire_owned().await.expect("open");
             let guard = lock.acquire().await.expect("acquire");
+            drop(turn);
             if acquired.fetch_add(1, Ordering::Relaxed) + 1 == n {
                 all_held.notify_one();
             }
             let held = guard.hold(stopped).await;
-            let lost = matches!(held, Err(LockError::Lost { .. }));
+            let lost = match held {
+                Err(LockError::Lost { reason, .. }) => Some(reason),
+                _ => None,
+            };
             // Released after the measurement, so releases do not count.
             (guard, lost)
         }));
@@ -140,11 +157,21 @@ async fn hold_many(
         (process_cpu(), wall0.elapsed(), server_counters(server));
     let _ = stop.send(());
     let mut lost = 0usize;
+    let mut first_reason = None;
     let mut guards = Vec::with_capacity(n);
     for task in tasks {
-        let (guard, was_lost) = task.await.expect("a hold task");
-        lost += usize::from(was_lost);
+        let (guard, reason) = task.await.expect("a hold task");
+        if let Some(reason) = reason {
+            lost += 1;
+            first_reason.get_or_insert(reason);
+        }
         guards.push(guard);
+    }
+    if let Some(reason) = first_reason {
+        eprintln!(
+            "S5 {} N={n}: {lost} lost, the first: {reason}",
+            input.name()
+        );
     }
     futures::future::join_all(guards.into_iter().map(|guard| guard.release())).await;
     let secs = wall.as_secs_f64();

@@ -224,9 +224,13 @@ impl Renewals {
         if start {
             let task = Box::pin(self.clone().run(runtime.clone()));
             if !runtime.spawn(task) {
+                // Leases registered meanwhile (by other threads) would wait for a scheduler that is
+                // not coming: close their channels too, so that each renews on its own.
                 let mut state = lock(&self.state);
                 state.running = false;
-                state.queue.remove(&(when, id));
+                for entry in std::mem::take(&mut state.queue).into_values() {
+                    entry.state().lost = None;
+                }
                 return None;
             }
         }
