@@ -434,6 +434,15 @@ impl SimServer {
                 self.record_queue(&mut state, key, granted, cause);
             }
         }
+        // Batched renewals (issue 13): `RENEW_MANY` moves the expiry of every key it names, not only
+        // the first one's (recorded above).
+        if let Request::Eval { script, keys, .. } = request
+            && script.sha1() == script::RENEW_MANY.sha1()
+        {
+            for key in keys.iter().skip(1) {
+                self.record_key(&mut state, key, script.name());
+            }
+        }
         // A read-write lock's writers' key (its waiting writers' intents), which these scripts change
         // beside the lock key.
         if let Request::Eval { script, keys, .. } = request
