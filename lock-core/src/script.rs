@@ -491,8 +491,10 @@ pub fn all() -> [&'static Script; 30] {
 /// element per key, in order, each RENEW's reply: `{pttl, pexpiretime}`, or 0 when the key does not
 /// hold its token (or has no TTL left).
 ///
-/// Four commands a key instead of RENEW's five: the TTL left is the key's `PEXPIRETIME` less the
-/// server's `TIME`, read once per call before any key (so it is never more than the key's `PTTL`).
+/// Three commands a key (`GET`, `PEXPIRE .. GT`, `PEXPIRETIME`) and one `TIME` a call: the TTL left is
+/// the key's `PEXPIRETIME` less the server's `TIME`, read once before any key, so it is never more than
+/// the key's `PTTL`. As in `RENEW`, `GT` leaves a key without a TTL alone, and its `PEXPIRETIME` (-1)
+/// then answers "not ours".
 ///
 /// Every command is called on `KEYS[1]`, into which the loop copies the key it is at: each key the
 /// script touches is one of the declared `KEYS`, and no command is called on anything but a literal
@@ -505,12 +507,13 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local replies = {}
 for i = 1, #KEYS do
   KEYS[1] = KEYS[i]
-  if redis.call('get', KEYS[1]) == ARGV[i + 1] and redis.call('pexpiretime', KEYS[1]) > now then
+  replies[i] = 0
+  if redis.call('get', KEYS[1]) == ARGV[i + 1] then
     redis.call('pexpire', KEYS[1], ARGV[1], 'GT')
     local at = redis.call('pexpiretime', KEYS[1])
-    replies[i] = {at - now, at}
-  else
-    replies[i] = 0
+    if at > now then
+      replies[i] = {at - now, at}
+    end
   end
 end
 return replies"#,
