@@ -496,9 +496,9 @@ pub fn all() -> [&'static Script; 30] {
 /// the key's `PTTL`. As in `RENEW`, `GT` leaves a key without a TTL alone, and its `PEXPIRETIME` (-1)
 /// then answers "not ours".
 ///
-/// Every command is called on `KEYS[1]`, into which the loop copies the key it is at: each key the
-/// script touches is one of the declared `KEYS`, and no command is called on anything but a literal
-/// `KEYS[n]` (what `scripts_name_every_key_in_keys_and_every_command_literally` checks).
+/// Every command is called on `KEYS[i]` of a `for i = 1, #KEYS` loop: each key the script touches is
+/// one of the declared `KEYS` (what `scripts_name_every_key_in_keys_and_every_command_literally`
+/// checks).
 pub static RENEW_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "renew_many",
@@ -506,11 +506,10 @@ pub static RENEW_MANY: LazyLock<Script> = LazyLock::new(|| {
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local replies = {}
 for i = 1, #KEYS do
-  KEYS[1] = KEYS[i]
   replies[i] = 0
-  if redis.call('get', KEYS[1]) == ARGV[i + 1] then
-    redis.call('pexpire', KEYS[1], ARGV[1], 'GT')
-    local at = redis.call('pexpiretime', KEYS[1])
+  if redis.call('get', KEYS[i]) == ARGV[i + 1] then
+    redis.call('pexpire', KEYS[i], ARGV[1], 'GT')
+    local at = redis.call('pexpiretime', KEYS[i])
     if at > now then
       replies[i] = {at - now, at}
     end
@@ -537,7 +536,8 @@ mod tests {
     /// Every script names every key it touches in `KEYS` and calls commands by literal name (Redis
     /// Cluster, Dragonfly and managed services refuse anything else, pitfall 45): each `redis.call`
     /// names its command in quotes and, unless the command takes no key (`TIME`, `INFO`), passes
-    /// `KEYS[n]` as its first argument; no script builds a name from a key with `..`.
+    /// `KEYS[n]` (or `KEYS[i]` of a loop over `#KEYS`) as its first argument; no script builds a name
+    /// from a key with `..`.
     #[test]
     fn scripts_name_every_key_in_keys_and_every_command_literally() {
         const KEYLESS: [&str; 2] = ["time", "info"];
@@ -567,9 +567,16 @@ mod tests {
                     .strip_prefix(',')
                     .map(str::trim_start)
                     .unwrap_or_default();
+                // `KEYS[n]`, or `KEYS[i]` where `i` runs over the declared keys (`for i = 1, #KEYS`).
                 let is_key = first.strip_prefix("KEYS[").is_some_and(|k| {
-                    let digits: String = k.chars().take_while(char::is_ascii_digit).collect();
-                    !digits.is_empty() && k[digits.len()..].starts_with(']')
+                    let index: String = k
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let literal = !index.is_empty() && index.chars().all(|c| c.is_ascii_digit());
+                    let over_keys = !index.is_empty()
+                        && source.contains(&format!("for {index} = 1, #KEYS do"));
+                    (literal || over_keys) && k[index.len()..].starts_with(']')
                 });
                 assert!(
                     is_key,
