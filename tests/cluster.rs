@@ -265,9 +265,11 @@ async fn holds_survive_a_slot_migration() {
                 panic!("{name}: the lock was lost during the migration: {e}");
             }
         }
+        // Each lease needs a renewal at least once a TTL (600 ms) to survive an 800 ms phase; the four
+        // share a slot and a TTL, so the renewal scheduler renews them together, about every 180 ms.
         for (phase, renewals) in &seen {
             assert!(
-                *renewals >= 4,
+                *renewals >= 2,
                 "{name}: only {renewals} renewals while {phase}"
             );
         }
