@@ -508,6 +508,10 @@ fn child(role: &str) {
     let url = std::env::var("REDLEASE_BENCH_URL").unwrap();
     let key = std::env::var("REDLEASE_BENCH_KEY").unwrap();
     let rt = runtime();
+    if role == "s5" {
+        // Connects on its own, after measuring the memory it starts with.
+        return scale::child(&rt, input, &url);
+    }
     let client = rt.block_on(connect(input, &url));
     match role {
         "contend" => {
@@ -644,7 +648,7 @@ fn main() {
             "s3" => handoff_scenarios(&rt, &server),
             "s6" => primitives::semaphore_scenarios(&rt, &server),
             "s7" => primitives::rwlock_scenarios(&rt, &server),
-            "s5" => scale::scale_scenarios(&rt, &server),
+            "s5" => scale::scale_scenarios(&server),
             other => panic!("REDLEASE_BENCH_ONLY={other}: only s1 to s3 and s5 to s7 run alone"),
         }
         return;
@@ -661,6 +665,6 @@ fn main() {
     handoff_scenarios(&rt, &server);
     primitives::semaphore_scenarios(&rt, &server);
     primitives::rwlock_scenarios(&rt, &server);
-    scale::scale_scenarios(&rt, &server);
+    scale::scale_scenarios(&server);
     criterion.final_summary();
 }

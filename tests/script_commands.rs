@@ -105,3 +105,79 @@ async fn renew_and_extend_leave_a_key_without_a_ttl_alone() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_many_answers_each_key_as_renew_and_runs_two_commands_a_renewed_key() {
+    use redlease::script::RENEW_MANY;
+    let server = support::RedisServer::start();
+    let backend = Input::FredClient
+        .connect(&server.url(), Options::new())
+        .await;
+    let tag = format!("{{{}}}", key_prefix());
+    let [renewed, longer, theirs, persisted] =
+        ["renewed", "longer", "theirs", "persisted"].map(|k| format!("{tag}:{k}"));
+    server
+        .command(&["SET", &renewed, "a", "PX", "1000"])
+        .unwrap();
+    server
+        .command(&["SET", &longer, "b", "PX", "60000"])
+        .unwrap();
+    server
+        .command(&["SET", &theirs, "someone", "PX", "60000"])
+        .unwrap();
+    server.command(&["SET", &persisted, "d"]).unwrap();
+    let keys = [&*renewed, &*longer, &*theirs, &*persisted];
+    let args = ["10000", "a", "b", "c", "d"];
+    // Loaded first, so that the count below sees EVALSHA only; and the adapter's one-time check of
+    // the eviction policy (a CONFIG GET it sends on its first call) done before counting.
+    backend
+        .eval_script(&RENEW_MANY, &keys, &args)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = commands_total(&server);
+    let reply = backend
+        .eval_script(&RENEW_MANY, &keys, &args)
+        .await
+        .unwrap();
+    // EVALSHA, TIME; GET + PEXPIRE; GET + PEXPIRE + PEXPIRETIME; GET; GET + PEXPIRE + PEXPIRETIME.
+    assert_eq!(commands_total(&server) - before, 11);
+    let ScriptValue::Array(replies) = reply else {
+        panic!("{reply:?}")
+    };
+    let pair = |value: &ScriptValue| match value {
+        ScriptValue::Array(pair) => match pair.as_slice() {
+            [ScriptValue::Int(pttl), ScriptValue::Int(at)] => (*pttl, *at),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    // Renewed: exactly the TTL asked for; the absolute expiry within a few ms of the server's.
+    let (pttl, at) = pair(&replies[0]);
+    assert_eq!(pttl, 10_000);
+    let real: i64 = server
+        .command(&["PEXPIRETIME", &renewed])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (0..=5).contains(&(at - real)),
+        "reported {at}, server {real}"
+    );
+    // Already longer: left alone, and its own TTL answered, never more than the server's.
+    let (pttl, at) = pair(&replies[1]);
+    let real: i64 = server
+        .command(&["PEXPIRETIME", &longer])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(at, real);
+    assert!(pttl > 50_000 && pttl <= 60_000, "{pttl}");
+    // Not ours, and without a TTL: not ours, untouched.
+    assert_eq!(replies[2], ScriptValue::Int(0));
+    assert_eq!(replies[3], ScriptValue::Int(0));
+    assert_eq!(server.command(&["PTTL", &persisted]).unwrap().trim(), "-1");
+    assert_eq!(server.command(&["GET", &theirs]).unwrap().trim(), "someone");
+}

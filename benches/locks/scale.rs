@@ -68,7 +68,7 @@ fn server_counters(server: &RedisServer) -> (f64, f64) {
 }
 
 /// S5 for every input and N = 10,000 and 50,000.
-pub(crate) fn scale_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
+pub(crate) fn scale_scenarios(server: &RedisServer) {
     let held_for = if quick() {
         Duration::from_secs(3)
     } else {
@@ -98,20 +98,78 @@ pub(crate) fn scale_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer
     };
     for n in sizes {
         for input in S5_INPUTS {
-            let row = rt.block_on(hold_many(server, input, n, held_for));
-            print_row(&row);
+            print_row(&measure_in_child(server, input, n, held_for));
         }
     }
 }
 
-/// Holds `n` leases through `input` for `held_for`; one table row.
-async fn hold_many(
+/// Runs one S5 row in a child process of its own (a fresh heap, so that its RSS per lease is not
+/// hidden by memory an earlier row freed), and measures the server while the child holds.
+fn measure_in_child(
     server: &RedisServer,
     input: Input,
     n: usize,
     held_for: Duration,
 ) -> Vec<String> {
-    let client = connect(input, &server.url()).await;
+    use std::io::BufRead;
+    let mut child = super::spawn_child(
+        "s5",
+        input,
+        &server.url(),
+        "",
+        &[
+            ("REDLEASE_BENCH_S5_ONE", n.to_string()),
+            ("REDLEASE_BENCH_MILLIS", held_for.as_millis().to_string()),
+        ],
+    );
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut next = || {
+        lines
+            .next()
+            .expect("the S5 child ended early")
+            .expect("the S5 child's output")
+    };
+    assert_eq!(next(), "held");
+    let (wall0, (redis_cpu0, commands0)) = (Instant::now(), server_counters(server));
+    assert_eq!(next(), "measured");
+    let (wall, (redis_cpu1, commands1)) = (wall0.elapsed(), server_counters(server));
+    let row = next();
+    child.wait().expect("the S5 child");
+    let secs = wall.as_secs_f64();
+    let mut cells: Vec<String> = row
+        .strip_prefix("row ")
+        .expect("a row")
+        .split('|')
+        .map(String::from)
+        .collect();
+    // adapter, N, lost, client cores | Redis cores, commands/s | RSS per lease.
+    let rss = cells.pop().expect("RSS per lease");
+    cells.push(format!("{:.2}", (redis_cpu1 - redis_cpu0) / secs));
+    cells.push(format!("{:.0}", (commands1 - commands0) / secs));
+    cells.push(rss);
+    cells
+}
+
+/// The S5 child: holds `REDLEASE_BENCH_S5_ONE` leases through its input and prints `held`,
+/// `measured`, then `row adapter|N|lost|client cores|RSS per lease`.
+pub(crate) fn child(rt: &tokio::runtime::Runtime, input: Input, url: &str) {
+    let n: usize = std::env::var("REDLEASE_BENCH_S5_ONE")
+        .expect("REDLEASE_BENCH_S5_ONE")
+        .parse()
+        .expect("a number");
+    let held_for = Duration::from_millis(
+        std::env::var("REDLEASE_BENCH_MILLIS")
+            .expect("REDLEASE_BENCH_MILLIS")
+            .parse()
+            .expect("a number"),
+    );
+    let row = rt.block_on(hold_many(url, input, n, held_for));
+    println!("row {}", row.join("|"));
+}
+
+/// Holds `n` leases through `input` for `held_for`; one table row.
+async fn hold_many(url: &str, input: Input, n: usize, held_for: Duration) -> Vec<String> {
+    let client = connect(input, url).await;
     let backend = client.backend(None);
     let rss_before = rss_bytes();
     let prefix = format!(
@@ -150,11 +208,11 @@ async fn hold_many(
     }
     all_held.notified().await;
     let rss_held = rss_bytes();
-    let (cpu0, wall0, (redis_cpu0, commands0)) =
-        (process_cpu(), Instant::now(), server_counters(server));
+    let (cpu0, wall0) = (process_cpu(), Instant::now());
+    say("held");
     tokio::time::sleep(held_for).await;
-    let (cpu1, wall, (redis_cpu1, commands1)) =
-        (process_cpu(), wall0.elapsed(), server_counters(server));
+    let (cpu1, wall) = (process_cpu(), wall0.elapsed());
+    say("measured");
     let _ = stop.send(());
     let mut lost = 0usize;
     let mut first_reason = None;
@@ -181,8 +239,14 @@ async fn hold_many(
         n.to_string(),
         lost.to_string(),
         format!("{:.2}", (cpu1 - cpu0).as_secs_f64() / secs),
-        format!("{:.2}", (redis_cpu1 - redis_cpu0) / secs),
-        format!("{:.0}", (commands1 - commands0) / secs),
-        format!("{:.0} B", per_lease),
+        format!("{:.1} KiB", per_lease / 1024.0),
     ]
+}
+
+/// One line to the parent, at once.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").expect("stdout");
+    out.flush().expect("stdout");
 }

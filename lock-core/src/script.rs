@@ -491,10 +491,16 @@ pub fn all() -> [&'static Script; 30] {
 /// element per key, in order, each RENEW's reply: `{pttl, pexpiretime}`, or 0 when the key does not
 /// hold its token (or has no TTL left).
 ///
-/// Three commands a key (`GET`, `PEXPIRE .. GT`, `PEXPIRETIME`) and one `TIME` a call: the TTL left is
-/// the key's `PEXPIRETIME` less the server's `TIME`, read once before any key, so it is never more than
-/// the key's `PTTL`. As in `RENEW`, `GT` leaves a key without a TTL alone, and its `PEXPIRETIME` (-1)
-/// then answers "not ours".
+/// Two commands a key (`GET`, `PEXPIRE .. GT`) and one `TIME` a call, Redis's CPU being what limits
+/// how many leases one server keeps:
+/// - when `PEXPIRE` set the TTL, the key lives exactly `ARGV[1]` from the moment the script runs (Redis
+///   reads the clock once per script for expiries), which is after the request was sent: the reply's
+///   `pttl` is `ARGV[1]`, a safe base for the guard's validity. Its `pexpiretime` is `TIME` (read at the
+///   start, so not before that moment, in whole milliseconds) plus `ARGV[1]`: at most a millisecond
+///   or two after the real expiry, and only ever used as the base an `extend` adds to;
+/// - when it did not (the key already lives longer, after an `extend`), `PEXPIRETIME` is read, and the
+///   TTL left is that less `TIME`, so never more than the key's `PTTL`. As in `RENEW`, `GT` leaves a
+///   key without a TTL alone, and its `PEXPIRETIME` (-1) then answers "not ours".
 ///
 /// Every command is called on `KEYS[i]` of a `for i = 1, #KEYS` loop: each key the script touches is
 /// one of the declared `KEYS` (what `scripts_name_every_key_in_keys_and_every_command_literally`
@@ -504,14 +510,18 @@ pub static RENEW_MANY: LazyLock<Script> = LazyLock::new(|| {
         "renew_many",
         r#"local time = redis.call('time')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local ttl = tonumber(ARGV[1])
 local replies = {}
 for i = 1, #KEYS do
   replies[i] = 0
   if redis.call('get', KEYS[i]) == ARGV[i + 1] then
-    redis.call('pexpire', KEYS[i], ARGV[1], 'GT')
-    local at = redis.call('pexpiretime', KEYS[i])
-    if at > now then
-      replies[i] = {at - now, at}
+    if redis.call('pexpire', KEYS[i], ARGV[1], 'GT') == 1 then
+      replies[i] = {ttl, now + ttl}
+    else
+      local at = redis.call('pexpiretime', KEYS[i])
+      if at > now then
+        replies[i] = {at - now, at}
+      end
     end
   end
 end
@@ -574,8 +584,8 @@ mod tests {
                         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                         .collect();
                     let literal = !index.is_empty() && index.chars().all(|c| c.is_ascii_digit());
-                    let over_keys = !index.is_empty()
-                        && source.contains(&format!("for {index} = 1, #KEYS do"));
+                    let over_keys =
+                        !index.is_empty() && source.contains(&format!("for {index} = 1, #KEYS do"));
                     (literal || over_keys) && k[index.len()..].starts_with(']')
                 });
                 assert!(
