@@ -9,6 +9,8 @@ mod fair;
 mod rwlock;
 // Inspection.
 mod inspect;
+// Hand-over in one round trip (issue 13).
+mod handover;
 
 use std::collections::HashMap;
 use std::fmt;

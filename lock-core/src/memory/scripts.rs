@@ -216,6 +216,8 @@ const SET_SCRIPTS: &[SetScript] = &[
     super::rwlock::run,
     // Inspection.
     super::inspect::run,
+    // Hand-over in one round trip.
+    super::handover::run,
 ];
 
 /// Deletes `key` if it holds `token`, answering as the release scripts do: 1 deleted, 0 another

@@ -104,7 +104,7 @@ impl World {
         };
         for _ in 0..patience {
             match in_line.receiver.try_recv() {
-                Ok(Some(())) => return Some(in_line.into_baton()),
+                Ok(Some(_)) => return Some(in_line.into_baton()),
                 Ok(None) => thread::yield_now(),
                 Err(_) => panic!("the line dropped a waiter that was still in it"),
             }
