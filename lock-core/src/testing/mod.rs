@@ -101,6 +101,12 @@ pub use checks::inspect::{
     inspect_shows_semaphore_holders_and_permits, inspect_shows_the_fair_queue_in_order,
     inspect_shows_the_lock_holder_ttl_and_fence,
 };
+// Hand-over in one round trip (issue 13).
+pub use checks::handover::{
+    hand_over_grants_nothing_when_the_key_is_not_ours,
+    hand_over_grants_the_next_local_waiter_in_one_call, hand_over_to_a_cancelled_waiter_frees_the_key,
+    hand_over_validity_counts_from_the_send, lost_hand_over_reply_leaves_the_waiter_trying,
+};
 pub use probe::{Probe, Unsupported};
 pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};
 pub use wrappers::{CountingBackend, Fault, FaultyBackend, Unqueued};

@@ -362,6 +362,12 @@ macro_rules! conformance_tests {
             inspect_shows_semaphore_holders_and_permits,
             inspect_shows_rwlock_readers_writer_and_waiting_writers,
             inspect_names_the_leader_and_its_term,
+            // Hand-over in one round trip (issue 13).
+            hand_over_grants_the_next_local_waiter_in_one_call,
+            hand_over_validity_counts_from_the_send [Alone],
+            hand_over_to_a_cancelled_waiter_frees_the_key,
+            hand_over_grants_nothing_when_the_key_is_not_ours,
+            lost_hand_over_reply_leaves_the_waiter_trying,
         );
     };
 

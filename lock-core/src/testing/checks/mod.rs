@@ -14,3 +14,5 @@ pub(super) mod fair;
 pub(super) mod rwlock;
 // Inspection.
 pub(super) mod inspect;
+// Hand-over in one round trip (issue 13).
+pub(super) mod handover;
