@@ -368,6 +368,7 @@ macro_rules! conformance_tests {
             hand_over_to_a_cancelled_waiter_frees_the_key,
             hand_over_grants_nothing_when_the_key_is_not_ours,
             lost_hand_over_reply_leaves_the_waiter_trying,
+            an_untaken_grant_wakes_a_waiter_elsewhere,
         );
     };
 

@@ -15,7 +15,7 @@ use futures::future::{Either, select};
 use crate::backend::{BackendError, Capabilities, LockBackend, ScriptValue, runtime_of};
 use crate::runtime::Runtime;
 use crate::script::{self, Script};
-use crate::testing::{Fault, FaultyBackend, Probe, SECOND, eventually, freed_soon, sleep};
+use crate::testing::{Fault, FaultyBackend, Probe, SECOND, Unqueued, eventually, freed_soon, sleep};
 use crate::{LockGuard, RedisLock};
 
 /// Records the names of the calls that reach `inner` (`set_nx` as `"set_nx"`, scripts by name) and the
@@ -398,4 +398,60 @@ pub async fn lost_hand_over_reply_leaves_the_waiter_trying(
     );
     assert_eq!(probe.get(&key).await.as_deref(), Some(waiter.token()));
     assert!(waiter.release().await.expect("release"));
+}
+
+/// A grant its local waiter never took is released with the release signal, so a waiter in another
+/// process (here: the same store without this process's lines) blocked on that signal gets the lock at
+/// once, not after its backoff. Needs blocking waits and release signals; other backends return at once.
+pub async fn an_untaken_grant_wakes_a_waiter_elsewhere(
+    backend: Arc<dyn LockBackend>,
+    probe: &dyn Probe,
+    key: String,
+) {
+    let capabilities = backend.capabilities();
+    if in_line(&backend, &key).is_none()
+        || !capabilities.blocking_waits
+        || !capabilities.release_signals
+    {
+        return;
+    }
+    let local = RedisLock::new(backend.clone(), key.clone())
+        .timeout(30 * SECOND)
+        .wait_timeout(Some(10 * SECOND));
+    // Another process: no shared line, and a backoff so slow that only a signal wakes it in time.
+    let elsewhere = RedisLock::new(Unqueued::new(backend.clone()), key.clone())
+        .timeout(30 * SECOND)
+        .wait_timeout(Some(10 * SECOND))
+        .backoff(crate::Backoff::new(20 * SECOND, 20 * SECOND));
+    let holder = acquired(&local).await;
+    let remote = async {
+        let started = std::time::Instant::now();
+        let guard = elsewhere.acquire().await;
+        (guard, started.elapsed())
+    };
+    let release = async {
+        until_in_line(&backend, &key, 1).await;
+        // Let the other process reach its blocking wait.
+        sleep(&backend, Duration::from_millis(200)).await;
+        holder.release().await
+    };
+    let front = async {
+        match select(Box::pin(local.acquire()), Box::pin(release)).await {
+            Either::Left(_) => panic!("the local waiter completed before the release"),
+            // Dropped with the grant unread: released in the background, with the signal.
+            Either::Right((released, waiter)) => {
+                drop(waiter);
+                released
+            }
+        }
+    };
+    let (released, (remote, took)) = futures::join!(front, remote);
+    assert!(released.expect("release"));
+    let remote = remote.expect("the waiter elsewhere gets the lock");
+    assert!(
+        took < 5 * SECOND,
+        "woken by the signal of the background release, not its 20 s backoff: took {took:?}"
+    );
+    assert_eq!(probe.get(&key).await.as_deref(), Some(remote.token()));
+    assert!(remote.release().await.expect("release"));
 }
