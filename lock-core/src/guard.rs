@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::backend::{BackendError, ScriptValue};
 use crate::error::{LockError, Result};
 use crate::keys;
 use crate::lease::{Held, Holding, Lease, Released, Validity, Written, hold_renewed};
-use crate::backend::{BackendError, ScriptValue};
 use crate::queue::{Baton, Grant, Next};
 use crate::replication::ReplicaAck;
 use crate::script::{self, Script};

@@ -18,9 +18,9 @@ use crate::time::Moment;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 #[cfg(not(test))]
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::future::FusedFuture;
@@ -419,7 +419,10 @@ mod tests {
         assert!(matches!(queues.join(&key("other")), Turn::Now));
         for i in 0..3 {
             queues.pass("k");
-            assert!(matches!(receivers[i].try_recv(), Ok(Some(Handoff::Baton))), "waiter {i} is next");
+            assert!(
+                matches!(receivers[i].try_recv(), Ok(Some(Handoff::Baton))),
+                "waiter {i} is next"
+            );
             for later in &mut receivers[i + 1..] {
                 assert!(matches!(later.try_recv(), Ok(None)), "only one baton");
             }

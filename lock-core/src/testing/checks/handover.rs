@@ -15,7 +15,9 @@ use futures::future::{Either, select};
 use crate::backend::{BackendError, Capabilities, LockBackend, ScriptValue, runtime_of};
 use crate::runtime::Runtime;
 use crate::script::{self, Script};
-use crate::testing::{Fault, FaultyBackend, Probe, SECOND, Unqueued, eventually, freed_soon, sleep};
+use crate::testing::{
+    Fault, FaultyBackend, Probe, SECOND, Unqueued, eventually, freed_soon, sleep,
+};
 use crate::{LockGuard, RedisLock};
 
 /// Records the names of the calls that reach `inner` (`set_nx` as `"set_nx"`, scripts by name) and the
@@ -130,8 +132,14 @@ fn in_line(backend: &Arc<dyn LockBackend>, key: &str) -> Option<usize> {
 
 /// Waits (up to 5 s) until `n` tasks wait in line for `key`.
 async fn until_in_line(backend: &Arc<dyn LockBackend>, key: &str, n: usize) {
-    let queued = eventually(backend, 5 * SECOND, async || in_line(backend, key) == Some(n)).await;
-    assert!(queued, "{n} waiter(s) should have joined the line for {key}");
+    let queued = eventually(backend, 5 * SECOND, async || {
+        in_line(backend, key) == Some(n)
+    })
+    .await;
+    assert!(
+        queued,
+        "{n} waiter(s) should have joined the line for {key}"
+    );
 }
 
 async fn acquired(lock: &RedisLock) -> LockGuard {
@@ -164,9 +172,16 @@ pub async fn hand_over_grants_the_next_local_waiter_in_one_call(
         };
         let (waiter, released) = futures::join!(lock.acquire(), release);
         let calls = recorder.take();
-        assert!(released.expect("release"), "the release found the lock ours");
+        assert!(
+            released.expect("release"),
+            "the release found the lock ours"
+        );
         let waiter = waiter.expect("the waiter is granted the lock");
-        let expected = if fencing { "fenced_hand_over" } else { "hand_over" };
+        let expected = if fencing {
+            "fenced_hand_over"
+        } else {
+            "hand_over"
+        };
         assert_eq!(
             calls,
             vec![expected],
@@ -291,8 +306,14 @@ pub async fn hand_over_to_a_cancelled_waiter_frees_the_key(
         }
     };
     let (gave_up, released) = futures::join!(impatient, release);
-    assert!(gave_up.is_none(), "the waiter was cancelled before the grant");
-    assert!(released.expect("release"), "the release found the lock ours");
+    assert!(
+        gave_up.is_none(),
+        "the waiter was cancelled before the grant"
+    );
+    assert!(
+        released.expect("release"),
+        "the release found the lock ours"
+    );
     assert!(
         freed_soon(&backend, probe, &key).await,
         "the grant nobody took must be released in the background"
@@ -323,7 +344,8 @@ pub async fn hand_over_to_a_cancelled_waiter_frees_the_key(
     };
     let (released, behind) = futures::join!(front, behind);
     assert!(released.expect("release"));
-    let behind = behind.expect("the waiter behind gets the lock once the untaken grant is released");
+    let behind =
+        behind.expect("the waiter behind gets the lock once the untaken grant is released");
     assert_eq!(probe.get(&key).await.as_deref(), Some(behind.token()));
     assert!(behind.release().await.expect("release"));
 }
