@@ -4,7 +4,10 @@
 //! release, the fastest poller wins, and the others starve. With it, one task per key and process holds
 //! the *baton*: only it talks to Redis (trying, or holding the lock); the others wait in FIFO order
 //! and get the baton, in turn, the moment it is put down. A hand-off inside a process then costs one
-//! round trip (the waiter's `SET NX`), and every local task gets its turn.
+//! round trip, and every local task gets its turn: the holder's release grants the lock to the first
+//! waiter's [`Offer`] in the same script ([`HAND_OVER`](crate::script::HAND_OVER)), and the waiter
+//! receives it with the baton ([`Handoff::Granted`]); a waiter that cannot take a hand-over gets the
+//! baton alone and sends its own `SET NX`, a second round trip.
 //!
 //! The queue is an optimisation, never the source of exclusion: Redis decides who holds the lock. So a
 //! waiter never waits on a baton holder whose lease has run out (a hung task holding a guard), and gives
