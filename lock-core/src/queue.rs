@@ -174,7 +174,11 @@ impl LocalQueues {
         // (`pass` took this waiter off the line and sent it), or this waiter is still in line and,
         // removed now, can no longer be picked. Looking at the receiver before taking the mutex would
         // miss a baton sent in between, and leave the key taken by nobody. A waiter reserved by a
-        // hand-over is off the line already: its holder sends it the baton or hands it on itself.
+        // hand-over is off the line already, and its holder sends without the mutex: closing the
+        // receiver first makes any later send fail (the holder then hands the baton on itself), and
+        // what was sent before is read below. Without the close, a send between this look and the
+        // receiver's drop would be lost with it (the model check found that).
+        receiver.close();
         let untaken = match receiver.try_recv() {
             Ok(Some(handoff)) => {
                 Self::hand_on(&mut lines, key);
