@@ -277,7 +277,7 @@ impl RedisLock {
         if deadline.is_some_and(|d| d <= started) {
             return Ok((None, None));
         }
-        let (ticket, receiver) = match queues.join_offering(&self.key, self.offer(plan)) {
+        let (ticket, receiver) = match queues.join_offering(&self.key, || self.offer(plan)) {
             Turn::Now => {
                 return Ok((Some(Baton::new(queues.clone(), self.key.clone())), None));
             }

@@ -120,11 +120,16 @@ impl LocalQueues {
     /// Takes the baton for `key` at once, or joins the line for it.
     #[cfg(test)]
     pub(crate) fn join(&self, key: &Arc<str>) -> Turn {
-        self.join_offering(key, None)
+        self.join_offering(key, || None)
     }
 
-    /// [`join`](Self::join), offering `offer` to a holder that hands the lock over on release.
-    pub(crate) fn join_offering(&self, key: &Arc<str>, offer: Option<Arc<Offer>>) -> Turn {
+    /// [`join`](Self::join), offering what `offer` makes (only when the task has to wait: the
+    /// uncontended path makes nothing) to a holder that hands the lock over on release.
+    pub(crate) fn join_offering(
+        &self,
+        key: &Arc<str>,
+        offer: impl FnOnce() -> Option<Arc<Offer>>,
+    ) -> Turn {
         let mut lines = self.lines();
         let line = lines.entry(key.clone()).or_default();
         if !line.taken {
@@ -138,7 +143,7 @@ impl LocalQueues {
         line.waiting.push_back(Waiter {
             ticket,
             sender,
-            offer,
+            offer: offer(),
         });
         Turn::Later { ticket, receiver }
     }

@@ -98,7 +98,7 @@ impl World {
     /// [`contend`](Self::contend), offering `offer` to a holder that hands the lock over: a grant
     /// that arrives with the baton is taken (and, the model having no lock, dropped at once).
     fn contend_offering(&self, patience: usize, offer: Option<Arc<Offer>>) -> Option<Baton> {
-        let (ticket, receiver) = match self.queues().join_offering(&self.key, offer) {
+        let (ticket, receiver) = match self.queues().join_offering(&self.key, || offer) {
             Turn::Now => return Some(Baton::new(self.lines.clone(), self.key.clone())),
             Turn::Later { ticket, receiver } => (ticket, receiver),
         };
