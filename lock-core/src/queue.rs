@@ -56,7 +56,17 @@ struct Line {
     holder: Option<(Arc<str>, Moment)>,
     next_ticket: u64,
     waiting: VecDeque<Waiter>,
+    /// Hand-overs in a row while the line stayed busy (see [`HAND_OVER_STREAK`]).
+    streak: u32,
 }
+
+/// How many releases in a row a busy line hands over before one plain release. Waiters of other
+/// processes cannot be seen from here, and a hand-over sends them no wake-up: without the cap, a
+/// process whose line never empties keeps the key for good (the bench's two-process S2 showed a
+/// fairness of 0 between processes). Every fifth release is the plain one, with the wake-up, and the
+/// local waiter then races the others as before; a line that empties starts a new streak, so a
+/// lone hand-off always goes in one round trip.
+const HAND_OVER_STREAK: u32 = 4;
 
 /// A task in line: its ticket, where its turn is sent, and what a releasing holder may grant it.
 struct Waiter {
@@ -217,6 +227,11 @@ impl LocalQueues {
             line.waiting.pop_front();
         }
         let offer = line.waiting.front()?.offer.clone()?;
+        if line.streak >= HAND_OVER_STREAK {
+            line.streak = 0;
+            return None;
+        }
+        line.streak += 1;
         let waiter = line.waiting.pop_front()?;
         Some((waiter.sender, offer))
     }
