@@ -538,4 +538,40 @@ mod tests {
         assert_eq!(queues.waiting("k"), 2);
         assert_eq!(queues.waiting("other"), 0);
     }
+
+    #[test]
+    fn a_busy_line_hands_over_at_most_four_times_in_a_row() {
+        let queues = Arc::new(LocalQueues::new());
+        let offer = || {
+            Some(Arc::new(Offer {
+                token: Arc::from("t"),
+                ttl: Duration::from_secs(1),
+                ttl_arg: "1000".into(),
+                fence_counter: None,
+                signal: Arc::from("s"),
+            }))
+        };
+        assert!(matches!(queues.join(&key("k")), Turn::Now));
+        let mut baton = Baton::new(queues.clone(), key("k"));
+        let mut reserved = Vec::new();
+        for release in 0..10 {
+            let Turn::Later { receiver, .. } = queues.join_offering(&key("k"), offer) else {
+                panic!("the baton is taken");
+            };
+            match baton.reserve_next() {
+                Ok(next) => {
+                    reserved.push(release);
+                    drop(next);
+                }
+                Err(back) => drop(back),
+            }
+            // The waiter took the baton (with or without the lock): it holds it now.
+            let mut receiver = receiver;
+            assert!(matches!(receiver.try_recv(), Ok(Some(Handoff::Baton))));
+            baton = Baton::new(queues.clone(), key("k"));
+        }
+        assert_eq!(reserved, vec![0, 1, 2, 3, 5, 6, 7, 8], "every fifth release is plain");
+        drop(baton);
+        assert_eq!(queues.lines().len(), 0);
+    }
 }
