@@ -570,7 +570,11 @@ mod tests {
             assert!(matches!(receiver.try_recv(), Ok(Some(Handoff::Baton))));
             baton = Baton::new(queues.clone(), key("k"));
         }
-        assert_eq!(reserved, vec![0, 1, 2, 3, 5, 6, 7, 8], "every fifth release is plain");
+        assert_eq!(
+            reserved,
+            vec![0, 1, 2, 3, 5, 6, 7, 8],
+            "every fifth release is plain"
+        );
         drop(baton);
         assert_eq!(queues.lines().len(), 0);
     }
