@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::backend::{BackendError, ScriptValue};
 use crate::error::{LockError, Result};
 use crate::keys;
 use crate::lease::{Held, Holding, Lease, Released, Validity, Written, hold_renewed};
-use crate::queue::Baton;
+use crate::queue::{Baton, Grant, Next};
 use crate::replication::ReplicaAck;
 use crate::script::{self, Script};
 use crate::time::{Moment, to_millis, validity_deadline};
@@ -262,6 +263,10 @@ impl LockGuard {
     ///
     /// If this future is dropped before Redis answered, or the request fails, the release is retried in
     /// the background where the backend can spawn.
+    ///
+    /// When another task of this process waits first in line for the key, the release also grants it
+    /// the lock in the same script (a hand-over: one round trip for the hand-off instead of two); the
+    /// answer is the same as for a plain release.
     pub async fn release(mut self) -> Result<bool> {
         let valid = !self.valid_for().is_zero();
         let observed = self.holding.take_observed();
@@ -271,7 +276,15 @@ impl LockGuard {
             .await
     }
 
-    async fn release_unobserved(self, valid: bool) -> Result<bool> {
+    async fn release_unobserved(mut self, valid: bool) -> Result<bool> {
+        // Another task of this process is first in line for the key: release and grant it in one
+        // script, so the hand-off costs one round trip instead of two.
+        if let Some(baton) = self.baton.take() {
+            match baton.reserve_next() {
+                Ok(next) => return self.hand_over(next, valid).await,
+                Err(baton) => self.baton = Some(baton),
+            }
+        }
         let key = self.lease.key.clone();
         let released = self
             .lease
@@ -279,19 +292,75 @@ impl LockGuard {
             .await
             .map_err(|source| LockError::backend_failed(&self.lease.key, source))?;
         self.lease.disarm();
-        match released {
-            Released::Deleted => Ok(true),
-            Released::HeldByAnother => Ok(false),
-            Released::Absent if !valid => Ok(false),
-            Released::Absent => Err(LockError::InDoubt {
-                key: key.to_string(),
-                operation: "release",
-                reason: "the key was gone while this guard's validity had not run out: a re-sent \
-                         release of ours deleted it, or the server lost it"
-                    .into(),
-                source: None,
-            }),
+        release_outcome(&key, released, valid)
+    }
+
+    /// Releases the lock and grants it to `next` in one script ([`script::HAND_OVER`], or
+    /// [`script::FENCED_HAND_OVER`] when the waiter's lock has fencing); reports the release as
+    /// [`release`](Self::release) does.
+    ///
+    /// - Handed over: the waiter gets the lock with the baton, valid from the send of the script. A
+    ///   waiter gone by then leaves it untaken, and it is released in the background.
+    /// - The key was not ours (expired, taken over): nothing is granted, and the waiter gets the baton
+    ///   alone and tries by itself.
+    /// - No answer (a timeout, a dropped connection; or this future dropped mid-request): the outcome
+    ///   is unknown, so both tokens are released in the background (ours, as after a failed release;
+    ///   the waiter's for its whole TTL, as an acquisition that may still land), and the waiter gets
+    ///   the baton alone: it never believes it holds the lock.
+    async fn hand_over(self, next: Next, valid: bool) -> Result<bool> {
+        let offer = next.offer.clone();
+        let lease = &self.lease;
+        // Armed before sending: dropped unanswered, it releases the waiter's token in the background.
+        let mut pending = Lease::new(
+            lease.backend.clone(),
+            lease.key.clone(),
+            offer.signal.clone(),
+            offer.token.clone(),
+            offer.ttl,
+        );
+        let sent_at = self.now();
+        let args = [&*lease.token, &*offer.token, &offer.ttl_arg];
+        let reply = match &offer.fence_counter {
+            None => lease
+                .backend
+                .eval_script(&script::HAND_OVER, &[&lease.key], &args)
+                .await
+                .and_then(|reply| Ok((Released::from_reply(&reply)?, None))),
+            Some(counter) => lease
+                .backend
+                .eval_script(&script::FENCED_HAND_OVER, &[&lease.key, counter], &args)
+                .await
+                .and_then(|reply| fenced_hand_over_reply(&reply)),
+        };
+        let (released, fence) = match reply {
+            Ok(answer) => answer,
+            Err(source) => {
+                // `pending`, then `next` (the baton alone), then `self` (our own token's background
+                // release) drop in this order: both releases start before the waiter tries.
+                drop(pending);
+                drop(next);
+                return Err(LockError::backend_failed(&self.lease.key, source));
+            }
+        };
+        let key = self.lease.key.clone();
+        self.lease.disarm();
+        if released == Released::Deleted {
+            // Answered: no request of the waiter's token is in flight any more.
+            pending.in_flight = false;
+            let until = validity_deadline(sent_at, offer.ttl);
+            next.grant(
+                Grant {
+                    lease: pending,
+                    fence,
+                    sent_at,
+                },
+                until,
+            );
+        } else {
+            pending.disarm();
+            drop(next);
         }
+        release_outcome(&key, released, valid)
     }
 
     pub(crate) fn valid_until(&self) -> Option<Moment> {
@@ -405,6 +474,50 @@ impl LockGuard {
             ack.check(&lease.key, acked)?;
         }
         Ok(written)
+    }
+}
+
+/// What a release that found `released` reports, for a guard whose validity had (`valid`) or had not
+/// run out.
+fn release_outcome(key: &str, released: Released, valid: bool) -> Result<bool> {
+    match released {
+        Released::Deleted => Ok(true),
+        Released::HeldByAnother => Ok(false),
+        Released::Absent if !valid => Ok(false),
+        Released::Absent => Err(LockError::InDoubt {
+            key: key.to_string(),
+            operation: "release",
+            reason: "the key was gone while this guard's validity had not run out: a re-sent \
+                     release of ours deleted it, or the server lost it"
+                .into(),
+            source: None,
+        }),
+    }
+}
+
+/// Reads [`script::FENCED_HAND_OVER`]'s reply: `{1, fence}`, `{0, 0}` or `{-1, 0}`.
+fn fenced_hand_over_reply(
+    reply: &ScriptValue,
+) -> std::result::Result<(Released, Option<u64>), BackendError> {
+    let unexpected = || {
+        BackendError::permanent(
+            "redlease",
+            format!("unexpected reply from the fenced hand-over script: {reply:?}"),
+        )
+    };
+    let ScriptValue::Array(items) = reply else {
+        return Err(unexpected());
+    };
+    match items.as_slice() {
+        [ScriptValue::Int(1), ScriptValue::Int(fence)] => u64::try_from(*fence)
+            .map(|fence| (Released::Deleted, Some(fence)))
+            .map_err(|_| unexpected()),
+        [ScriptValue::Int(code), ..] => Released::from_reply(&ScriptValue::Int(*code))
+            .ok()
+            .filter(|released| *released != Released::Deleted)
+            .map(|released| (released, None))
+            .ok_or_else(unexpected),
+        _ => Err(unexpected()),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::guard::LockGuard;
 use crate::lease::config::{self, LeaseConfig, ValidatedConfig};
 use crate::lease::observe::{self, Primitive};
 use crate::lease::{self, Holding, Lease, fenced_reply, lease_settings};
-use crate::queue::{Baton, InLine, Turn};
+use crate::queue::{Baton, Grant, Handoff, InLine, Offer, Turn};
 use crate::time::Moment;
 use crate::{keys, script};
 
@@ -215,7 +215,10 @@ impl RedisLock {
             .wait_timeout
             .and_then(|wait| started.checked_add(wait));
         let token = self.new_token();
-        let baton = self.wait_for_turn(started, deadline).await?;
+        let (baton, grant) = self.wait_for_turn(started, deadline, plan).await?;
+        if let Some(grant) = grant {
+            return Ok(self.handed_over(grant, plan, baton));
+        }
         let mut attempt: u32 = 0;
         loop {
             if let Some(mut guard) = self.attempt(&token, plan).await? {
@@ -262,23 +265,27 @@ impl RedisLock {
     }
 
     /// Waits for this task's turn among the local tasks contending for the key through this backend, if
-    /// its runtime keeps waiting lines. `None` when there is no line to wait in, or when the task ahead
-    /// holds the lock past its lease (a hung holder must not block others: Redis decides).
+    /// its runtime keeps waiting lines. No baton when there is no line to wait in, or when the task
+    /// ahead holds the lock past its lease (a hung holder must not block others: Redis decides). With
+    /// the baton, a [`Grant`] when the holder handed the lock over to this task on release.
     async fn wait_for_turn(
         &self,
         started: Moment,
         deadline: Option<Moment>,
-    ) -> Result<Option<Baton>> {
+        plan: &Plan,
+    ) -> Result<(Option<Baton>, Option<Grant>)> {
         let runtime = runtime_of(&*self.backend);
         let Some(queues) = runtime.lines() else {
-            return Ok(None);
+            return Ok((None, None));
         };
         // Zero wait: exactly one attempt, straight away.
         if deadline.is_some_and(|d| d <= started) {
-            return Ok(None);
+            return Ok((None, None));
         }
-        let (ticket, receiver) = match queues.join(&self.key) {
-            Turn::Now => return Ok(Some(Baton::new(queues.clone(), self.key.clone()))),
+        let (ticket, receiver) = match queues.join_offering(&self.key, || self.offer(plan)) {
+            Turn::Now => {
+                return Ok((Some(Baton::new(queues.clone(), self.key.clone())), None));
+            }
             Turn::Later { ticket, receiver } => (ticket, receiver),
         };
         let mut in_line = InLine {
@@ -302,14 +309,19 @@ impl RedisLock {
             let holder = queues.holder(&self.key);
             if let Some((_, until)) = &holder {
                 if now >= *until {
-                    return Ok(None);
+                    return Ok((None, None));
                 }
                 wait = wait.min(*until - now);
             }
             match select(&mut in_line.receiver, runtime.sleep(wait)).await {
-                Either::Left((Ok(()), _)) => return Ok(Some(in_line.into_baton())),
+                Either::Left((Ok(Handoff::Baton), _)) => {
+                    return Ok((Some(in_line.into_baton()), None));
+                }
+                Either::Left((Ok(Handoff::Granted(grant)), _)) => {
+                    return Ok((Some(in_line.into_baton()), Some(grant)));
+                }
                 // The line was dropped (cannot happen while we are in it); go ahead on our own.
-                Either::Left((Err(_), _)) => return Ok(None),
+                Either::Left((Err(_), _)) => return Ok((None, None)),
                 Either::Right(_) => {}
             }
             // The holder may have lost the lock without noticing (expired, deleted, a server that
@@ -318,9 +330,52 @@ impl RedisLock {
                 && queues.is_first(&self.key, ticket)
                 && !self.still_held_by(&token).await?
             {
-                return Ok(None);
+                return Ok((None, None));
             }
         }
+    }
+
+    /// What a releasing holder of this process may grant this acquisition in one round trip
+    /// ([`script::HAND_OVER`]): a fresh token, with this lock's TTL and fencing. `None` when the lock
+    /// waits for [`replicas`](Self::replicas) (a grant cannot be followed by `WAIT` on the waiter's
+    /// behalf): such a waiter takes the baton and acquires by itself, as before.
+    fn offer(&self, plan: &Plan) -> Option<std::sync::Arc<Offer>> {
+        if plan.config.replica_ack.is_some() {
+            return None;
+        }
+        Some(Arc::new(Offer {
+            token: self.new_token(),
+            ttl: plan.config.ttl,
+            ttl_arg: plan.config.ttl_arg.clone(),
+            fence_counter: plan.config.fence_counter.clone(),
+            signal: plan.signal.clone(),
+        }))
+    }
+
+    /// The guard of a lock the holder before us handed over: valid from the send of the hand-over
+    /// script, with our own TTL, as if our own acquisition had been sent then.
+    fn handed_over(&self, grant: Grant, plan: &Plan, baton: Option<Baton>) -> LockGuard {
+        plan.config.observe.attempted();
+        let Grant {
+            lease,
+            fence,
+            sent_at,
+        } = grant;
+        let runtime = runtime_of(&*self.backend).clone();
+        let holding = Holding::new(
+            &plan.config,
+            self.key.clone(),
+            lease.token.clone(),
+            fence,
+            sent_at,
+            runtime,
+        );
+        let mut guard = LockGuard::new(lease, holding, None);
+        if let Some(baton) = baton {
+            // `Next::grant` told the line already; the guard keeps the baton for the next one.
+            guard.keep_baton(baton);
+        }
+        guard
     }
 
     /// Whether the key still holds `token`. A failed check ends the wait with its error, rather than

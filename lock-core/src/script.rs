@@ -441,9 +441,69 @@ return {redis.call('exists', KEYS[1], KEYS[2]), live}"#,
     )
 });
 
+// Hand-over in one round trip (issue 13): HAND_OVER, FENCED_HAND_OVER.
+
+/// Releases `KEYS[1]` from the token `ARGV[1]` and grants it to the token `ARGV[2]` with a TTL of
+/// `ARGV[3]` milliseconds, in one step: the release of a holder whose next local waiter takes the lock
+/// at once. Returns 1 when handed over, 0 when the key holds another token, -1 when there is no key
+/// (the replies of [`RELEASE`]: nothing is granted unless the key was ours).
+///
+/// A re-sent request (the key already holds `ARGV[2]`) resets the TTL and answers 1 again, so a client
+/// that re-sends it over a new connection neither reports the release as lost nor leaves the new token
+/// held by nobody.
+pub static HAND_OVER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "hand_over",
+        r#"local holder = redis.call('get', KEYS[1])
+if holder == ARGV[2] then
+  redis.call('pexpire', KEYS[1], ARGV[3])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+if holder then
+  return 0
+end
+return -1"#,
+    )
+});
+
+/// [`HAND_OVER`] for a waiter whose lock has fencing: `KEYS[2]` is the fence counter, and the grant
+/// issues the next fence exactly as [`FENCED_ACQUIRE`] does (`max(counter + 1, TIME in µs)`, which
+/// becomes the counter). Returns `{1, fence}` when handed over (a re-sent request answers the fence
+/// issued then, read from the counter), `{0, 0}` when the key holds another token, `{-1, 0}` when
+/// there is no key.
+pub static FENCED_HAND_OVER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "fenced_hand_over",
+        r#"local holder = redis.call('get', KEYS[1])
+if holder == ARGV[2] then
+  redis.call('pexpire', KEYS[1], ARGV[3])
+  return {1, tonumber(redis.call('get', KEYS[2]))}
+end
+if holder == ARGV[1] then
+  local t = redis.call('time')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local fence = tonumber(redis.call('get', KEYS[2]) or '0') + 1
+  if fence < now then
+    fence = now
+  end
+  redis.call('set', KEYS[2], string.format('%.0f', fence))
+  redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return {1, fence}
+end
+if holder then
+  return {0, 0}
+end
+return {-1, 0}"#,
+    )
+});
+
 /// Every script the lock sends, once each: for checks and tools that must cover them all (their
 /// digests, preloading them with `SCRIPT LOAD`).
-pub fn all() -> [&'static Script; 30] {
+pub fn all() -> [&'static Script; 32] {
     [
         &*RELEASE,
         &*RELEASE_AND_SIGNAL,
@@ -480,6 +540,9 @@ pub fn all() -> [&'static Script; 30] {
         &*RW_INSPECT,
         // Batched renewals (issue 13).
         &*RENEW_MANY,
+        // Hand-over in one round trip.
+        &*HAND_OVER,
+        &*FENCED_HAND_OVER,
     ]
 }
 

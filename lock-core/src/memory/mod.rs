@@ -11,6 +11,8 @@ mod rwlock;
 mod inspect;
 // Batched renewals (issue 13).
 mod renew_many;
+// Hand-over in one round trip (issue 13).
+mod handover;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -218,6 +218,8 @@ const SET_SCRIPTS: &[SetScript] = &[
     super::inspect::run,
     // Batched renewals (issue 13).
     super::renew_many::run,
+    // Hand-over in one round trip.
+    super::handover::run,
 ];
 
 /// Deletes `key` if it holds `token`, answering as the release scripts do: 1 deleted, 0 another

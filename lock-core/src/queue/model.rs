@@ -16,7 +16,7 @@ use shuttle::rand::Rng;
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{Runner, thread};
 
-use super::{Baton, InLine, LocalQueues, Turn};
+use super::{Baton, Grant, InLine, LocalQueues, Offer, Turn};
 
 /// The lines' mutex in unit tests: std's, behind a `shuttle` mutex that is taken only inside a model
 /// run, so that `shuttle` can switch threads where the lines are locked while the crate's other unit
@@ -92,7 +92,13 @@ impl World {
     /// Joins the line as `wait_for_turn` does: the baton at once, or a place in line that looks for the
     /// baton `patience` times (yielding in between) and then gives up, dropping its place.
     fn contend(&self, patience: usize) -> Option<Baton> {
-        let (ticket, receiver) = match self.queues().join(&self.key) {
+        self.contend_offering(patience, None)
+    }
+
+    /// [`contend`](Self::contend), offering `offer` to a holder that hands the lock over: a grant
+    /// that arrives with the baton is taken (and, the model having no lock, dropped at once).
+    fn contend_offering(&self, patience: usize, offer: Option<Arc<Offer>>) -> Option<Baton> {
+        let (ticket, receiver) = match self.queues().join_offering(&self.key, || offer) {
             Turn::Now => return Some(Baton::new(self.lines.clone(), self.key.clone())),
             Turn::Later { ticket, receiver } => (ticket, receiver),
         };
@@ -104,7 +110,7 @@ impl World {
         };
         for _ in 0..patience {
             match in_line.receiver.try_recv() {
-                Ok(Some(())) => return Some(in_line.into_baton()),
+                Ok(Some(_)) => return Some(in_line.into_baton()),
                 Ok(None) => thread::yield_now(),
                 Err(_) => panic!("the line dropped a waiter that was still in it"),
             }
@@ -203,4 +209,96 @@ fn many_tasks_contending_and_giving_up_at_random_never_lose_the_baton() {
         }
         world.assert_free();
     });
+}
+
+/// An offer as `RedisLock::offer` makes one.
+fn offer() -> Arc<Offer> {
+    Arc::new(Offer {
+        token: Arc::from("next"),
+        ttl: std::time::Duration::from_secs(10),
+        ttl_arg: "10000".into(),
+        fence_counter: None,
+        signal: Arc::from("signal"),
+    })
+}
+
+/// A grant of the memory backend's lock, as a hand-over makes one: dropped untaken, its lease
+/// releases in the background (on the memory backend: at once, on this thread).
+fn grant() -> Grant {
+    let backend: Arc<dyn crate::LockBackend> = Arc::new(crate::memory::MemoryBackend::default());
+    let mut lease = crate::lease::Lease::new(
+        backend,
+        Arc::from("k"),
+        Arc::from("signal"),
+        Arc::from("next"),
+        std::time::Duration::from_secs(10),
+    );
+    lease.in_flight = false;
+    Grant {
+        lease,
+        fence: None,
+        sent_at: crate::time::Moment::now(),
+    }
+}
+
+/// A holder releases with a hand-over (`LockGuard::release`): it reserves the first waiter, then
+/// grants it the lock (`granted`) or gives it the baton alone (the hand-over was refused, failed or
+/// cancelled: `Next` dropped), while waiters that offer hand-overs join and give up after their
+/// patience; then the key must be free, and at no point did two tasks hold the baton.
+fn holder_hands_over(patience: &[usize], granted: bool) {
+    let world = World::new();
+    let baton = world.contend(0).expect("the first comer takes the baton");
+    let waiters: Vec<_> = patience
+        .iter()
+        .map(|&patience| {
+            let world = world.clone();
+            thread::spawn(move || {
+                if let Some(baton) = world.contend_offering(patience, Some(offer())) {
+                    world.hold(baton);
+                }
+            })
+        })
+        .collect();
+    assert_eq!(world.holders.fetch_add(1, Ordering::SeqCst), 0);
+    thread::yield_now();
+    world.holders.fetch_sub(1, Ordering::SeqCst);
+    match baton.reserve_next() {
+        Ok(next) => {
+            // The script is in flight.
+            thread::yield_now();
+            if granted {
+                next.grant(grant(), crate::time::Moment::now());
+            } else {
+                drop(next);
+            }
+        }
+        Err(baton) => drop(baton),
+    }
+    for waiter in waiters {
+        waiter.join().unwrap();
+    }
+    world.assert_free();
+}
+
+#[test]
+fn a_hand_over_to_a_waiter_that_gives_up_meanwhile_never_loses_the_baton() {
+    // Every schedule of a holder handing over (granted, or the baton alone) to one waiter that gives
+    // up at once or after one to three looks: in line, while reserved, or with the grant unread.
+    for granted in [true, false] {
+        for patience in 0..4 {
+            shuttle::check_dfs(move || holder_hands_over(&[patience], granted), None);
+        }
+    }
+}
+
+#[test]
+fn a_hand_over_with_two_waiters_giving_up_never_stalls_the_line() {
+    let scenarios: [&'static [usize]; 4] = [&[0, 3], &[3, 0], &[1, 1], &[3, 3]];
+    for (seed, patience) in (0x4a4d..).zip(scenarios) {
+        for granted in [true, false] {
+            let scheduler = PctScheduler::new_from_seed(seed, 3, 1_000);
+            Runner::new(scheduler, Default::default())
+                .run(move || holder_hands_over(patience, granted));
+        }
+    }
 }

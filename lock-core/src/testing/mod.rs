@@ -107,6 +107,13 @@ pub use checks::waits::waiters_beyond_the_blocking_limit_still_acquire;
 pub use checks::batch::{
     many_holds_are_renewed_in_batches, one_taken_over_key_of_a_batch_loses_only_its_lease,
 };
+// Hand-over in one round trip (issue 13).
+pub use checks::handover::{
+    an_untaken_grant_wakes_a_waiter_elsewhere, hand_over_grants_nothing_when_the_key_is_not_ours,
+    hand_over_grants_the_next_local_waiter_in_one_call,
+    hand_over_to_a_cancelled_waiter_frees_the_key, hand_over_validity_counts_from_the_send,
+    lost_hand_over_reply_leaves_the_waiter_trying,
+};
 pub use probe::{Probe, Unsupported};
 pub use suite::{CALL_BOUND, Check, Fixture, Need, Setup, Turn, all_checks, run_all};
 pub use wrappers::{CountingBackend, Fault, FaultyBackend, Unqueued};

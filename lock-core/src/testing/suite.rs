@@ -367,6 +367,13 @@ macro_rules! conformance_tests {
             // Batched renewals (issue 13).
             many_holds_are_renewed_in_batches [Alone],
             one_taken_over_key_of_a_batch_loses_only_its_lease [Alone],
+            // Hand-over in one round trip (issue 13).
+            hand_over_grants_the_next_local_waiter_in_one_call,
+            hand_over_validity_counts_from_the_send [Alone],
+            hand_over_to_a_cancelled_waiter_frees_the_key,
+            hand_over_grants_nothing_when_the_key_is_not_ours,
+            lost_hand_over_reply_leaves_the_waiter_trying,
+            an_untaken_grant_wakes_a_waiter_elsewhere,
         );
     };
 

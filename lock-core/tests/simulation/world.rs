@@ -367,6 +367,25 @@ impl SimServer {
                 fence: *fence as u64,
             });
         }
+        // A hand-over (issue 13) grants the lock to its second argument: the fenced one issues a fence
+        // as FENCED_ACQUIRE does (a re-sent hand-over, finding that token already, issues none).
+        if let (
+            Request::Eval {
+                script, keys, args, ..
+            },
+            Ok(ScriptValue::Array(items)),
+        ) = (request, &reply)
+            && script.sha1() == script::FENCED_HAND_OVER.sha1()
+            && held_before.as_deref() != args.get(1).map(String::as_str)
+            && let [ScriptValue::Int(1), ScriptValue::Int(fence)] = items.as_slice()
+        {
+            self.core.record(What::FenceIssued {
+                server: self.index,
+                key: keys[0].clone(),
+                token: args[1].clone(),
+                fence: *fence as u64,
+            });
+        }
         if let (
             Request::Eval {
                 script, keys, args, ..
@@ -793,9 +812,21 @@ impl SimClient {
             }
             Request::Eval { .. } => None,
         };
+        // A hand-over (issue 13) releases its first token and acquires its second, for a task of this
+        // process: recorded as both.
+        let handing_over = matches!(&request, Request::Eval { script, .. }
+            if script.sha1() == script::HAND_OVER.sha1()
+                || script.sha1() == script::FENCED_HAND_OVER.sha1());
+        let acquiring = match &request {
+            Request::Eval { keys, args, .. } if handing_over => {
+                Some((keys[0].clone(), args[1].clone()))
+            }
+            _ => acquiring,
+        };
         if let Request::Eval { script, args, .. } = &request
             && (script.sha1() == script::RELEASE.sha1()
-                || script.sha1() == script::RELEASE_AND_SIGNAL.sha1())
+                || script.sha1() == script::RELEASE_AND_SIGNAL.sha1()
+                || handing_over)
         {
             self.core.record(What::ReleaseSent {
                 process: self.process.index,

@@ -18,3 +18,5 @@ pub(super) mod inspect;
 pub(super) mod waits;
 // Batched renewals (issue 13).
 pub(super) mod batch;
+// Hand-over in one round trip (issue 13).
+pub(super) mod handover;

@@ -48,6 +48,40 @@ impl Worker {
 
     pub(super) async fn lock_round(&mut self, choice: u32) {
         let key = self.pick_key();
+        // Now and then a burst of local contenders (issue 13's hand-over in one round trip): siblings
+        // of this worker, in its process, acquire the same key at once, so that the process's line
+        // for it has waiters and releases hand the lock over to them, also on the fault paths (a
+        // holder paused past its lease, a reply lost, a waiter cancelled as the grant arrives).
+        if choice <= 3 && self.rng.u32(0..3) == 0 {
+            self.spawn_contenders(&key);
+        }
+        self.lock_round_on(key, choice).await;
+    }
+
+    /// Spawns one to three one-round workers of this process acquiring `key`.
+    fn spawn_contenders(&mut self, key: &str) {
+        if self.now() >= self.ctx.cfg.end() {
+            return;
+        }
+        for _ in 0..self.rng.u32(1..=3) {
+            let mut sibling = Worker {
+                ctx: self.ctx.clone(),
+                process: self.process,
+                id: self.id + 100,
+                rng: fastrand::Rng::with_seed(self.rng.u64(..)),
+                election: None,
+                redlocks: Vec::new(),
+                primitive: super::Primitive::Mutex,
+            };
+            let key = key.to_owned();
+            let choice = self.rng.u32(0..4);
+            self.ctx.core.rt.spawn(Some(self.process), async move {
+                sibling.lock_round_on(key, choice).await;
+            });
+        }
+    }
+
+    async fn lock_round_on(&mut self, key: String, choice: u32) {
         let (lock, wait) = self.make_lock(&key);
         let start = self.now();
         let local_start = self.local_now();
