@@ -3,7 +3,8 @@
 //! - S1 uncontended acquire + release (criterion), beside the same `SET NX PX` and release script sent
 //!   through the same client without the library.
 //! - S2 contended: 8 tasks on one key, in one process and split over two processes.
-//! - S3 hand-off: release → waiting acquirer's acquire returning, in one process and across two.
+//! - S3 hand-off: release (returned, and called) → waiting acquirer's acquire returning, in one process
+//!   and across two.
 //! - S4 Redis commands per acquisition under S2 (`INFO commandstats`).
 //! - S6 semaphore: 32 tasks on a semaphore of 4, permits per second against the raw floor, fairness.
 //! - S7 read-write lock: a writer's wait under a continuous stream of readers.
@@ -375,36 +376,51 @@ fn contention_scenarios(
     }
 }
 
-/// One hand-off: the holder releases while the waiter is already waiting. Returns release-return →
-/// acquire-return, in nanoseconds on the shared wall clock.
-async fn handoff_once(holder: &RedisLock, waiter: Option<&RedisLock>) -> Option<u128> {
+/// One hand-off: the holder releases while the waiter is already waiting. Returns the waiter's
+/// acquire-return less the release's call and less its return, in nanoseconds on the shared wall clock.
+async fn handoff_once(holder: &RedisLock, waiter: &RedisLock) -> (u128, u128) {
     let guard = holder.acquire().await.unwrap();
-    let waiting = waiter.map(|w| {
-        let w = w.clone();
-        tokio::spawn(async move {
-            let g = w.acquire().await.unwrap();
-            let at = unix_nanos();
-            g.release().await.unwrap();
-            at
-        })
+    let waiter = waiter.clone();
+    let waiting = tokio::spawn(async move {
+        let g = waiter.acquire().await.unwrap();
+        let at = unix_nanos();
+        g.release().await.unwrap();
+        at
     });
     // Let the waiter fail its first attempt and settle into waiting.
     tokio::time::sleep(Duration::from_millis(20)).await;
+    let called_at = unix_nanos();
     guard.release().await.unwrap();
-    let released_at = unix_nanos();
-    match waiting {
-        Some(w) => Some(w.await.unwrap().saturating_sub(released_at)),
-        None => {
-            println!("released {released_at}");
-            None
-        }
-    }
+    let returned_at = unix_nanos();
+    let acquired_at = waiting.await.unwrap();
+    (
+        acquired_at.saturating_sub(called_at),
+        acquired_at.saturating_sub(returned_at),
+    )
+}
+
+/// p50 and p99 of `samples` (nanoseconds), in milliseconds: "p50 / p99 ms".
+fn p50_p99(samples: &mut [u128]) -> String {
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
+    format!("{:.3} / {:.3} ms", p(0.5), p(0.99))
 }
 
 fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
     let rounds = if quick() { 30 } else { 200 };
-    println!("\n### S3 hand-off (release returned → waiter's acquire returned), {rounds} rounds\n");
-    print_row(&["adapter", "where", "p50", "p99", "commands/acq"].map(String::from));
+    println!(
+        "\n### S3 hand-off (waiter's acquire returned, after the holder's release returned / was called), {rounds} rounds\n"
+    );
+    print_row(
+        &[
+            "adapter",
+            "where",
+            "p50 / p99 after the release returned",
+            "p50 / p99 after the release was called",
+            "commands/acq",
+        ]
+        .map(String::from),
+    );
     print_row(&["---"; 5].map(String::from));
     for input in INPUTS {
         let client = rt.block_on(connect(input, &server.url()));
@@ -414,18 +430,16 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
             .timeout(TTL)
             .wait_timeout(Some(Duration::from_secs(30)));
         let before = commands_total(server);
-        let mut samples: Vec<u128> = (0..rounds)
-            .map(|_| rt.block_on(handoff_once(&lock, Some(&lock))).unwrap())
-            .collect();
+        let (mut from_call, mut from_return): (Vec<u128>, Vec<u128>) = (0..rounds)
+            .map(|_| rt.block_on(handoff_once(&lock, &lock)))
+            .unzip();
         // Each round is two acquisitions (the holder's and the waiter's).
         let per_acquisition = (commands_total(server) - before) as f64 / (2 * rounds) as f64;
-        samples.sort();
-        let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
         print_row(&[
             input.name().into(),
             "one process".into(),
-            format!("{:.3} ms", p(0.5)),
-            format!("{:.3} ms", p(0.99)),
+            p50_p99(&mut from_return),
+            p50_p99(&mut from_call),
             format!("{per_acquisition:.2}"),
         ]);
 
@@ -438,7 +452,7 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
         let mut child = spawn_child("waiter", input, &server.url(), &key, &[]);
         let mut to_child = child.stdin.take().unwrap();
         let mut from_child = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut samples = Vec::new();
+        let (mut from_call, mut from_return) = (Vec::new(), Vec::new());
         let before = commands_total(server);
         for _ in 0..rounds {
             let guard = rt.block_on(lock.acquire()).unwrap();
@@ -446,8 +460,9 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
             to_child.flush().unwrap();
             // Let the child fail its first attempt and settle into waiting.
             rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+            let called_at = unix_nanos();
             rt.block_on(guard.release()).unwrap();
-            let released_at = unix_nanos();
+            let returned_at = unix_nanos();
             let mut line = String::new();
             from_child.read_line(&mut line).unwrap();
             let acquired_at: u128 = line
@@ -456,18 +471,17 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
                 .unwrap()
                 .parse()
                 .unwrap();
-            samples.push(acquired_at.saturating_sub(released_at));
+            from_call.push(acquired_at.saturating_sub(called_at));
+            from_return.push(acquired_at.saturating_sub(returned_at));
         }
         let per_acquisition = (commands_total(server) - before) as f64 / (2 * rounds) as f64;
         drop(to_child);
         child.wait().unwrap();
-        samples.sort();
-        let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
         print_row(&[
             input.name().into(),
             "two processes".into(),
-            format!("{:.3} ms", p(0.5)),
-            format!("{:.3} ms", p(0.99)),
+            p50_p99(&mut from_return),
+            p50_p99(&mut from_call),
             format!("{per_acquisition:.2}"),
         ]);
     }
