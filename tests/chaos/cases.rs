@@ -42,7 +42,8 @@ pub(crate) async fn faults_then_wait(
     (faults, children)
 }
 
-/// Workers are tasks in this process, each with its own client, all through one fault proxy.
+/// Workers are threads of this process, each with its own runtime and client, all through one fault
+/// proxy.
 pub(crate) fn run_task_case(input: Input) {
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -65,16 +66,33 @@ pub(crate) fn run_task_case(input: Input) {
         };
         let freeze = Arc::new(AtomicBool::new(false));
         let deadline = Instant::now() + RUN_FOR;
+        // Each worker runs on a thread with a runtime of its own (its client's connections and its
+        // backend's renewal scheduler included), a process in miniature: a freeze blocks that thread,
+        // and so stops the holder's renewals as a GC pause stops a process's.
         let mut workers = Vec::new();
         for i in 0..TASK_WORKERS {
-            let lock = lock(backend(input, &proxy.url()).await, &names.key);
+            let (url, key) = (proxy.url(), names.key.clone());
             let plan = WorkerPlan {
                 worker: format!("w{i}"),
                 resource: names.resource.clone(),
                 deadline,
                 freeze: Some(freeze.clone()),
             };
-            workers.push(tokio::spawn(run_worker(lock, plan, record.clone())));
+            let record = record.clone();
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a worker's runtime");
+                runtime.block_on(async {
+                    let lock = lock(backend(input, &url).await, &key);
+                    run_worker(lock, plan, record).await;
+                });
+                // Dropped unsent if the worker panicked: the wait below then fails.
+                let _ = done.send(());
+            });
+            workers.push(finished);
         }
 
         let faults = inject(

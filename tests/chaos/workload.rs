@@ -133,8 +133,10 @@ pub(crate) async fn run_worker(lock: RedisLock, plan: WorkerPlan, record: Record
                             worker: worker.into(),
                             fence,
                         });
-                        // Freezes this whole hold (renewals included), like a GC pause would.
-                        tokio::task::block_in_place(|| thread::sleep(TASK_FREEZE));
+                        // Blocks the worker's thread past the TTL: the thread of its own runtime
+                        // (see `run_task_case`), which runs its backend's renewal scheduler too, so
+                        // the whole worker freezes, renewals included, as a GC pause would.
+                        thread::sleep(TASK_FREEZE);
                     }
                     n += 1;
                     let (done, outcome) = tokio::sync::oneshot::channel();
