@@ -228,21 +228,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank]
 }
 
-fn commands_total(server: &RedisServer) -> u64 {
-    let info = server.command(&["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 fn spawn_child(
     role: &str,
     input: Input,
@@ -314,7 +299,7 @@ fn contention_scenarios(
                 uuid::Uuid::new_v4()
             );
             let client = rt.block_on(connect(input, &server.url()));
-            let before = commands_total(server);
+            let before = server.commands_total();
             let local_tasks = CONTENDERS / processes;
             let child = (processes == 2).then(|| {
                 spawn_child(
@@ -350,7 +335,7 @@ fn contention_scenarios(
                     }
                 }
             }
-            let after = commands_total(server);
+            let after = server.commands_total();
             let total: usize = result.counts.iter().sum();
             let per_sec = total as f64 / result.elapsed.as_secs_f64();
             result.waits.sort();
@@ -429,12 +414,12 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
         let lock = RedisLock::new(client.backend(None), key)
             .timeout(TTL)
             .wait_timeout(Some(Duration::from_secs(30)));
-        let before = commands_total(server);
+        let before = server.commands_total();
         let (mut from_call, mut from_return): (Vec<u128>, Vec<u128>) = (0..rounds)
             .map(|_| rt.block_on(handoff_once(&lock, &lock)))
             .unzip();
         // Each round is two acquisitions (the holder's and the waiter's).
-        let per_acquisition = (commands_total(server) - before) as f64 / (2 * rounds) as f64;
+        let per_acquisition = (server.commands_total() - before) as f64 / (2 * rounds) as f64;
         print_row(&[
             input.name().into(),
             "one process".into(),
@@ -453,7 +438,7 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
         let mut to_child = child.stdin.take().unwrap();
         let mut from_child = std::io::BufReader::new(child.stdout.take().unwrap());
         let (mut from_call, mut from_return) = (Vec::new(), Vec::new());
-        let before = commands_total(server);
+        let before = server.commands_total();
         for _ in 0..rounds {
             let guard = rt.block_on(lock.acquire()).unwrap();
             writeln!(to_child, "go").unwrap();
@@ -474,7 +459,7 @@ fn handoff_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServer) {
             from_call.push(acquired_at.saturating_sub(called_at));
             from_return.push(acquired_at.saturating_sub(returned_at));
         }
-        let per_acquisition = (commands_total(server) - before) as f64 / (2 * rounds) as f64;
+        let per_acquisition = (server.commands_total() - before) as f64 / (2 * rounds) as f64;
         drop(to_child);
         child.wait().unwrap();
         print_row(&[
@@ -606,7 +591,7 @@ fn s1_timed(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Vec<(Input, f
         let (mut raw_commands, mut lib_commands) = (0, 0);
         // Interleave blocks so machine noise hits both sides alike.
         for _ in 0..5 {
-            let before = commands_total(server);
+            let before = server.commands_total();
             let t = Instant::now();
             rt.block_on(async {
                 for _ in 0..n / 5 {
@@ -614,7 +599,7 @@ fn s1_timed(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Vec<(Input, f
                 }
             });
             raw += t.elapsed();
-            let middle = commands_total(server);
+            let middle = server.commands_total();
             raw_commands += middle - before;
             let t = Instant::now();
             rt.block_on(async {
@@ -624,7 +609,7 @@ fn s1_timed(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Vec<(Input, f
                 }
             });
             lib += t.elapsed();
-            lib_commands += commands_total(server) - middle;
+            lib_commands += server.commands_total() - middle;
         }
         let per = |d: Duration| d / n as u32;
         floors.push((input, n as f64 / raw.as_secs_f64()));

@@ -16,29 +16,11 @@ use support::key_prefix;
 const LEASES: usize = 2_000;
 const TTL: Duration = Duration::from_millis(1_500);
 
-/// Calls of `command` the server has counted (`INFO commandstats`), 0 before the first.
-fn calls(server: &support::RedisServer, command: &str) -> u64 {
-    let info = server
-        .command(&["INFO", "commandstats"])
-        .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map(|rest| {
-            rest.split(',')
-                .next()
-                .unwrap_or("0")
-                .parse()
-                .expect("a count")
-        })
-        .unwrap_or(0)
-}
-
 async fn many_leases_are_kept_with_few_script_calls(input: Input) {
     let server = support::RedisServer::start();
     let backend = input.connect(&server.url(), Options::new()).await;
     let prefix = format!("{}batch", key_prefix());
-    let scripts = || calls(&server, "evalsha") + calls(&server, "eval");
+    let scripts = || server.calls("evalsha") + server.calls("eval");
     // Each lease is held from its grant until one shared signal, fired three TTLs after the last
     // grant (acquiring 2,000 one after the other can take longer than a TTL).
     let (stop, stopped) = futures::channel::oneshot::channel::<()>();

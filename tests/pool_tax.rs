@@ -8,24 +8,6 @@ use std::time::Duration;
 use support::inputs::{Input, Options};
 use support::key_prefix;
 
-/// Calls of `command` the server has counted (`INFO commandstats`), 0 before the first.
-fn calls(server: &support::RedisServer, command: &str) -> u64 {
-    let info = server
-        .command(&["INFO", "commandstats"])
-        .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map(|rest| {
-            rest.split(',')
-                .next()
-                .unwrap_or("0")
-                .parse()
-                .expect("a count")
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_commands_on_a_pool_send_no_ping_or_unwatch_per_call() {
     let server = support::RedisServer::start();
@@ -33,7 +15,7 @@ async fn lock_commands_on_a_pool_send_no_ping_or_unwatch_per_call() {
         .connect(&server.url(), Options::new())
         .await;
     let key = format!("{}:pool-tax", key_prefix());
-    let (pings, unwatches) = (calls(&server, "ping"), calls(&server, "unwatch"));
+    let (pings, unwatches) = (server.calls("ping"), server.calls("unwatch"));
     for n in 0..20 {
         let token = format!("token-{n}");
         let won = backend
@@ -43,8 +25,8 @@ async fn lock_commands_on_a_pool_send_no_ping_or_unwatch_per_call() {
     }
     // At most one recycle: the checkout that took the connection for lock commands (none when the pool
     // made it fresh). A checkout per call would have sent 20 of each.
-    let pinged = calls(&server, "ping") - pings;
-    let unwatched = calls(&server, "unwatch") - unwatches;
+    let pinged = server.calls("ping") - pings;
+    let unwatched = server.calls("unwatch") - unwatches;
     assert!(pinged <= 1, "{pinged} PINGs for 20 SETs");
     assert!(unwatched <= 1, "{unwatched} UNWATCHes for 20 SETs");
 }

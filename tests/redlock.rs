@@ -67,14 +67,7 @@ impl Masters {
 
     /// The `cmdstat_<command>:calls=N` counter of master `index` (0 when never called).
     fn calls(&self, index: usize, command: &str) -> u64 {
-        let info = self.servers[index]
-            .command(&["INFO", "commandstats"])
-            .expect("INFO");
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|line| line.trim().strip_prefix(&prefix))
-            .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
-            .unwrap_or(0)
+        self.servers[index].calls(command)
     }
 
     /// Which of the masters `among` hold `value`.

@@ -12,24 +12,6 @@ use redlease::script::{EXTEND, RENEW};
 use support::inputs::{Input, Options};
 use support::key_prefix;
 
-/// Every command the server has counted (`INFO commandstats`), INFO itself left out.
-fn commands_total(server: &support::RedisServer) -> u64 {
-    let info = server
-        .command(&["INFO", "commandstats"])
-        .expect("INFO commandstats");
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_and_extend_run_four_commands_each() {
     let server = support::RedisServer::start();
@@ -56,22 +38,22 @@ async fn renew_and_extend_run_four_commands_each() {
         .await
         .unwrap();
 
-    let before = commands_total(&server);
+    let before = server.commands_total();
     let renewed = backend
         .eval_script(&RENEW, &[&key], &["t", "90000"])
         .await
         .unwrap();
     assert!(matches!(renewed, ScriptValue::Array(_)), "{renewed:?}");
     // EVALSHA + GET, PEXPIRE, PTTL, PEXPIRETIME.
-    assert_eq!(commands_total(&server) - before, 5, "renew");
+    assert_eq!(server.commands_total() - before, 5, "renew");
 
-    let before = commands_total(&server);
+    let before = server.commands_total();
     let extended = backend
         .eval_script(&EXTEND, &[&key], &["t", &far])
         .await
         .unwrap();
     assert!(matches!(extended, ScriptValue::Array(_)), "{extended:?}");
-    assert_eq!(commands_total(&server) - before, 5, "extend");
+    assert_eq!(server.commands_total() - before, 5, "extend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,13 +117,13 @@ async fn renew_many_answers_each_key_as_renew_and_runs_two_commands_a_renewed_ke
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = commands_total(&server);
+    let before = server.commands_total();
     let reply = backend
         .eval_script(&RENEW_MANY, &keys, &args)
         .await
         .unwrap();
     // EVALSHA, TIME; GET + PEXPIRE; GET + PEXPIRE + PEXPIRETIME; GET; GET + PEXPIRE + PEXPIRETIME.
-    assert_eq!(commands_total(&server) - before, 11);
+    assert_eq!(server.commands_total() - before, 11);
     let ScriptValue::Array(replies) = reply else {
         panic!("{reply:?}")
     };

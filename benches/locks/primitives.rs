@@ -8,7 +8,7 @@ use redlease::script::{SEMAPHORE_ACQUIRE, SHARE_RELEASE};
 use redlease::{LockBackend, RwLock, Semaphore};
 
 use super::support::inputs::Input;
-use super::{Floor, INPUTS, RedisServer, commands_total, connect, print_row, quick};
+use super::{Floor, INPUTS, RedisServer, connect, print_row, quick};
 
 /// S6: tasks on one semaphore.
 const S6_TASKS: usize = 32;
@@ -139,9 +139,9 @@ pub(super) fn semaphore_scenarios(rt: &tokio::runtime::Runtime, server: &RedisSe
             &backend,
             &key,
         ));
-        let before = commands_total(server);
+        let before = server.commands_total();
         let (per_sec, counts) = rt.block_on(semaphore_contention(backend, &key, run_for));
-        let commands = commands_total(server) - before;
+        let commands = server.commands_total() - before;
         let min = *counts.iter().min().unwrap_or(&0) as f64;
         let max = *counts.iter().max().unwrap_or(&1) as f64;
         print_row(&[
@@ -251,10 +251,10 @@ pub(super) fn rwlock_scenarios(rt: &tokio::runtime::Runtime, server: &RedisServe
     for input in INPUTS {
         let client = rt.block_on(connect(input, &server.url()));
         let key = format!("bench:s7:{}:{}", input.name(), uuid::Uuid::new_v4());
-        let before = commands_total(server);
+        let before = server.commands_total();
         let (waits, reads, floor, acquisitions) =
             rt.block_on(rwlock_contention(client.backend(None), &key, run_for));
-        let commands = commands_total(server) - before;
+        let commands = server.commands_total() - before;
         let p = |q: f64| super::percentile(&waits, q);
         print_row(&[
             input.name().into(),

@@ -325,6 +325,43 @@ impl RedisServer {
         self.signal("CONT");
     }
 
+    /// How many times the server ran `command` (`INFO commandstats`, which counts the commands a
+    /// script runs as well as the script itself); 0 before the first.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info = self
+            .command(&["INFO", "commandstats"])
+            .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix(&prefix))
+            .map(|rest| {
+                rest.split(',')
+                    .next()
+                    .unwrap_or("0")
+                    .parse()
+                    .expect("a count")
+            })
+            .unwrap_or(0)
+    }
+
+    /// Every command the server has run (`INFO commandstats`), `INFO` itself left out.
+    pub fn commands_total(&self) -> u64 {
+        let info = self
+            .command(&["INFO", "commandstats"])
+            .expect("INFO commandstats");
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     /// Sends one command over a fresh connection and renders the reply, see
     /// [`resp_command`]. `Err` holds an error reply, e.g. `"-ERR unknown ..."`.
     ///
