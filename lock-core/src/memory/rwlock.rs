@@ -36,17 +36,17 @@ fn run_known(call: &Call<'_>, data: &mut Data) -> Result<ScriptValue, BackendErr
         {
             let ttl = int(ttl)?;
             let writer = drop_expired(data, key, writers, now);
-            let fence = if is_member(data, key, member) {
-                current_fence(call, data, counter.first().copied())?
-            } else {
+            if !is_member(data, key, member) {
                 if writer {
                     return Ok(pair(0, 1));
                 }
                 if data.sets.contains_key(*writers) {
                     return Ok(pair(0, 2));
                 }
-                issue(call, data, counter.first().copied())?
-            };
+            }
+            // A re-sent request of a live member gets a new fence too: the counter as it stands may
+            // be another reader's by now.
+            let fence = issue(call, data, counter.first().copied())?;
             Ok(grant(
                 call,
                 data,

@@ -87,16 +87,7 @@ fn run_known(call: &Call<'_>, data: &mut Data) -> Result<ScriptValue, BackendErr
                 drop_if_empty(data, key);
                 return Ok(pair(-1, stored));
             }
-            let mut fence = 0;
-            if mine {
-                if let Some(counter) = counter.first() {
-                    fence = data
-                        .get(*counter)
-                        .map(|c| int(&c.value))
-                        .transpose()?
-                        .unwrap_or(0);
-                }
-            } else {
+            if !mine {
                 if held + permits > limit_n {
                     drop_if_empty(data, key);
                     return Ok(pair(0, limit_n - held));
@@ -106,10 +97,13 @@ fn run_known(call: &Call<'_>, data: &mut Data) -> Result<ScriptValue, BackendErr
                 {
                     set.remove(&format!("limit:{stored}"));
                 }
-                if let Some(counter) = counter.first() {
-                    fence = issue_fence(call, data, counter)?;
-                }
             }
+            // A re-sent request of a live member gets a new fence too: the counter as it stands may
+            // be another holder's by now.
+            let fence = match counter.first() {
+                Some(counter) => issue_fence(call, data, counter)?,
+                None => 0,
+            };
             let set = data.sets.entry((*key).to_owned()).or_default();
             set.insert(&format!("limit:{limit}"), 0);
             let expiry = now.saturating_add(ttl);

@@ -36,9 +36,10 @@ end
 /// clock), unless a writer holds it or a writer waits (a live intent in `KEYS[2]`); with `KEYS[3]`,
 /// issues a fence from that counter.
 ///
-/// Replies `{1, fence}` when granted (fence 0 without `KEYS[3]`; a re-sent request of a live member
-/// answers the counter as it stands and never shortens the member), `{0, 1}` while a writer holds,
-/// `{0, 2}` while a writer waits.
+/// Replies `{1, fence}` when granted (fence 0 without `KEYS[3]`), `{0, 1}` while a writer holds, `{0, 2}`
+/// while a writer waits. A re-sent request of a live member is granted again with a new fence (its
+/// first reply was never read, and the counter as it stands may be another reader's fence by now: two
+/// holders must never share one) and never shortens the member.
 pub static RW_READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "rw_read",
@@ -46,21 +47,17 @@ pub static RW_READ: LazyLock<Script> = LazyLock::new(|| {
             now_ms!(),
             drop_expired!(),
             "local fence = 0
-if redis.call('zscore', KEYS[1], ARGV[1]) then
-  if KEYS[3] then
-    fence = tonumber(redis.call('get', KEYS[3]) or '0')
-  end
-else
+if not redis.call('zscore', KEYS[1], ARGV[1]) then
   if writer then
     return {0, 1}
   end
   if redis.call('zcard', KEYS[2]) > 0 then
     return {0, 2}
   end
+end
 ",
             issue_fence!("KEYS[3]"),
-            "end
-redis.call('zadd', KEYS[1], 'GT', now + tonumber(ARGV[2]), ARGV[1])
+            "redis.call('zadd', KEYS[1], 'GT', now + tonumber(ARGV[2]), ARGV[1])
 ",
             expire_with_last!(),
             "return {1, fence}"

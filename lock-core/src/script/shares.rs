@@ -168,9 +168,9 @@ return 1"
 /// (`"<permits>:<token>"`) scored `ARGV[4]` ms from now; with `KEYS[2]`, issues a fence from that
 /// counter. Expired holders are dropped first, so they never count.
 ///
-/// Replies `{1, fence}` when granted (fence 0 without `KEYS[2]`; a re-sent request of a live member
-/// answers the counter as it stands and never shortens the member), `{0, free}` when too few permits are
-/// free, `{-1, limit}` when permits are held under another limit (kept as the member `limit:<n>` scored
+/// Replies `{1, fence}` when granted (fence 0 without `KEYS[2]`; a re-sent request of a live member is
+/// granted again with a new fence, because the counter as it stands may be another holder's fence by
+/// now, and never shortens the member), `{0, free}` when too few permits are free, `{-1, limit}` when permits are held under another limit (kept as the member `limit:<n>` scored
 /// 0; once no permit is held, a new limit replaces it).
 pub static SEMAPHORE_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -194,21 +194,17 @@ if held > 0 and stored and stored ~= limit then
   return {-1, tonumber(stored)}
 end
 local fence = 0
-if mine then
-  if KEYS[2] then
-    fence = tonumber(redis.call('get', KEYS[2]) or '0')
-  end
-else
+if not mine then
   if held + tonumber(ARGV[2]) > tonumber(limit) then
     return {0, tonumber(limit) - held}
   end
   if stored and stored ~= limit then
     redis.call('zrem', KEYS[1], 'limit:' .. stored)
   end
+end
 ",
             issue_fence!("KEYS[2]"),
-            "end
-redis.call('zadd', KEYS[1], 0, 'limit:' .. limit)
+            "redis.call('zadd', KEYS[1], 0, 'limit:' .. limit)
 redis.call('zadd', KEYS[1], 'GT', now + tonumber(ARGV[4]), member)
 ",
             expire_with_last!(),

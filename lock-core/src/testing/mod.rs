@@ -73,8 +73,8 @@ pub use checks::hold::{
     run_reports_lost_lock, run_returns_value_and_releases, run_times_out_without_running_the_body,
 };
 pub use checks::semaphore::{
-    semaphore_acquire_many_counts_permits, semaphore_admits_at_most_limit,
-    semaphore_contention_never_exceeds_the_limit,
+    resent_shared_acquisitions_never_share_a_fence, semaphore_acquire_many_counts_permits,
+    semaphore_admits_at_most_limit, semaphore_contention_never_exceeds_the_limit,
     semaphore_dropped_and_cancelled_permits_come_back,
     semaphore_limit_is_kept_while_permits_are_held, semaphore_permits_expire_on_their_own,
     semaphore_permits_extend_renew_and_fence, semaphore_resent_requests_apply_once,

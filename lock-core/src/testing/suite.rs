@@ -335,6 +335,7 @@ macro_rules! conformance_tests {
             semaphore_dropped_and_cancelled_permits_come_back,
             semaphore_run_releases,
             semaphore_resent_requests_apply_once,
+            resent_shared_acquisitions_never_share_a_fence,
             // Fair lock.
             fair_lock_grants_in_arrival_order,
             fair_try_acquire_fails_while_someone_waits,

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use futures::future::{Either, join_all, select};
 
-use crate::backend::{LockBackend, runtime_of};
+use crate::backend::{LockBackend, ScriptValue, runtime_of};
 use crate::testing::{CountingBackend, Fault, FaultyBackend, Probe, SECOND, eventually, sleep};
 use crate::{LockError, Semaphore};
+use crate::{keys, script};
 
 /// Every call `counting` passed on.
 fn sent(counting: &CountingBackend<Arc<dyn LockBackend>>) -> usize {
@@ -410,4 +411,71 @@ pub async fn semaphore_resent_requests_apply_once(
     }
     faulty.set_fault(Fault::None);
     assert!(holders(probe, &key).await.is_empty(), "released once");
+}
+
+/// A re-sent acquisition of a live permit or read hold (its first reply lost, the client sending it
+/// again) is granted with a fence of its own, never the fence another holder got in between: two
+/// holders must never share a fence (the chaos suite caught a re-sent read answering the counter as it
+/// stood, which was the next reader's fence).
+pub async fn resent_shared_acquisitions_never_share_a_fence(
+    backend: Arc<dyn LockBackend>,
+    _probe: &dyn Probe,
+    key: String,
+) {
+    let fence_of = |reply: Result<ScriptValue, crate::BackendError>, what: &str| -> i64 {
+        match reply {
+            Ok(ScriptValue::Array(items)) => match items.as_slice() {
+                [ScriptValue::Int(1), ScriptValue::Int(fence)] => *fence,
+                other => panic!("{what}: not granted: {other:?}"),
+            },
+            other => panic!("{what}: {other:?}"),
+        }
+    };
+    // Semaphore: permit a, then permit b, then a's acquisition again (the re-send).
+    let sem_key = format!("{key}:sem");
+    let counter = keys::fence_counter(&sem_key).expect("a counter name");
+    let acquire = |member: &'static str| {
+        let backend = backend.clone();
+        let (sem_key, counter) = (sem_key.clone(), counter.clone());
+        async move {
+            backend
+                .eval_script(
+                    &script::SEMAPHORE_ACQUIRE,
+                    &[&sem_key, &counter],
+                    &[member, "1", "3", "10000"],
+                )
+                .await
+        }
+    };
+    let a = fence_of(acquire("1:a").await, "permit a");
+    let b = fence_of(acquire("1:b").await, "permit b");
+    let a_again = fence_of(acquire("1:a").await, "permit a, re-sent");
+    assert!(b > a, "fences increase: {a} then {b}");
+    assert!(
+        a_again > b,
+        "the re-sent permit got {a_again}, permit b {b}"
+    );
+
+    // Read-write lock: reader a, then reader b, then a's read again (the re-send).
+    let rw_key = format!("{key}:rw");
+    let writers = keys::rwlock_writers(&rw_key).expect("a writers name");
+    let counter = keys::fence_counter(&rw_key).expect("a counter name");
+    let read = |member: &'static str| {
+        let backend = backend.clone();
+        let (rw_key, writers, counter) = (rw_key.clone(), writers.clone(), counter.clone());
+        async move {
+            backend
+                .eval_script(
+                    &script::RW_READ,
+                    &[&rw_key, &writers, &counter],
+                    &[member, "10000"],
+                )
+                .await
+        }
+    };
+    let a = fence_of(read("read:a").await, "reader a");
+    let b = fence_of(read("read:b").await, "reader b");
+    let a_again = fence_of(read("read:a").await, "reader a, re-sent");
+    assert!(b > a, "fences increase: {a} then {b}");
+    assert!(a_again > b, "the re-sent read got {a_again}, reader b {b}");
 }
