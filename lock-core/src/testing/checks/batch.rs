@@ -42,39 +42,52 @@ pub async fn many_holds_are_renewed_in_batches(
     const LEASES: usize = 200;
     let counting = Arc::new(CountingBackend::new(backend.clone()));
     let keys = batch_keys(&key, LEASES);
-    let guards = acquire_all(counting.clone(), &keys).await;
     let before = counting.script_calls();
     let held = 4 * BATCH_TTL;
-    let outcomes = join_all(guards.iter().map(|guard| guard.hold(sleep(&backend, held)))).await;
+    // Each lease is held from its own grant (200 acquisitions can take longer than a TTL on a loaded
+    // machine, and a lease not yet held is renewed by nobody), checked in the store at the end of its
+    // hold and released at once (200 checks after the last hold could outlast an unrenewed lease).
+    let outcomes = join_all(keys.iter().map(|key| {
+        let lock = RedisLock::new(counting.clone(), key.clone()).timeout(BATCH_TTL);
+        let backend = backend.clone();
+        async move {
+            let guard = lock.acquire().await.expect("acquire");
+            let held = guard
+                .hold(async {
+                    sleep(&backend, held).await;
+                    probe.get(key).await
+                })
+                .await;
+            let held = held.map(|value| {
+                assert_eq!(value.as_deref(), Some(guard.token()), "{key} kept");
+            });
+            let released = guard.release().await.expect("release");
+            (held, released)
+        }
+    }))
+    .await;
     let calls = counting.script_calls() - before;
-    let lost = outcomes.iter().filter(|held| held.is_err()).count();
+    let lost = outcomes.iter().filter(|(held, _)| held.is_err()).count();
     assert_eq!(
         lost,
         0,
         "leases lost while held: {:?}",
-        outcomes.iter().find(|h| h.is_err())
+        outcomes.iter().find(|(held, _)| held.is_err())
     );
-    for (guard, key) in guards.iter().zip(&keys) {
-        assert_eq!(
-            probe.get(key).await.as_deref(),
-            Some(guard.token()),
-            "{key} kept"
-        );
-        assert!(!guard.valid_for().is_zero(), "{key} still valid");
-    }
-    // Alone: about 4 TTLs × 3 renewals × 200 leases = 2,400 calls. Batched: a call per batch, a batch
-    // about every 90 ms.
+    let not_ours = outcomes.iter().filter(|(_, released)| !released).count();
+    assert_eq!(not_ours, 0, "leases found not ours at their release");
+    // Besides one release script per lease: alone, about 4 TTLs × 3 renewals × 200 leases = 2,400
+    // renewal calls (2,450 measured without batching). Batched: a call per 5 ms window that has leases
+    // due, at most about 240 over 1.2 s however the grants were spread (they are spread over the
+    // acquisitions' time), and far fewer when the grants came close together.
     assert!(
-        calls <= LEASES / 2,
+        calls <= LEASES + LEASES * 12 / 5,
         "{calls} script calls renewed {LEASES} leases over {held:?}: not batched"
     );
     assert!(
         calls >= 4,
         "{calls} script calls: the leases were not renewed at all"
     );
-    for guard in guards {
-        assert!(guard.release().await.expect("release"));
-    }
 }
 
 /// When one key of a batch is taken over, only its lease is reported lost (`TakenOver`); the others
