@@ -194,30 +194,14 @@ async fn keep_renewed_until_lost<G: Held + ?Sized>(guard: &G) -> LockError {
         if let Some(deadline) = hold_deadline {
             // An unrepresentable deadline is no deadline.
             if deadline.is_some_and(|d| now >= d) {
-                return lost(
-                    LostReason::MaxHold,
-                    format!(
-                        "max_hold of {:?} passed; renewal stopped",
-                        max_hold.unwrap_or_default()
-                    ),
-                );
+                let (why, reason) = max_hold_passed(max_hold);
+                return lost(why, reason);
             }
         }
         let remaining = guard.remaining();
         if remaining.is_zero() {
-            return lost(
-                match last_error {
-                    Some(_) => LostReason::RenewalFailed,
-                    None => LostReason::Expired,
-                },
-                match &last_error {
-                    Some(error) => format!(
-                        "renewals failed until its validity ran out: {}",
-                        with_causes(error)
-                    ),
-                    None => "its validity ran out before it could be renewed".into(),
-                },
-            );
+            let (why, reason) = ran_out(last_error.as_ref().map(|e| with_causes(e)).as_deref());
+            return lost(why, reason);
         }
         // After a failure, try again soon; otherwise at about a third of the TTL.
         let mut pause = match last_error {
@@ -259,19 +243,51 @@ async fn keep_renewed_until_lost<G: Held + ?Sized>(guard: &G) -> LockError {
                 last_error = Some(error);
             }
             Either::Right(_) => {
-                return lost(
-                    LostReason::RenewalFailed,
-                    format!(
-                        "no renewal was answered before its validity ran out{}",
-                        last_error
-                            .as_ref()
-                            .map(|e| format!(" (last error: {})", with_causes(e)))
-                            .unwrap_or_default()
-                    ),
-                );
+                let (why, reason) =
+                    unanswered(last_error.as_ref().map(|e| with_causes(e)).as_deref());
+                return lost(why, reason);
             }
         }
     }
+}
+
+/// Why a lease is lost once `max_hold` passed: the one wording of the renewal loop and the scheduler.
+pub(super) fn max_hold_passed(max_hold: Option<Duration>) -> (LostReason, String) {
+    (
+        LostReason::MaxHold,
+        format!(
+            "max_hold of {:?} passed; renewal stopped",
+            max_hold.unwrap_or_default()
+        ),
+    )
+}
+
+/// Why a lease is lost once its validity ran out with no renewal in flight: renewals failed (the
+/// last error, with its causes) or none was made in time.
+pub(super) fn ran_out(last_error: Option<&str>) -> (LostReason, String) {
+    match last_error {
+        Some(error) => (
+            LostReason::RenewalFailed,
+            format!("renewals failed until its validity ran out: {error}"),
+        ),
+        None => (
+            LostReason::Expired,
+            "its validity ran out before it could be renewed".into(),
+        ),
+    }
+}
+
+/// Why a lease is lost when its validity ran out with a renewal still unanswered.
+pub(super) fn unanswered(last_error: Option<&str>) -> (LostReason, String) {
+    (
+        LostReason::RenewalFailed,
+        format!(
+            "no renewal was answered before its validity ran out{}",
+            last_error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ),
+    )
 }
 
 /// Reports the lease lost: a `warn` event with the reason chain (inside the `hold` span, which names

@@ -30,7 +30,7 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::background::jittered;
-use super::hold::with_causes;
+use super::hold::{max_hold_passed, ran_out, unanswered, with_causes};
 use super::observe::{LostReason, RenewalCounter};
 use super::validity::{Validity, Written};
 use crate::backend::{BackendError, LockBackend, ScriptValue};
@@ -319,15 +319,8 @@ impl Renewals {
                     continue;
                 }
                 if left.is_zero() {
-                    let reason = format!(
-                        "no renewal was answered before its validity ran out{}",
-                        entry_state
-                            .last_error
-                            .as_ref()
-                            .map(|e| format!(" (last error: {e})"))
-                            .unwrap_or_default()
-                    );
-                    entry.lose(&mut entry_state, LostReason::RenewalFailed, reason);
+                    let (why, reason) = unanswered(entry_state.last_error.as_deref());
+                    entry.lose(&mut entry_state, why, reason);
                     gone.push(place);
                 } else {
                     // Extended meanwhile (an `extend` inside the work): look again at the new end.
@@ -337,25 +330,13 @@ impl Renewals {
                 continue;
             }
             if entry.lease.hold_deadline.is_some_and(|d| now >= d) {
-                let reason = format!(
-                    "max_hold of {:?} passed; renewal stopped",
-                    entry.lease.max_hold.unwrap_or_default()
-                );
-                entry.lose(&mut entry_state, LostReason::MaxHold, reason);
+                let (why, reason) = max_hold_passed(entry.lease.max_hold);
+                entry.lose(&mut entry_state, why, reason);
                 gone.push(place);
                 continue;
             }
             if left.is_zero() {
-                let (why, reason) = match &entry_state.last_error {
-                    Some(error) => (
-                        LostReason::RenewalFailed,
-                        format!("renewals failed until its validity ran out: {error}"),
-                    ),
-                    None => (
-                        LostReason::Expired,
-                        "its validity ran out before it could be renewed".into(),
-                    ),
-                };
+                let (why, reason) = ran_out(entry_state.last_error.as_deref());
                 entry.lose(&mut entry_state, why, reason);
                 gone.push(place);
                 continue;
